@@ -1,0 +1,212 @@
+"""The `appliance` command: run the daemon, steer it, check its set-up."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from appliance import __version__
+from appliance import config as cfgmod
+from appliance import profiles
+from appliance.errors import ApplianceError, ConfigError, ControlError
+
+log = logging.getLogger("appliance")
+
+
+def _config_path(arg: str | None) -> Path | None:
+    """--config if given (it must exist), else the default file if it exists."""
+    if arg:
+        return Path(arg)
+    return cfgmod.DEFAULT_CONFIG if cfgmod.DEFAULT_CONFIG.exists() else None
+
+
+def load_config(args) -> tuple[cfgmod.Config, profiles.Profile]:
+    profile = profiles.resolve(args.profile)
+    config = cfgmod.load(_config_path(args.config), profile.data, str(profile.path))
+    return config, profile
+
+
+# --- commands ---------------------------------------------------------------------
+
+def cmd_run(args) -> int:
+    from appliance.supervisor.systemd import setup_logging
+
+    setup_logging("info")
+    try:
+        config, profile = load_config(args)
+    except ApplianceError as e:
+        log.error("cannot start: %s", e)
+        return 78  # EX_CONFIG: systemd shows it, and Restart=on-failure won't help
+    setup_logging(config.log.level)
+    log.info("appliance %s starting: profile %s (%s), config %s", __version__, profile.name, profile.path,
+             _config_path(args.config) or "defaults only")
+
+    from appliance.panel.panel import Panel
+    from appliance.supervisor.service import Service
+
+    sim = profile.name == "sim"
+    service = Service(config, profile.name, sim=sim)
+    panel = Panel(config.panel, service.post)
+    service.listeners.append(panel.on_state)
+    service.components.append(panel)
+    if sim and (args.sim_go_after is not None or sys.stdin.isatty()):
+        from appliance.sim.console import SimConsole
+
+        service.components.append(SimConsole(service, panel, args.sim_go_after))
+    return asyncio.run(service.run())
+
+
+def _socket(args) -> Path:
+    if args.socket:
+        return Path(args.socket)
+    config = None
+    try:
+        config, _ = load_config(args)
+    except ApplianceError:
+        pass
+    from appliance.supervisor.control import SOCKET_NAME
+
+    return cfgmod.runtime_dir(config) / SOCKET_NAME
+
+
+def cmd_status(args) -> int:
+    from appliance.supervisor.control import request
+
+    answer = request(_socket(args), "status")
+    if args.json:
+        print(json.dumps(answer.get("status", answer), indent=2))
+        return 0 if answer.get("ok") else 1
+    if not answer.get("ok"):
+        print(f"error: {answer.get('error')}", file=sys.stderr)
+        return 1
+    s = answer["status"]
+    since = time.strftime("%H:%M:%S", time.localtime(s["since"]))
+    print(f"{s['device']}: {s['state']} since {since}  (profile {s['profile']}, up {s['uptime']:.0f} s)")
+    if s["fault"]:
+        print(f"  FAULT: {s['fault']}")
+    for c in s["conditions"]:
+        print(f"  ! {c}")
+    print(f"  live intent: {'yes' if s['live_intent'] else 'no'}")
+    for name, c in s["components"].items():
+        print(f"  {name:<14} {c['state']}" + (f"  ({c['error']})" if c.get("error") else ""))
+    return 0
+
+
+def cmd_live_stop(args) -> int:
+    from appliance.supervisor.control import request
+
+    answer = request(_socket(args), args.command, source="cli")
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    elif answer.get("ok"):
+        print(answer["state"])
+    else:
+        print(f"error: {answer.get('error')}", file=sys.stderr)
+    return 0 if answer.get("ok") else 1
+
+
+def cmd_probe(args) -> int:
+    from appliance import probe
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    config, profile = load_config(args)
+    findings = probe.run(config)
+    if args.json:
+        print(json.dumps({"profile": profile.name, "parts": [f.as_dict() for f in findings]}, indent=2))
+    else:
+        print(f"profile {profile.name}: {profile.data.get('board', {}).get('description', '')}")
+        print(probe.table(findings))
+        missing = [f for f in findings if f.result == probe.MISSING]
+        print(f"\n{len(findings) - len(missing)} of {len(findings)} parts usable; "
+              + (f"{len(missing)} missing (see DETAIL)" if missing else "nothing missing"))
+    return 0
+
+
+def cmd_config(args) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.action == "check":
+        profile = profiles.resolve(args.profile)
+        try:
+            cfgmod.load(Path(args.file), profile.data, str(profile.path))
+        except ConfigError as e:
+            print(f"{args.file}: {len(e.problems)} problem(s):", file=sys.stderr)
+            for p in e.problems:
+                print(f"  {p}", file=sys.stderr)
+            return 1
+        print(f"{args.file}: OK (over profile {profile.name})")
+        return 0
+    config, profile = load_config(args)
+    data = cfgmod.masked(config)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(f"# profile {profile.name} ({profile.path}); config {_config_path(args.config) or 'defaults only'}")
+        print("# secrets are masked")
+        print(cfgmod.to_toml(data), end="")
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="appliance", description="Venue capture appliance")
+    p.add_argument("--version", action="version", version=f"appliance {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, socket=False):
+        sp.add_argument("--config", help=f"site config file (default {cfgmod.DEFAULT_CONFIG} if present)")
+        sp.add_argument("--profile", help="hardware profile (default: detect the board)")
+        if socket:
+            sp.add_argument("--socket", help="control socket path (default: from the config)")
+            sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sp = sub.add_parser("run", help="run the daemon (systemd runs this)")
+    common(sp)
+    sp.add_argument("--sim-go-after", type=float, metavar="SECONDS",
+                    help="sim profile: press the simulated GO button this long after READY")
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("status", help="show the daemon's state")
+    common(sp, socket=True)
+    sp.set_defaults(func=cmd_status)
+    for name, text in (("live", "go live (as the GO button)"), ("stop", "stop the show")):
+        sp = sub.add_parser(name, help=text)
+        common(sp, socket=True)
+        sp.set_defaults(func=cmd_live_stop)
+
+    sp = sub.add_parser("probe", help="check each hardware part of the profile, starting nothing")
+    common(sp)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_probe)
+
+    sp = sub.add_parser("config", help="show the merged config (secrets masked) or check a file")
+    csub = sp.add_subparsers(dest="action", required=True)
+    show = csub.add_parser("show", help="print the merged configuration, secrets masked")
+    common(show)
+    show.add_argument("--json", action="store_true")
+    check = csub.add_parser("check", help="validate FILE over the profile; list every problem")
+    check.add_argument("file")
+    check.add_argument("--profile", help="hardware profile (default: detect the board)")
+    sp.set_defaults(func=cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"configuration error ({len(e.problems)}):", file=sys.stderr)
+        for p in e.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 78
+    except (ControlError, ApplianceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

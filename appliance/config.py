@@ -1,0 +1,405 @@
+"""Configuration: the schema, the layering and the masking of secrets.
+
+Three layers, each overriding the one before: the package defaults (the schema
+below), the board's hardware profile (hw_profiles/NAME.toml) and the site file
+(/etc/appliance/appliance.toml). The merged result is validated once, and every
+problem is reported together, each naming the file that set the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from appliance.errors import ConfigError
+
+DEFAULT_CONFIG = Path("/etc/appliance/appliance.toml")
+SECRET_MASK = "********"
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+GpioPin = Annotated[int, Field(ge=0, le=511)]
+
+
+class Section(BaseModel):
+    # Unknown keys are errors: a typo must never be silently ignored on a show day.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BoardSection(Section):
+    name: str = "sim"
+    description: str = ""
+    # Substrings of /proc/device-tree/model (or DMI product/vendor on x86) that
+    # select this profile.
+    match: list[str] = []
+    arch: list[str] = []
+    notes: str = ""
+
+
+class DeviceSection(Section):
+    name: str = Field("appliance", min_length=1, max_length=63)
+
+
+class PathsSection(Section):
+    # Unset means: systemd's STATE_DIRECTORY / RUNTIME_DIRECTORY, else the FHS places.
+    state_dir: Path | None = None
+    runtime_dir: Path | None = None
+    recordings: Path | None = None
+
+
+class LogSection(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class VideoSection(Section):
+    source: Literal["v4l2", "testsrc", "file"] = "testsrc"
+    device: str = ""
+    input_format: Literal["auto", "mjpeg", "yuyv422", "nv12"] = "auto"
+    width: int = Field(1280, ge=160, le=3840)
+    height: int = Field(720, ge=120, le=2160)
+    fps: int = Field(30, ge=1, le=60)
+    file: Path | None = None
+
+
+class AudioTrack(Section):
+    name: str = Field(min_length=1)
+    device: str = ""
+    # 1-based channel numbers on the capture device.
+    channels: list[Annotated[int, Field(ge=1, le=64)]] = [1, 2]
+
+
+class AudioSection(Section):
+    sample_rate: Literal[48000] = 48000
+    tracks: list[AudioTrack] = [AudioTrack(name="program", device="default", channels=[1, 2])]
+    silence_dbfs: float = Field(-60.0, ge=-120.0, le=0.0)
+    silence_seconds: float = Field(10.0, gt=0, le=3600)
+
+
+class EncoderRung(Section):
+    codec: str = Field(min_length=1)
+    hardware: bool = False
+    # Device node the hardware encoder needs (checked by `appliance probe`).
+    device: str = ""
+    pix_fmt: str = "yuv420p"
+    max_width: int = Field(3840, ge=160)
+    max_height: int = Field(2160, ge=120)
+    max_fps: int = Field(60, ge=1)
+    level: str = ""
+    # The encoder does not repeat SPS/PPS before keyframes: insert them.
+    insert_sps_pps: bool = False
+    options: dict[str, str] = {}
+
+
+class EncoderSection(Section):
+    ladder: list[EncoderRung] = [EncoderRung(codec="libx264", options={"preset": "veryfast", "tune": "zerolatency"})]
+    bitrate_kbps: int = Field(4000, ge=200, le=50000)
+    min_bitrate_kbps: int = Field(800, ge=100, le=50000)
+    keyframe_seconds: float = Field(1.0, ge=0.25, le=10.0)
+    audio_bitrate_kbps: int = Field(128, ge=32, le=512)
+
+
+PinBackend = Literal["none", "mock", "lgpio", "rpigpio", "native", "gpiod"]
+
+
+class PanelLeds(Section):
+    status: GpioPin | None = None
+    live: GpioPin | None = None
+    link_wired: GpioPin | None = None
+    link_cell: GpioPin | None = None
+    power: GpioPin | None = None
+    audio: GpioPin | None = None
+
+
+class PanelButtons(Section):
+    go: GpioPin | None = None
+    fn: GpioPin | None = None
+
+
+class PanelSection(Section):
+    backend: PinBackend = "mock"
+    # Only for the gpiod backend: the chip the line offsets below belong to.
+    chip: str = "/dev/gpiochip0"
+    pwm: bool = False
+    active_high: bool = True
+    leds: PanelLeds = PanelLeds()
+    buttons: PanelButtons = PanelButtons()
+
+
+class SerialSection(Section):
+    # Stable names from udev/99-appliance.rules; "sim" starts the built-in
+    # simulator on a pty; empty means not fitted.
+    ups: str = ""
+    battery: str = ""
+    modem_at: str = ""
+
+
+class ThermalSection(Section):
+    sensors: list[str] = []
+    # Pi firmware's throttled flags (under-voltage, frequency capped, throttled).
+    throttled: str = ""
+    warn_celsius: float = Field(80.0, ge=30, le=120)
+
+
+class StreamSection(Section):
+    enabled: bool = False
+    url: str = ""
+    stream_id: SecretStr = SecretStr("")
+    passphrase: SecretStr = SecretStr("")
+    latency_ms: int = Field(1000, ge=20, le=8000)
+
+
+class ApiSection(Section):
+    bind: str = "127.0.0.1"
+    port: Port = 8080
+    token: SecretStr = SecretStr("")
+
+
+class PowerSection(Section):
+    low_percent: float = Field(30.0, ge=0, le=100)
+    critical_percent: float = Field(10.0, ge=0, le=100)
+    low_minutes: float = Field(20.0, ge=0)
+    critical_minutes: float = Field(5.0, ge=0)
+    shutdown_command: list[str] = ["systemctl", "poweroff"]
+
+
+class Config(Section):
+    board: BoardSection = BoardSection()
+    device: DeviceSection = DeviceSection()
+    paths: PathsSection = PathsSection()
+    log: LogSection = LogSection()
+    video: VideoSection = VideoSection()
+    audio: AudioSection = AudioSection()
+    encoder: EncoderSection = EncoderSection()
+    panel: PanelSection = PanelSection()
+    serial: SerialSection = SerialSection()
+    thermal: ThermalSection = ThermalSection()
+    stream: StreamSection = StreamSection()
+    api: ApiSection = ApiSection()
+    power: PowerSection = PowerSection()
+
+
+# --- loading --------------------------------------------------------------
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except PermissionError:
+        raise ConfigError([f"{path}: permission denied (run as root or add yourself to the appliance group)"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: not valid TOML: {e}"]) from None
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+
+
+def merge_layers(layers: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], dict[tuple, str]]:
+    """Deep-merge dicts, later layers winning; remember which layer set each key.
+
+    Lists (the encoder ladder, audio tracks) are replaced whole, not merged:
+    half of a profile's ladder and half of a site's would make no sense.
+    """
+    merged: dict[str, Any] = {}
+    origins: dict[tuple, str] = {}
+
+    def walk(dst: dict, src: dict, prefix: tuple, origin: str) -> None:
+        for key, value in src.items():
+            loc = prefix + (key,)
+            if isinstance(value, dict) and isinstance(dst.get(key), dict):
+                walk(dst[key], value, loc, origin)
+            else:
+                dst[key] = _copy(value)
+                origins[loc] = origin
+                for sub in _sub_locs(value, loc):
+                    origins[sub] = origin
+
+    for origin, data in layers:
+        walk(merged, data, (), origin)
+    return merged, origins
+
+
+def _copy(value):
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+def _sub_locs(value, loc):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield loc + (k,)
+            yield from _sub_locs(v, loc + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield loc + (i,)
+            yield from _sub_locs(v, loc + (i,))
+
+
+def validate(layers: list[tuple[str, dict[str, Any]]]) -> Config:
+    """Merge the layers and validate; raise ConfigError listing every problem."""
+    merged, origins = merge_layers(layers)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError([_describe(err, origins) for err in e.errors()]) from None
+
+
+def load(config_path: Path | None, profile: dict[str, Any], profile_origin: str) -> Config:
+    """Defaults <- hardware profile <- site file (if it exists or was named)."""
+    layers = [(profile_origin, profile)]
+    if config_path is not None:
+        layers.append((str(config_path), read_toml(config_path)))
+    return validate(layers)
+
+
+# --- error messages ---------------------------------------------------------
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _model_at(loc: tuple):
+    """The schema class that holds the last element of loc (None if unknown)."""
+    model: Any = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        model = _inner_model(fields[part].annotation)
+    return model if hasattr(model, "model_fields") else None
+
+
+def _inner_model(annotation):
+    """Unwrap list[X] / X | None down to a pydantic model class, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _is_secret(loc: tuple) -> bool:
+    names = [p for p in loc if isinstance(p, str)]
+    model = _model_at(tuple(names))
+    if model is None or not names:
+        return False
+    field = model.model_fields.get(names[-1])
+    return field is not None and field.annotation is SecretStr
+
+
+def _describe(err: dict, origins: dict[tuple, str]) -> str:
+    loc = tuple(err["loc"])
+    origin = "defaults"
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in origins:
+            origin = origins[loc[:n]]
+            break
+    key = _dotted(loc)
+    if err["type"] == "extra_forbidden":
+        model = _model_at(loc)
+        allowed = sorted(model.model_fields) if model else []
+        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+        msg = "unknown key" + (f'; did you mean "{hint[0]}"?' if hint else "")
+        if allowed:
+            msg += f" (allowed here: {', '.join(allowed)})"
+        return f"{origin}: {key}: {msg}"
+    given = SECRET_MASK if _is_secret(loc) else repr(err.get("input"))
+    return f"{origin}: {key}: {err['msg']} (got {given})"
+
+
+# --- showing ------------------------------------------------------------------
+
+def masked(config: Config) -> dict[str, Any]:
+    """The config as plain data with every secret replaced by a mask (or "")."""
+
+    def walk(value):
+        if isinstance(value, SecretStr):
+            return SECRET_MASK if value.get_secret_value() else ""
+        if isinstance(value, BaseModel):
+            return {name: walk(getattr(value, name)) for name in type(value).model_fields}
+        if isinstance(value, (list, tuple)):
+            return [walk(v) for v in value]
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return walk(config)
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Render plain config data as TOML (tables last, None left out)."""
+    lines: list[str] = []
+
+    def scalar(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {scalar(x)}" for k, x in v.items()) + " }"
+        raise TypeError(type(v))
+
+    def table(name: str, d: dict, array: bool = False) -> None:
+        plain = {k: v for k, v in d.items() if v is not None and not _is_table(v)}
+        tables = {k: v for k, v in d.items() if _is_table(v)}
+        if name:
+            lines.append(("\n[[%s]]" if array else "\n[%s]") % name)
+        for k, v in plain.items():
+            lines.append(f"{k} = {scalar(v)}")
+        for k, v in tables.items():
+            sub = f"{name}.{k}" if name else k
+            if isinstance(v, list):
+                for item in v:
+                    table(sub, item, array=True)
+            else:
+                table(sub, v)
+
+    table("", data)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _is_table(v) -> bool:
+    return isinstance(v, dict) or (isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v))
+
+
+# --- paths ----------------------------------------------------------------
+
+def state_dir(config: Config) -> Path:
+    return config.paths.state_dir or Path(os.environ.get("STATE_DIRECTORY", "/var/lib/appliance").split(":")[0])
+
+
+def runtime_dir(config: Config | None = None) -> Path:
+    if config is not None and config.paths.runtime_dir:
+        return config.paths.runtime_dir
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
+    system = Path("/run/appliance")
+    if system.is_dir() or os.geteuid() == 0:
+        return system
+    # A developer's laptop: the daemon and the CLI must agree without root.
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/appliance-{os.getuid()}"
+    return Path(base) / "appliance"
+
+
+def recordings_dir(config: Config) -> Path:
+    return config.paths.recordings or state_dir(config) / "recordings"

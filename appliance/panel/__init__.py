@@ -1,0 +1,1 @@
+"""The front panel: LEDs and buttons through gpiozero."""

@@ -1,0 +1,96 @@
+"""The simulation's terminal: shows the appliance's state and presses its buttons.
+
+Keys drive the same MockFactory pins the GPIO buttons are on, so a key press
+goes through exactly the code a real button does:
+    g   press GO        h   hold GO for 2.5 s (stops a live show)
+    q   quit (as Ctrl-C)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import termios
+import time
+import tty
+
+from appliance.supervisor.state import Snapshot, State
+
+log = logging.getLogger(__name__)
+
+
+class SimConsole:
+    name = "sim-console"
+
+    def __init__(self, service, panel, go_after: float | None = None):
+        self.service = service
+        self.panel = panel
+        self.go_after = go_after
+        self._saved_tty = None
+        self._tasks: list[asyncio.Task] = []
+
+    # --- buttons -------------------------------------------------------------------
+
+    def _pin(self, button: str):
+        number = getattr(self.panel.config.buttons, button)
+        if self.panel.factory is None or number is None:
+            raise RuntimeError(f"no simulated {button.upper()} button (panel not running)")
+        return self.panel.factory.pin(number)
+
+    async def press(self, button: str = "go", seconds: float = 0.15) -> None:
+        pin = self._pin(button)
+        print(f"\r[sim] {button.upper()} pressed for {seconds:.2f} s", file=sys.stderr)
+        await asyncio.to_thread(pin.drive_low)
+        await asyncio.sleep(seconds)
+        await asyncio.to_thread(pin.drive_high)
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.service.listeners.append(self.on_state)
+        loop = asyncio.get_running_loop()
+        if sys.stdin.isatty():
+            fd = sys.stdin.fileno()
+            self._saved_tty = termios.tcgetattr(fd)
+            tty.setcbreak(fd)
+            loop.add_reader(fd, self._key)
+            print("[sim] keys: g = press GO, h = hold GO 2.5 s (stop), q = quit", file=sys.stderr)
+        if self.go_after is not None:
+            self._tasks.append(loop.create_task(self._auto_go(), name="sim-auto-go"))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        if self._saved_tty is not None:
+            fd = sys.stdin.fileno()
+            asyncio.get_running_loop().remove_reader(fd)
+            termios.tcsetattr(fd, termios.TCSADRAIN, self._saved_tty)
+            self._saved_tty = None
+        if self.on_state in self.service.listeners:
+            self.service.listeners.remove(self.on_state)
+
+    def status(self) -> dict:
+        return {"interactive": self._saved_tty is not None}
+
+    async def _auto_go(self) -> None:
+        while self.service.snapshot.state is not State.READY:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(self.go_after)
+        if self.service.snapshot.state is State.READY:
+            await self.press("go")
+
+    def _key(self) -> None:
+        ch = os.read(sys.stdin.fileno(), 1).decode(errors="ignore").lower()
+        if ch == "g":
+            self._tasks.append(asyncio.get_running_loop().create_task(self.press("go")))
+        elif ch == "h":
+            self._tasks.append(asyncio.get_running_loop().create_task(self.press("go", 2.5)))
+        elif ch == "q":
+            self.service.request_exit()
+
+    def on_state(self, before: Snapshot, after: Snapshot) -> None:
+        leds = self.panel.status().get("leds", {}) if self.panel.factory else {}
+        lamps = " ".join(f"{name}:{'●' if v > 0 else '○'}" for name, v in leds.items())
+        print(f"\r[{time.strftime('%H:%M:%S')}] {self.service.summary():<40} {lamps}", flush=True)

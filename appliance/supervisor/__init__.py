@@ -1,0 +1,1 @@
+"""The supervisor: a pure state machine and the asyncio service around it."""

@@ -1,0 +1,364 @@
+"""The supervisor service: one asyncio loop around the pure state machine.
+
+Components start in a fixed order and stop in reverse, in a `finally`. One that
+fails to start is reported (status, log, a condition the panel shows) and the
+others keep running: degraded, not dead.
+
+Threads (gpiozero callbacks, media, serial readers) never touch the state: they
+`post()` events, which the loop applies one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Protocol
+
+from appliance import __version__
+from appliance.config import Config, runtime_dir, state_dir
+from appliance.errors import AlreadyRunning
+from appliance.supervisor.control import SOCKET_NAME, ControlServer
+from appliance.supervisor.persist import StateStore
+from appliance.supervisor.state import Action, Event, Kind, Snapshot, State, step
+from appliance.supervisor.systemd import Notifier
+
+log = logging.getLogger(__name__)
+
+# How long outputs get to finalize (close and fsync the recording) on a stop.
+STOP_TIMEOUT = 8.0
+
+
+class Component(Protocol):
+    """Anything the supervisor starts and stops: panel, control socket, power ..."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def status(self) -> dict: ...
+
+
+class LiveOutput(Protocol):
+    """Something that runs only while live (media pipeline, network outputs)."""
+
+    name: str
+
+    async def start_live(self) -> None: ...
+
+    async def stop_live(self) -> None: ...
+
+
+@dataclass
+class ComponentRecord:
+    component: Any
+    state: str = "pending"  # pending | running | failed | stopped
+    error: str = ""
+
+
+@dataclass
+class Service:
+    config: Config
+    profile_name: str
+    sim: bool = False
+    # Extra components (added by later capabilities) in their start order.
+    components: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.snapshot = Snapshot()
+        self.since = time.time()
+        self.started = time.monotonic()
+        self.notifier = Notifier()
+        self.store = StateStore(state_dir(self.config))
+        self.control_path = runtime_dir(self.config) / SOCKET_NAME
+        self.records: dict[str, ComponentRecord] = {}
+        self.listeners: list[Callable[[Snapshot, Snapshot], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[Event] | None = None
+        self._busy_since: float | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._outputs_task: asyncio.Task | None = None
+        self._exit: asyncio.Event | None = None
+
+    # --- events ---------------------------------------------------------------
+
+    def post(self, kind: Kind, reason: str = "", source: str = "") -> None:
+        """Queue an event; safe from any thread."""
+        event = Event(kind, reason, source)
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            log.warning("event %s from %s dropped: the service is not running", kind.value, source or "?")
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._queue.put_nowait(event)
+        else:
+            loop.call_soon_threadsafe(self._queue.put_nowait, event)
+
+    async def _dispatch(self) -> None:
+        while True:
+            event = await self._queue.get()
+            self._busy_since = time.monotonic()
+            try:
+                await self._apply(event)
+            except Exception:
+                log.exception("handling event %s failed", event.kind.value)
+            finally:
+                self._busy_since = None
+
+    async def _apply(self, event: Event) -> None:
+        before = self.snapshot
+        result = step(before, event)
+        after = result.snapshot
+        who = f" from {event.source}" if event.source else ""
+        if result.ignored:
+            log.info("%s%s ignored: %s", event.kind.value, who, result.ignored)
+        self.snapshot = after
+        if after.state is not before.state:
+            self.since = time.time()
+            log.info(
+                "state %s -> %s (%s%s%s)", before.state.value, after.state.value, event.kind.value,
+                f": {event.reason}" if event.reason else "", who,
+                extra={"STATE": after.state.value, "PREVIOUS_STATE": before.state.value, "EVENT": event.kind.value},
+            )
+        elif after.conditions != before.conditions:
+            added, cleared = after.conditions - before.conditions, before.conditions - after.conditions
+            for c in sorted(added):
+                log.warning("condition: %s", c, extra={"CONDITION": c})
+            for c in sorted(cleared):
+                log.info("condition cleared: %s", c, extra={"CONDITION": c})
+        for action in result.actions:
+            await self._do(action)
+        if after != before:
+            self.notifier.send(f"STATUS={self.summary()}")
+            for listener in list(self.listeners):
+                try:
+                    listener(before, after)
+                except Exception:
+                    log.exception("state listener %r failed", listener)
+
+    async def _do(self, action: Action) -> None:
+        if action is Action.REMEMBER_LIVE:
+            await asyncio.to_thread(self.store.save, live_intent=True)
+        elif action is Action.FORGET_LIVE:
+            await asyncio.to_thread(self.store.save, live_intent=False)
+        elif action is Action.START_OUTPUTS:
+            self._run_outputs(self._start_outputs())
+        elif action is Action.STOP_OUTPUTS:
+            self._run_outputs(self._stop_outputs())
+
+    def _run_outputs(self, coro: Awaitable) -> None:
+        # Starting and stopping outputs can take seconds (an encoder probe, an
+        # fsync): never inside the dispatcher, which must stay responsive. They
+        # run one after another so a stop always follows the start it undoes.
+        previous = self._outputs_task
+
+        async def chained():
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            await coro
+
+        self._outputs_task = self._spawn(chained(), "outputs")
+
+    async def _start_outputs(self) -> None:
+        started, failed = [], []
+        for out in self.outputs:
+            try:
+                await out.start_live()
+                started.append(out.name)
+            except Exception as e:
+                log.error("output %s failed to start: %s", out.name, e, extra={"OUTPUT": out.name})
+                failed.append(f"{out.name}: {e}")
+        if self.outputs and not started:
+            self.post(Kind.OUTPUTS_FAILED, "; ".join(failed), "outputs")
+            return
+        for f in failed:
+            self.post(Kind.DEGRADED, f"output {f.split(':')[0]} failed", "outputs")
+        self.post(Kind.OUTPUTS_STARTED, ", ".join(started), "outputs")
+
+    async def _stop_outputs(self) -> None:
+        for out in reversed(self.outputs):
+            try:
+                await asyncio.wait_for(out.stop_live(), STOP_TIMEOUT)
+            except Exception as e:
+                log.error("output %s did not stop cleanly: %s", out.name, e, extra={"OUTPUT": out.name})
+        self.post(Kind.OUTPUTS_STOPPED, source="outputs")
+
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- status ---------------------------------------------------------------
+
+    def summary(self) -> str:
+        s = self.snapshot
+        parts = [s.state.value]
+        if s.fault:
+            parts.append(f"fault: {s.fault}")
+        if s.conditions:
+            parts.append("; ".join(sorted(s.conditions)))
+        return " · ".join(parts)
+
+    def status(self) -> dict:
+        s = self.snapshot
+        return {
+            "state": s.state.value,
+            "since": self.since,
+            "summary": self.summary(),
+            "conditions": sorted(s.conditions),
+            "fault": s.fault,
+            "live_intent": self.store.live_intent,
+            "device": self.config.device.name,
+            "profile": self.profile_name,
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime": round(time.monotonic() - self.started, 1),
+            "components": {
+                name: {"state": r.state, **({"error": r.error} if r.error else {}), **_safe_status(r.component)}
+                for name, r in self.records.items()
+            },
+        }
+
+    # --- control commands -------------------------------------------------------
+
+    async def handle_command(self, req: dict) -> dict:
+        cmd = req["cmd"]
+        if cmd == "status":
+            return {"ok": True, "status": self.status()}
+        if cmd in ("live", "stop"):
+            self.post(Kind.GO if cmd == "live" else Kind.STOP, source=str(req.get("source", "control")))
+            # Let the event be applied so the answer shows its effect.
+            await self._settle()
+            return {"ok": True, "state": self.snapshot.state.value}
+        if cmd == "sim":
+            return self._sim_command(req)
+        return {"ok": False, "error": f"unknown command {cmd!r} (known: status, live, stop{', sim' if self.sim else ''})"}
+
+    async def _settle(self) -> None:
+        for _ in range(50):
+            if self._queue.empty() and self._busy_since is None:
+                return
+            await asyncio.sleep(0.01)
+
+    def _sim_command(self, req: dict) -> dict:
+        if not self.sim:
+            return {"ok": False, "error": "sim commands exist only with the sim profile"}
+        action = req.get("action")
+        if action == "stall":
+            # Simulates a component hanging the loop (the watchdog must notice).
+            seconds = float(req.get("seconds", 1))
+            if not 0 < seconds <= 120:
+                return {"ok": False, "error": "sim stall: seconds must be in (0, 120]"}
+            log.warning("sim: stalling the main loop for %.1f s", seconds)
+            time.sleep(seconds)
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown sim action {action!r} (known: stall)"}
+
+    # --- watchdog -------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        """The loop runs (we are in it) and no event has been stuck in handling."""
+        busy = self._busy_since
+        interval = self.notifier.watchdog_interval() or 5.0
+        return busy is None or time.monotonic() - busy < interval
+
+    async def _watchdog(self, interval: float) -> None:
+        was_healthy = True
+        while True:
+            await asyncio.sleep(interval)
+            ok = self.healthy()
+            if ok:
+                self.notifier.send("WATCHDOG=1")
+            if ok != was_healthy:
+                (log.info if ok else log.error)(
+                    "watchdog: %s", "healthy again" if ok else "event handling is stuck: withholding WATCHDOG=1"
+                )
+                was_healthy = ok
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def request_exit(self) -> None:
+        if self._exit is not None and not self._exit.is_set():
+            self.notifier.send("STOPPING=1")
+            log.info("stop requested: stopping live outputs and components")
+            self.post(Kind.SHUTDOWN, source="signal")
+            self._exit.set()
+
+    async def run(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        self._queue = asyncio.Queue()
+        self._exit = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self.request_exit)
+        await asyncio.to_thread(self.store.load)
+        if self.store.live_intent:
+            log.info("live intent found in %s: will go live again once ready", self.store.path)
+        dispatcher = self._spawn(self._dispatch(), "dispatch")
+        interval = self.notifier.watchdog_interval()
+        if interval:
+            self._spawn(self._watchdog(interval), "watchdog")
+            log.info("watchdog: pinging every %.1f s", interval)
+
+        # The control socket first: it is also the guard against a second daemon.
+        control = ControlServer(self.control_path, self.handle_command)
+        components = [control, *self.components]
+        started: list = []
+        try:
+            for comp in components:
+                rec = self.records[comp.name] = ComponentRecord(comp)
+                try:
+                    await comp.start()
+                except AlreadyRunning as e:
+                    log.error("%s", e)
+                    return 1
+                except Exception as e:
+                    rec.state, rec.error = "failed", str(e) or type(e).__name__
+                    log.error("component %s failed to start: %s", comp.name, rec.error, extra={"COMPONENT": comp.name})
+                    self.post(Kind.DEGRADED, f"{comp.name} failed", "supervisor")
+                    continue
+                rec.state = "running"
+                started.append(comp)
+            self.post(Kind.BOOTED, source="supervisor")
+            if self.store.live_intent:
+                self.post(Kind.GO, source="resume")
+            await self._settle()
+            self.notifier.send("READY=1", f"STATUS={self.summary()}")
+            log.info("ready in %.2f s (profile %s)", time.monotonic() - self.started, self.profile_name)
+            await self._exit.wait()
+            await self._settle()
+            if self._outputs_task is not None:
+                await asyncio.gather(self._outputs_task, return_exceptions=True)
+            await self._settle()
+        finally:
+            for comp in reversed(started):
+                try:
+                    await asyncio.wait_for(comp.stop(), STOP_TIMEOUT)
+                    self.records[comp.name].state = "stopped"
+                except Exception as e:
+                    log.error("component %s did not stop cleanly: %s", comp.name, e)
+            dispatcher.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.remove_signal_handler(sig)
+        log.info("stopped cleanly")
+        return 0
+
+
+def _safe_status(component) -> dict:
+    try:
+        return component.status() or {}
+    except Exception as e:
+        return {"status_error": str(e)}

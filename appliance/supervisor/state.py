@@ -1,0 +1,176 @@
+"""The appliance's state machine: pure, no I/O, so it can be tested exhaustively.
+
+`step(snapshot, event)` returns the next snapshot and the actions the service
+must carry out. The service does the I/O; this module only decides.
+
+    BOOTING -> READY -> GOING_LIVE -> LIVE <-> DEGRADED -> STOPPING -> READY
+    any of them -> FAULT on a fault; FAULT -> READY when it clears.
+
+Conditions (a link down, no audio, on battery ...) are kept as a set of reasons
+in every state: while live, any reason makes the state DEGRADED; in READY they
+are shown on the panel but do not change the state.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+
+
+class State(enum.Enum):
+    BOOTING = "BOOTING"
+    READY = "READY"
+    GOING_LIVE = "GOING_LIVE"
+    LIVE = "LIVE"
+    DEGRADED = "DEGRADED"
+    STOPPING = "STOPPING"
+    FAULT = "FAULT"
+
+
+class Kind(enum.Enum):
+    BOOTED = "booted"  # every component has been started (or reported failed)
+    GO = "go"  # a request to go live (button, API, control socket, resume)
+    STOP = "stop"  # a request to stop (button hold, API, control socket)
+    OUTPUTS_STARTED = "outputs_started"  # the live outputs are running
+    OUTPUTS_STOPPED = "outputs_stopped"  # the live outputs are finalized
+    OUTPUTS_FAILED = "outputs_failed"  # no live output could run at all
+    DEGRADED = "degraded"  # a condition appeared (reason)
+    RECOVERED = "recovered"  # a condition cleared (reason)
+    POWER_CRITICAL = "power_critical"  # the power policy needs live stopped now
+    FAULT = "fault"  # the appliance cannot work (reason)
+    FAULT_CLEARED = "fault_cleared"
+    SHUTDOWN = "shutdown"  # the daemon is terminating (SIGTERM, Ctrl-C)
+
+
+class Action(enum.Enum):
+    START_OUTPUTS = "start_outputs"
+    STOP_OUTPUTS = "stop_outputs"
+    REMEMBER_LIVE = "remember_live"  # persist the live intent
+    FORGET_LIVE = "forget_live"  # persist that the tech stopped the show
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: Kind
+    reason: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    state: State = State.BOOTING
+    conditions: frozenset[str] = field(default_factory=frozenset)
+    fault: str = ""
+    # Once the daemon is terminating nothing may start outputs again.
+    exiting: bool = False
+
+    @property
+    def live(self) -> bool:
+        return self.state in (State.LIVE, State.DEGRADED)
+
+
+@dataclass(frozen=True)
+class Result:
+    snapshot: Snapshot
+    actions: tuple[Action, ...] = ()
+    # Why nothing happened, when nothing did: the service logs it for the tech.
+    ignored: str = ""
+
+
+_OUTPUTS_RUNNING = (State.GOING_LIVE, State.LIVE, State.DEGRADED)
+
+
+def _live_state(conditions: frozenset[str]) -> State:
+    return State.DEGRADED if conditions else State.LIVE
+
+
+def step(snap: Snapshot, event: Event) -> Result:
+    s, k = snap.state, event.kind
+
+    def go(state: State, *actions: Action, **changes) -> Result:
+        return Result(replace(snap, state=state, **changes), tuple(actions))
+
+    def ignore(why: str) -> Result:
+        return Result(snap, (), why)
+
+    # Conditions are tracked in every state; only live states change with them.
+    if k in (Kind.DEGRADED, Kind.RECOVERED):
+        if k is Kind.DEGRADED:
+            conditions = snap.conditions | {event.reason}
+        else:
+            conditions = snap.conditions - {event.reason}
+        if conditions == snap.conditions:
+            return ignore(f"condition {event.reason!r} already {'set' if k is Kind.DEGRADED else 'clear'}")
+        state = _live_state(conditions) if snap.live else s
+        return Result(replace(snap, state=state, conditions=conditions))
+
+    if k is Kind.SHUTDOWN:
+        if snap.exiting:
+            return ignore("already shutting down")
+        # The live intent stays as it is: a reboot or restart is not the tech
+        # stopping the show, so the box resumes by itself when it comes back.
+        if s in _OUTPUTS_RUNNING:
+            return go(State.STOPPING, Action.STOP_OUTPUTS, exiting=True)
+        return go(State.STOPPING if s is State.STOPPING else s, exiting=True)
+
+    if k is Kind.FAULT:
+        if s in _OUTPUTS_RUNNING:
+            return go(State.FAULT, Action.STOP_OUTPUTS, fault=event.reason)
+        return go(State.FAULT, fault=event.reason)
+
+    if s is State.BOOTING:
+        if k is Kind.BOOTED:
+            return go(State.READY)
+        if k is Kind.FAULT_CLEARED:
+            return ignore("no fault to clear")
+        return ignore("still booting")
+
+    if s is State.READY:
+        if k is Kind.GO:
+            if snap.exiting:
+                return ignore("shutting down")
+            return go(State.GOING_LIVE, Action.REMEMBER_LIVE, Action.START_OUTPUTS)
+        if k is Kind.STOP:
+            return ignore("not live")
+        return ignore(f"{k.value} has no effect in READY")
+
+    if s is State.GOING_LIVE:
+        if k is Kind.OUTPUTS_STARTED:
+            return go(_live_state(snap.conditions))
+        if k is Kind.OUTPUTS_FAILED:
+            return go(State.FAULT, Action.STOP_OUTPUTS, fault=event.reason or "no output could start")
+        if k is Kind.STOP:
+            return go(State.STOPPING, Action.FORGET_LIVE, Action.STOP_OUTPUTS)
+        if k is Kind.POWER_CRITICAL:
+            return go(State.STOPPING, Action.STOP_OUTPUTS)
+        return ignore(f"{k.value} has no effect while going live")
+
+    if s in (State.LIVE, State.DEGRADED):
+        if k is Kind.STOP:
+            return go(State.STOPPING, Action.FORGET_LIVE, Action.STOP_OUTPUTS)
+        if k is Kind.POWER_CRITICAL:
+            return go(State.STOPPING, Action.STOP_OUTPUTS)
+        if k is Kind.OUTPUTS_FAILED:
+            return go(State.FAULT, Action.STOP_OUTPUTS, fault=event.reason or "every output failed")
+        return ignore(f"{k.value} has no effect while live")
+
+    if s is State.STOPPING:
+        if k is Kind.OUTPUTS_STOPPED:
+            return go(State.READY)
+        if k is Kind.STOP:
+            # A STOP while stopping after a power-critical or shutdown: the tech
+            # wants the show over, so it must not resume by itself.
+            return Result(snap, (Action.FORGET_LIVE,))
+        return ignore(f"{k.value} has no effect while stopping")
+
+    # FAULT
+    if k is Kind.FAULT_CLEARED:
+        return go(State.READY, fault="")
+    if k is Kind.GO:
+        if snap.exiting:
+            return ignore("shutting down")
+        # The tech asked again: try again, the fault may have been transient.
+        return go(State.GOING_LIVE, Action.REMEMBER_LIVE, Action.START_OUTPUTS, fault="")
+    if k is Kind.STOP:
+        return Result(snap, (Action.FORGET_LIVE,))
+    return ignore(f"{k.value} has no effect in FAULT")

@@ -1,0 +1,57 @@
+# Shared set-up for scripts/demo and scripts/test: sourced, not run.
+# Installs only what is missing, so a second run installs nothing:
+#   - Debian packages (when root and apt exists), checked with dpkg-query first;
+#   - a virtual environment in .venv;
+#   - the project (editable) with its test extra, re-installed only when
+#     pyproject.toml changes (a stamp file holds its hash).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VENV="$ROOT/.venv"
+
+# What the daemon needs at run time on any board.
+APT_RUNTIME=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev libportaudio2)
+# What the tests and the simulation need on top.
+APT_TEST=(systemd)
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+apt_install_missing() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+        log "missing system packages: ${missing[*]}"
+        log "install them with: sudo apt-get install ${missing[*]}"
+        return 1
+    fi
+    log "installing system packages: ${missing[*]}"
+    # An old or empty package list makes apt-get miss packages: refresh it once.
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+ensure_venv() {
+    local py="${PYTHON:-python3}"
+    "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+        log "Python 3.11 or newer is needed ($py is $("$py" -V 2>&1))"; return 1; }
+    if [ ! -x "$VENV/bin/python" ]; then
+        log "creating virtual environment in $VENV"
+        "$py" -m venv "$VENV"
+    fi
+    local stamp="$VENV/.appliance-installed" want
+    want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        log "installing the project and its dependencies into $VENV"
+        local piplog="$VENV/pip-install.log"
+        if ! { "$VENV/bin/python" -m pip install --upgrade pip &&
+               "$VENV/bin/python" -m pip install -e "$ROOT[test]"; } >"$piplog" 2>&1; then
+            tail -n 30 "$piplog" >&2
+            log "pip install failed: full log in $piplog"
+            return 1
+        fi
+        echo "$want" > "$stamp"
+    fi
+}

@@ -1,0 +1,180 @@
+"""Shared harnesses: the real daemon in a subprocess, a notify socket, leak checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from appliance.supervisor import control
+
+ROOT = Path(__file__).resolve().parent.parent
+APPLIANCE = [sys.executable, "-m", "appliance"]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads():
+    """Every test must leave no thread of its own running."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 2.0
+    while True:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert not leaked, f"threads leaked by the test: {[t.name for t in leaked]}"
+
+
+class NotifySocket:
+    """A unix datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="test-notify-socket", daemon=True)
+        self._thread.start()
+
+    def _read(self):
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            now = time.monotonic()
+            for line in data.decode().splitlines():
+                self.messages.append((now, line))
+
+    def lines(self, prefix: str = "") -> list[tuple[float, str]]:
+        return [(t, m) for t, m in list(self.messages) if m.startswith(prefix)]
+
+    def wait_for(self, line: str, timeout: float) -> float:
+        return wait_until(lambda: next((t for t, m in self.lines() if m == line), None), timeout, what=line)
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    ns = NotifySocket(tmp_path / "notify.sock")
+    yield ns
+    ns.close()
+
+
+class Daemon:
+    """`appliance run` as systemd would run it, in its own directory."""
+
+    def __init__(self, workdir: Path, profile: str = "sim", env: dict | None = None, args=(), config_extra: str = ""):
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = self.dir / "appliance.toml"
+        self.config.write_text(
+            f'[paths]\nstate_dir = "{self.dir / "state"}"\nruntime_dir = "{self.dir / "run"}"\n'
+            f'recordings = "{self.dir / "recordings"}"\n' + config_extra
+        )
+        self.socket = self.dir / "run" / control.SOCKET_NAME
+        self.profile = profile
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID", "JOURNAL_STREAM"):
+            if env is None or var not in env:
+                self.env.pop(var, None)
+        self.args = list(args)
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.dir / "daemon.log"
+        self.started_at = 0.0
+
+    def start(self) -> "Daemon":
+        self._log = open(self.log_path, "ab")
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(
+            [*APPLIANCE, "run", "--profile", self.profile, "--config", str(self.config), *self.args],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.dir,
+        )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def request(self, cmd: str, **args) -> dict:
+        return control.request(self.socket, cmd, **args)
+
+    def state(self) -> str | None:
+        try:
+            return self.request("status")["status"]["state"]
+        except (OSError, ValueError):
+            return None
+
+    def wait_state(self, state: str, timeout: float = 10.0) -> None:
+        def check():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            return self.state() == state
+        try:
+            wait_until(check, timeout, interval=0.05, what=f"state {state}")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- daemon log ---\n{self.log()}") from None
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(5)
+
+    def close(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+@pytest.fixture
+def daemon_factory(tmp_path):
+    made: list[Daemon] = []
+
+    def make(name: str = "box", **kwargs) -> Daemon:
+        d = Daemon(tmp_path / name, **kwargs)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.close()
+
+
+def run_cli(*args, timeout: float = 60, env: dict | None = None, input: str | None = None):
+    return subprocess.run([*APPLIANCE, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, input=input, cwd=ROOT)
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,196 @@
+"""The daemon as systemd runs it: readiness, status, watchdog, clean stop, resume."""
+
+from __future__ import annotations
+
+import os
+import stat
+import statistics
+import time
+
+from conftest import read_json, run_cli, wait_until
+
+
+def notify_env(ns, watchdog_usec=1_000_000):
+    return {"NOTIFY_SOCKET": str(ns.path), "WATCHDOG_USEC": str(watchdog_usec)}
+
+
+def test_ready_watchdog_status_and_clean_stop(daemon_factory, notify_socket):
+    d = daemon_factory(env=notify_env(notify_socket)).start()
+    ready_at = notify_socket.wait_for("READY=1", timeout=5)
+    assert ready_at - d.started_at < 5
+
+    # WATCHDOG=1 at half of WATCHDOG_USEC (1 s -> every 0.5 s).
+    wait_until(lambda: len(notify_socket.lines("WATCHDOG=1")) >= 6, 6, what="six watchdog pings")
+    times = [t for t, _ in notify_socket.lines("WATCHDOG=1")]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert 0.4 <= statistics.median(gaps) <= 0.65, gaps
+
+    # STATUS= on every state change.
+    assert any(m.startswith("STATUS=READY") for _, m in notify_socket.lines("STATUS="))
+    assert d.request("live")["ok"]
+    d.wait_state("LIVE")
+    wait_until(lambda: any(m.startswith("STATUS=LIVE") for _, m in notify_socket.lines("STATUS=")), 3,
+               what="STATUS=LIVE")
+
+    # SIGTERM: STOPPING=1, then exit 0 within 10 s.
+    t0 = time.monotonic()
+    assert d.terminate(timeout=10) == 0
+    assert time.monotonic() - t0 < 10
+    assert notify_socket.lines("STOPPING=1")
+    assert "stopped cleanly" in d.log()
+    assert not d.socket.exists(), "the control socket is removed on a clean stop"
+
+
+def test_a_stalled_main_loop_stops_the_watchdog_pings(daemon_factory, notify_socket):
+    d = daemon_factory(env=notify_env(notify_socket)).start()
+    notify_socket.wait_for("READY=1", timeout=5)
+    wait_until(lambda: len(notify_socket.lines("WATCHDOG=1")) >= 2, 3, what="pings")
+    t0 = time.monotonic()
+    assert d.request("sim", action="stall", seconds=2.5)["ok"]
+    t1 = time.monotonic()
+    during = [t for t, _ in notify_socket.lines("WATCHDOG=1") if t0 + 0.1 < t < t1 - 0.05]
+    assert during == [], "a hung loop must not ping the watchdog"
+    # ... and it pings again once the loop runs.
+    wait_until(lambda: [t for t, _ in notify_socket.lines("WATCHDOG=1") if t > t1], 2, what="pings after the stall")
+    assert d.terminate() == 0
+
+
+def test_watchdog_pid_of_another_process_means_no_pings(daemon_factory, notify_socket):
+    env = {**notify_env(notify_socket), "WATCHDOG_PID": "1"}
+    d = daemon_factory(env=env).start()
+    notify_socket.wait_for("READY=1", timeout=5)
+    time.sleep(1.2)
+    assert notify_socket.lines("WATCHDOG=1") == []
+    assert d.terminate() == 0
+
+
+def test_live_intent_survives_kill_9(daemon_factory):
+    d = daemon_factory().start()
+    d.wait_state("READY")
+    assert d.request("live")["ok"]
+    d.wait_state("LIVE")
+    assert read_json(d.dir / "state" / "state.json")["live_intent"] is True
+    d.kill()  # kill -9: no chance to clean up
+
+    again = daemon_factory().start()  # same directory, same state
+    again.wait_state("LIVE", timeout=10)
+    assert "live intent found" in again.log()
+    assert "go from resume" in again.log()
+
+    # An explicit stop is remembered too: the next start stays in READY.
+    assert again.request("stop")["ok"]
+    again.wait_state("READY")
+    assert again.terminate() == 0
+    third = daemon_factory().start()
+    third.wait_state("READY")
+    time.sleep(0.5)
+    assert third.state() == "READY"
+    assert third.terminate() == 0
+
+
+def test_sigterm_while_live_keeps_the_intent(daemon_factory):
+    d = daemon_factory().start()
+    d.wait_state("READY")
+    d.request("live")
+    d.wait_state("LIVE")
+    assert d.terminate() == 0
+    assert read_json(d.dir / "state" / "state.json")["live_intent"] is True
+
+
+def test_corrupt_state_file_does_not_stop_the_boot(daemon_factory):
+    d = daemon_factory()
+    (d.dir / "state").mkdir(parents=True)
+    (d.dir / "state" / "state.json").write_text('{"live_intent": tr')  # torn by a bad SD card
+    d.start()
+    d.wait_state("READY")
+    assert "is corrupt" in d.log()
+    assert (d.dir / "state" / "state.corrupt").exists()
+    assert d.terminate() == 0
+
+
+def test_sim_go_press_goes_live(daemon_factory):
+    d = daemon_factory(args=["--sim-go-after", "0.2"]).start()
+    d.wait_state("LIVE", timeout=10)
+    assert "go from button" in d.log()
+    leds = d.request("status")["status"]["components"]["panel"]["leds"]
+    assert leds["live"] > 0 and leds["status"] > 0
+    assert d.terminate() == 0
+
+
+def test_control_socket_permissions_and_bad_requests(daemon_factory):
+    d = daemon_factory().start()
+    d.wait_state("READY")
+    mode = stat.S_IMODE(os.stat(d.socket).st_mode)
+    assert mode & 0o007 == 0, oct(mode)  # nobody outside owner and group
+    import socket as so
+    with so.socket(so.AF_UNIX, so.SOCK_STREAM) as s:
+        s.settimeout(3)
+        s.connect(str(d.socket))
+        s.sendall(b"this is not json\n[1,2]\n{\"cmd\": \"frobnicate\"}\n")
+        buf = b""
+        while buf.count(b"\n") < 3:
+            buf += s.recv(4096)
+    answers = buf.decode().splitlines()
+    assert "not JSON" in answers[0]
+    assert '\\"cmd\\" string' in answers[1] or '"cmd" string' in answers[1]
+    assert "unknown command 'frobnicate'" in answers[2]
+    assert d.state() == "READY", "bad requests never take the daemon down"
+    assert d.terminate() == 0
+
+
+def test_cli_status_live_stop(daemon_factory):
+    d = daemon_factory().start()
+    d.wait_state("READY")
+    sock = ["--socket", str(d.socket)]
+    r = run_cli("status", *sock)
+    assert r.returncode == 0 and "READY" in r.stdout and "panel" in r.stdout
+    r = run_cli("live", *sock, "--json")
+    assert r.returncode == 0 and '"ok": true' in r.stdout
+    d.wait_state("LIVE")
+    r = run_cli("status", *sock, "--json")
+    assert '"state": "LIVE"' in r.stdout
+    r = run_cli("stop", *sock)
+    assert r.returncode == 0
+    d.wait_state("READY")
+    assert d.terminate() == 0
+
+
+def test_cli_without_a_daemon_says_so(tmp_path):
+    r = run_cli("status", "--socket", str(tmp_path / "none.sock"))
+    assert r.returncode == 1
+    assert "is the appliance running?" in r.stderr
+
+
+def test_a_component_that_fails_to_start_degrades_not_kills(daemon_factory):
+    # The panel asks for a pin the (mock) board does not have.
+    d = daemon_factory(config_extra="[panel]\nbuttons = { go = 400 }\n").start()
+    d.wait_state("READY")
+    st = d.request("status")["status"]
+    assert st["components"]["panel"]["state"] == "failed"
+    assert "panel failed" in st["conditions"]
+    assert st["components"]["control"]["state"] == "running"
+    # Still steerable without its panel.
+    d.request("live")
+    d.wait_state("DEGRADED")
+    assert d.terminate() == 0
+
+
+def test_a_broken_config_exits_78_with_every_problem(daemon_factory):
+    d = daemon_factory(config_extra="[video]\nfps = 0\nwidht = 5\n").start()
+    assert d.proc.wait(10) == 78
+    log = d.log()
+    assert "video.fps" in log and 'did you mean "width"' in log
+
+
+def test_second_daemon_on_the_same_socket_is_refused(daemon_factory):
+    d = daemon_factory().start()
+    d.wait_state("READY")
+    twin = daemon_factory()
+    twin.dir = d.dir
+    twin.config = d.config
+    twin.log_path = d.dir / "twin.log"
+    twin.start()
+    assert twin.proc.wait(10) == 1
+    assert "another appliance daemon is already running" in twin.log()
+    assert d.state() == "READY"
+    assert d.terminate() == 0

@@ -1,0 +1,90 @@
+"""Unit files, udev rules and the install script, checked as the target would."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+UNIT = ROOT / "systemd" / "appliance.service"
+
+
+def verify_unit(unit_text: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    # ExecStart must point at an executable for verify; on the target it is
+    # /opt/appliance/.venv/bin/appliance, here the venv's own.
+    exe = Path(sys.executable).with_name("appliance")
+    unit = tmp_path / "appliance.service"
+    unit.write_text(unit_text.replace("/opt/appliance/.venv/bin/appliance", str(exe)))
+    return subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def analyze():
+    path = shutil.which("systemd-analyze")
+    assert path, "systemd-analyze is missing: scripts/test installs the systemd package"
+    return path
+
+
+def test_systemd_analyze_verify_passes_without_warnings(analyze, tmp_path):
+    r = verify_unit(UNIT.read_text(), tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == "", r.stderr
+
+
+def test_verify_would_catch_a_broken_unit(analyze, tmp_path):
+    # The check above means something: a misspelt key is reported.
+    r = verify_unit(UNIT.read_text().replace("WatchdogSec=", "WatchdogSecs="), tmp_path)
+    assert "Unknown key" in r.stderr
+
+
+def test_unit_has_what_the_appliance_relies_on():
+    text = UNIT.read_text()
+    unit, service = text.split("[Service]")[0], text.split("[Service]")[1].split("[Install]")[0]
+    for key in ("StartLimitIntervalSec", "StartLimitBurst"):
+        assert re.search(rf"^{key}=", unit, re.M), f"{key} belongs in [Unit]"
+    for line in ("Type=notify", "Restart=on-failure", "User=appliance", "StateDirectory=appliance",
+                 "RuntimeDirectory=appliance"):
+        assert re.search(rf"^{line}$", service, re.M), line
+    assert re.search(r"^WatchdogSec=\d+", service, re.M)
+    assert not re.search(r"^PrivateDevices=yes", service, re.M), "PrivateDevices hides ttyUSB, gpiochip, video"
+
+
+def test_udev_rules_are_well_formed():
+    rules = (ROOT / "udev" / "99-appliance.rules").read_text()
+    logical = rules.replace("\\\n", " ")
+    names = set()
+    for line in logical.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        for item in re.split(r",\s*", line):
+            assert re.fullmatch(r'[A-Z_]+(\{[^}]+\})?\s*(==|!=|=|\+=|:=)\s*"[^"]*"', item.strip()), item
+        names.update(re.findall(r'SYMLINK\+="([^"]+)"', line))
+    assert {"appliance-ups", "appliance-battery", "appliance-modem-at", "appliance-video"} <= names
+    # ModemManager keeps off the UPS and battery adapters.
+    for line in logical.splitlines():
+        if "appliance-ups" in line or "appliance-battery" in line:
+            assert 'ENV{ID_MM_DEVICE_IGNORE}="1"' in line
+
+
+def test_install_lays_out_files_under_a_root(tmp_path, analyze):
+    r = subprocess.run([str(ROOT / "scripts" / "install"), "--root", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for path in ("etc/systemd/system/appliance.service", "etc/udev/rules.d/99-appliance.rules",
+                 "etc/appliance/appliance.toml", "usr/share/appliance/hw_profiles/raspberry-pi-4.toml",
+                 "opt/appliance/src/pyproject.toml", "etc/polkit-1/rules.d/50-appliance-poweroff.rules"):
+        assert (tmp_path / path).exists(), path
+    assert not (tmp_path / "opt/appliance/src/.git").exists()
+    # The installed example config is valid as it stands.
+    from appliance import config as cfgmod
+    cfgmod.load(tmp_path / "etc/appliance/appliance.toml", {}, "profile")
+    # A second run never overwrites the site's config.
+    (tmp_path / "etc/appliance/appliance.toml").write_text('[device]\nname = "mine"\n')
+    subprocess.run([str(ROOT / "scripts" / "install"), "--root", str(tmp_path)], check=True, capture_output=True)
+    assert 'name = "mine"' in (tmp_path / "etc/appliance/appliance.toml").read_text()
