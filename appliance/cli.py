@@ -34,7 +34,13 @@ def load_config(args) -> tuple[cfgmod.Config, profiles.Profile]:
 # --- commands ---------------------------------------------------------------------
 
 def cmd_run(args) -> int:
+    import faulthandler
+    import signal
+
     from appliance.supervisor.systemd import setup_logging
+
+    # `kill -USR1 <pid>` dumps every thread's stack: how to see where a hung box hangs.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     setup_logging("info")
     try:
@@ -46,18 +52,9 @@ def cmd_run(args) -> int:
     log.info("appliance %s starting: profile %s (%s), config %s", __version__, profile.name, profile.path,
              _config_path(args.config) or "defaults only")
 
-    from appliance.panel.panel import Panel
-    from appliance.supervisor.service import Service
+    from appliance.app import build
 
-    sim = profile.name == "sim"
-    service = Service(config, profile.name, sim=sim)
-    panel = Panel(config.panel, service.post)
-    service.listeners.append(panel.on_state)
-    service.components.append(panel)
-    if sim and (args.sim_go_after is not None or sys.stdin.isatty()):
-        from appliance.sim.console import SimConsole
-
-        service.components.append(SimConsole(service, panel, args.sim_go_after))
+    service = build(config, profile.name, sim_go_after=args.sim_go_after, console=sys.stdin.isatty())
     return asyncio.run(service.run())
 
 

@@ -144,6 +144,15 @@ class ThermalSection(Section):
     warn_celsius: float = Field(80.0, ge=30, le=120)
 
 
+class RecordingSection(Section):
+    enabled: bool = True
+    segment_seconds: float = Field(10.0, ge=1.0, le=600.0)
+    # Oldest sessions are deleted below this much free space; if that is not
+    # enough, recording stops with a clear event instead of filling the disk.
+    min_free_mb: int = Field(500, ge=1)
+    warn_free_mb: int = Field(2000, ge=1)
+
+
 class StreamSection(Section):
     enabled: bool = False
     url: str = ""
@@ -177,6 +186,7 @@ class Config(Section):
     panel: PanelSection = PanelSection()
     serial: SerialSection = SerialSection()
     thermal: ThermalSection = ThermalSection()
+    recording: RecordingSection = RecordingSection()
     stream: StreamSection = StreamSection()
     api: ApiSection = ApiSection()
     power: PowerSection = PowerSection()

@@ -84,25 +84,17 @@ def probe_audio(cfg: Config) -> list[Finding]:
 
 
 def probe_encoders(cfg: Config) -> list[Finding]:
+    """Each rung really encodes in a child process (not cached: a probe is asked for)."""
+    from appliance.media.encoders import Ladder, VideoSettings
+
+    v, e = cfg.video, cfg.encoder
+    ladder = Ladder(list(e.ladder), VideoSettings(v.width, v.height, v.fps, e.bitrate_kbps, e.bitrate_kbps,
+                                                  e.keyframe_seconds))
     findings = []
-    try:
-        import av
-    except ImportError as e:
-        return [Finding("encoder", "PyAV", MISSING, f"PyAV not installed: {e}")]
-    for i, rung in enumerate(cfg.encoder.ladder, 1):
-        part = f"encoder {i}"
-        try:
-            av.codec.Codec(rung.codec, "w")
-        except Exception:
-            findings.append(Finding(part, rung.codec, MISSING, "not in this FFmpeg build"))
-            continue
-        if rung.device:
-            problem = node_problem(rung.device)
-            if problem:
-                findings.append(Finding(part, rung.codec, MISSING, f"{rung.device}: {problem} (no hardware encoder here)"))
-                continue
+    for i, (rung, verdict) in enumerate(zip(ladder.rungs, ladder.probe_all()), 1):
         kind = "hardware" if rung.hardware else "software"
-        findings.append(Finding(part, rung.codec, FOUND, f"{kind} encoder in the FFmpeg build"))
+        findings.append(Finding(f"encoder {i}", rung.codec, FOUND if verdict.ok else MISSING,
+                                f"{kind}: {verdict.reason}"))
     return findings
 
 

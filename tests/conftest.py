@@ -131,11 +131,13 @@ class Daemon:
         except (OSError, ValueError):
             return None
 
-    def wait_state(self, state: str, timeout: float = 10.0) -> None:
+    def wait_state(self, state: str | tuple[str, ...], timeout: float = 10.0) -> None:
+        states = (state,) if isinstance(state, str) else state
+
         def check():
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-            return self.state() == state
+            return self.state() in states
         try:
             wait_until(check, timeout, interval=0.05, what=f"state {state}")
         except AssertionError as e:

@@ -79,6 +79,8 @@ class Service:
         self.control_path = runtime_dir(self.config) / SOCKET_NAME
         self.records: dict[str, ComponentRecord] = {}
         self.listeners: list[Callable[[Snapshot, Snapshot], None]] = []
+        # Simulated device faults, registered by the sim components (sim profile only).
+        self.sim_actions: dict[str, Callable[[dict], object]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[Event] | None = None
         self._busy_since: float | None = None
@@ -242,7 +244,7 @@ class Service:
             await self._settle()
             return {"ok": True, "state": self.snapshot.state.value}
         if cmd == "sim":
-            return self._sim_command(req)
+            return await self._sim_command(req)
         return {"ok": False, "error": f"unknown command {cmd!r} (known: status, live, stop{', sim' if self.sim else ''})"}
 
     async def _settle(self) -> None:
@@ -251,10 +253,14 @@ class Service:
                 return
             await asyncio.sleep(0.01)
 
-    def _sim_command(self, req: dict) -> dict:
+    async def _sim_command(self, req: dict) -> dict:
         if not self.sim:
             return {"ok": False, "error": "sim commands exist only with the sim profile"}
         action = req.get("action")
+        if action in self.sim_actions:
+            log.warning("sim: %s %s", action, {k: v for k, v in req.items() if k not in ("cmd", "action")})
+            await asyncio.to_thread(self.sim_actions[action], req)
+            return {"ok": True}
         if action == "stall":
             # Simulates a component hanging the loop (the watchdog must notice).
             seconds = float(req.get("seconds", 1))
@@ -263,7 +269,8 @@ class Service:
             log.warning("sim: stalling the main loop for %.1f s", seconds)
             time.sleep(seconds)
             return {"ok": True}
-        return {"ok": False, "error": f"unknown sim action {action!r} (known: stall)"}
+        known = ", ".join(["stall", *sorted(self.sim_actions)])
+        return {"ok": False, "error": f"unknown sim action {action!r} (known: {known})"}
 
     # --- watchdog -------------------------------------------------------------------
 

@@ -11,8 +11,10 @@ VENV="$ROOT/.venv"
 
 # What the daemon needs at run time on any board.
 APT_RUNTIME=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev libportaudio2)
-# What the tests and the simulation need on top.
-APT_TEST=(systemd)
+# What the simulation needs on top (simulated FOH audio through PulseAudio).
+APT_SIM=(pulseaudio pulseaudio-utils libasound2-plugins)
+# What the tests need on top of that.
+APT_TEST=(systemd "${APT_SIM[@]}")
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

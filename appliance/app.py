@@ -1,0 +1,58 @@
+"""Composition: which components the daemon runs, in which order.
+
+Start order (stop is the reverse): control socket (the service adds it first),
+simulated devices (sim profile), panel, media (sources, meters, encoder probes),
+the sim console. The media pipeline is also the live output; the recorder and
+the network outputs hang off it.
+"""
+
+from __future__ import annotations
+
+from appliance.config import Config, recordings_dir, runtime_dir
+from appliance.supervisor.service import Service
+from appliance.supervisor.state import Kind
+
+
+def build(config: Config, profile_name: str, sim_go_after: float | None = None, console: bool = False) -> Service:
+    from appliance.media.pipeline import MediaPipeline
+    from appliance.outputs.recorder import Recorder
+    from appliance.panel.panel import Panel
+
+    sim = profile_name == "sim"
+    service = Service(config, profile_name, sim=sim)
+
+    def report(condition: str, active: bool, source: str = "media") -> None:
+        service.post(Kind.DEGRADED if active else Kind.RECOVERED, condition, source)
+
+    def fault(why: str) -> None:
+        service.post(Kind.FAULT, why, "media")
+
+    run_dir = runtime_dir(config)
+    if sim:
+        from appliance.sim.audio import PulseSim
+
+        pulse = PulseSim(run_dir / "sim-audio")
+        service.components.append(pulse)
+        service.sim_actions["audio-unplug"] = lambda req: pulse.unplug(req.get("source", "foh"))
+        service.sim_actions["audio-replug"] = lambda req: pulse.replug(req.get("source", "foh"))
+
+    panel = Panel(config.panel, service.post)
+    service.listeners.append(panel.on_state)
+    service.components.append(panel)
+
+    outputs = []
+    if config.recording.enabled:
+        outputs.append(Recorder(config.recording, recordings_dir(config), lambda c, a: report(c, a, "recorder")))
+    media = MediaPipeline(config, report, run_dir, outputs=outputs, fault=fault)
+    service.components.append(media)
+    service.outputs.append(media)
+    if sim:
+        service.sim_actions["video-unplug"] = lambda req: media.video.unplug()
+        service.sim_actions["video-replug"] = lambda req: media.video.replug()
+        service.sim_actions["encoder-fail"] = lambda req: media.inject_encoder_fault()
+
+    if sim and (sim_go_after is not None or console):
+        from appliance.sim.console import SimConsole
+
+        service.components.append(SimConsole(service, panel, sim_go_after))
+    return service

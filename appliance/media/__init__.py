@@ -1,0 +1,1 @@
+"""The media path: sources -> one encoder set -> a list of outputs."""

@@ -1,0 +1,337 @@
+"""Encoders: the profile's ladder, probed in child processes, with fallback.
+
+A rung is usable only if, in a child process and within a timeout, it opens,
+encodes ~30 synthetic frames and emits packets that start with a keyframe
+carrying SPS/PPS: opening is not enough (Jetson encoders open and then emit
+nothing). Verdicts are cached per boot. At runtime an encoder that errors or
+stalls is replaced by the next usable rung; the new one starts on a keyframe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+from appliance.config import EncoderRung
+from appliance.fsutil import atomic_write
+from appliance.media.h264 import IDR, PPS, SPS, ParameterSetInserter, nal_types
+
+log = logging.getLogger(__name__)
+
+VIDEO_TB = Fraction(1, 90000)
+AUDIO_TB = Fraction(1, 48000)
+PROBE_FRAMES = 30
+PROBE_TIMEOUT = 15.0
+
+
+class EncoderError(RuntimeError):
+    """The running encoder failed or stalled: switch to the next rung."""
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    width: int
+    height: int
+    fps: int
+    bitrate_kbps: int
+    max_bitrate_kbps: int
+    keyframe_seconds: float = 1.0
+
+    @property
+    def gop(self) -> int:
+        return max(1, round(self.fps * self.keyframe_seconds))
+
+
+@dataclass
+class EncodedPacket:
+    """An encoded packet every output can keep (its own bytes, not FFmpeg's)."""
+
+    stream: int  # 0 video, 1.. audio tracks
+    data: bytes
+    pts: int
+    dts: int
+    key: bool
+    time_base: Fraction
+
+    @property
+    def seconds(self) -> float:
+        return float(self.pts * self.time_base)
+
+
+@dataclass
+class Verdict:
+    codec: str
+    ok: bool
+    reason: str
+    seconds: float = 0.0
+    cached: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _fits(rung: EncoderRung, s: VideoSettings) -> str:
+    if s.width > rung.max_width or s.height > rung.max_height or s.fps > rung.max_fps:
+        return (f"{s.width}x{s.height}@{s.fps} exceeds what {rung.codec} can do here "
+                f"({rung.max_width}x{rung.max_height}@{rung.max_fps})")
+    return ""
+
+
+def open_video(rung: EncoderRung, s: VideoSettings):
+    import av
+
+    too_big = _fits(rung, s)
+    if too_big:
+        raise EncoderError(too_big)
+    ctx = av.CodecContext.create(rung.codec, "w")
+    ctx.width, ctx.height = s.width, s.height
+    ctx.pix_fmt = rung.pix_fmt
+    ctx.time_base = VIDEO_TB
+    ctx.framerate = Fraction(s.fps)
+    ctx.bit_rate = s.bitrate_kbps * 1000
+    ctx.gop_size = s.gop
+    ctx.max_b_frames = 0
+    # Capped VBR with a one-second VBV: what a network link can carry.
+    options = {"maxrate": f"{s.max_bitrate_kbps}k", "bufsize": f"{s.max_bitrate_kbps}k"}
+    if rung.codec == "libx264":
+        # Fixed GOP (segments and late joiners get a keyframe every interval),
+        # forced keyframes as IDR, SPS/PPS repeated in-band.
+        options.update({"sc_threshold": "0", "forced-idr": "1", "x264-params": "repeat-headers=1"})
+        if rung.level:
+            options["level"] = rung.level
+    options.update(rung.options)
+    ctx.options = options
+    ctx.open()
+    return ctx
+
+
+class VideoEncoder:
+    def __init__(self, rung: EncoderRung, settings: VideoSettings):
+        self.rung = rung
+        self.name = rung.codec
+        self.settings = settings
+        self.ctx = open_video(rung, settings)
+        self.psi = ParameterSetInserter(self.ctx.extradata)
+        self.frames_in = 0
+        self.packets_out = 0
+        self._fault: str | None = None
+        self._stall_frames = max(2 * settings.fps, 10)
+
+    def inject_fault(self, why: str = "simulated encoder failure") -> None:
+        """Simulated hardware failure (sim profile, tests): the next encode fails."""
+        self._fault = why
+
+    def set_bitrate(self, kbps: int) -> None:
+        # libx264 re-reads bit_rate on every frame (FFmpeg's reconfig_encoder).
+        self.ctx.bit_rate = int(kbps) * 1000
+
+    def encode(self, frame, pts: int) -> list[EncodedPacket]:
+        from av.video.frame import PictureType
+
+        if self._fault:
+            raise EncoderError(self._fault)
+        frame.pts = pts
+        frame.time_base = VIDEO_TB
+        # Decoded frames say "I": that would force a keyframe every frame.
+        frame.pict_type = PictureType.NONE
+        try:
+            packets = self.ctx.encode(frame)
+        except Exception as e:
+            raise EncoderError(f"{self.name}: {e}") from e
+        self.frames_in += 1
+        out = [self._wrap(p) for p in packets]
+        self.packets_out += len(out)
+        if self.frames_in - self.packets_out > self._stall_frames:
+            raise EncoderError(f"{self.name}: stalled ({self.frames_in} frames in, {self.packets_out} packets out)")
+        return out
+
+    def _wrap(self, p) -> EncodedPacket:
+        key = bool(p.is_keyframe)
+        data = self.psi.process(bytes(p), key)
+        return EncodedPacket(0, data, p.pts, p.dts if p.dts is not None else p.pts, key, VIDEO_TB)
+
+    def flush(self) -> list[EncodedPacket]:
+        try:
+            return [self._wrap(p) for p in self.ctx.encode(None)]
+        except Exception:
+            return []
+
+    def close(self) -> None:
+        self.ctx = None
+
+
+class AudioEncoder:
+    """AAC-LC, stereo, 48 kHz: what every ingest and MPEG-TS accept."""
+
+    def __init__(self, stream: int, bitrate_kbps: int = 128, codec: str = "aac"):
+        import av
+
+        self.stream = stream
+        ctx = av.CodecContext.create(codec, "w")
+        ctx.sample_rate = 48000
+        ctx.layout = "stereo"
+        ctx.format = "fltp"
+        ctx.bit_rate = bitrate_kbps * 1000
+        ctx.time_base = AUDIO_TB
+        ctx.open()
+        self.ctx = ctx
+        self._av = av
+
+    def encode(self, planar, pts: int) -> list[EncodedPacket]:
+        frame = self._av.AudioFrame.from_ndarray(planar, format="fltp", layout="stereo")
+        frame.sample_rate = 48000
+        frame.pts = pts
+        frame.time_base = AUDIO_TB
+        return [self._wrap(p) for p in self.ctx.encode(frame)]
+
+    def _wrap(self, p) -> EncodedPacket:
+        return EncodedPacket(self.stream, bytes(p), p.pts, p.dts if p.dts is not None else p.pts, True, AUDIO_TB)
+
+    def flush(self) -> list[EncodedPacket]:
+        try:
+            return [self._wrap(p) for p in self.ctx.encode(None)]
+        except Exception:
+            return []
+
+
+# --- probing -------------------------------------------------------------------
+
+def _probe_here(rung: EncoderRung, s: VideoSettings) -> dict:
+    """Runs in the child: open, encode synthetic frames, check the packets."""
+    import av
+    import numpy as np
+
+    enc = VideoEncoder(rung, s)
+    packets: list[EncodedPacket] = []
+    ramp = np.arange(s.width, dtype=np.uint16)
+    for i in range(PROBE_FRAMES):
+        rgb = np.empty((s.height, s.width, 3), np.uint8)
+        rgb[:] = ((ramp + i * 8) % 256).astype(np.uint8)[None, :, None]
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=rung.pix_fmt)
+        packets += enc.encode(frame, i * 3000)
+    packets += enc.flush()
+    if not packets:
+        return {"ok": False, "reason": f"opened, but emitted no packets for {PROBE_FRAMES} frames"}
+    first = packets[0]
+    kinds = nal_types(first.data)
+    if not first.key or IDR not in kinds:
+        return {"ok": False, "reason": f"first packet is not a keyframe (NAL types {kinds})"}
+    if not {SPS, PPS} <= set(kinds):
+        return {"ok": False, "reason": "first keyframe carries no SPS/PPS"}
+    return {"ok": True, "reason": f"{len(packets)} packets, keyframe with SPS/PPS first"}
+
+
+def probe(rung: EncoderRung, s: VideoSettings, timeout: float = PROBE_TIMEOUT) -> Verdict:
+    """Probe one rung in a child process (a crashing or hanging driver cannot
+    take the daemon with it)."""
+    t0 = time.monotonic()
+    too_big = _fits(rung, s)
+    if too_big:
+        return Verdict(rung.codec, False, too_big)
+    job = json.dumps({"rung": rung.model_dump(), "settings": asdict(s)})
+    try:
+        r = subprocess.run([sys.executable, "-m", "appliance.media.encoders", job],
+                           capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return Verdict(rung.codec, False, f"no answer within {timeout:g} s (driver hung)", time.monotonic() - t0)
+    elapsed = time.monotonic() - t0
+    try:
+        answer = json.loads(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        return Verdict(rung.codec, False, f"probe process died (exit {r.returncode}): {tail}", elapsed)
+    reason = answer["reason"]
+    if not answer["ok"] and rung.device and not Path(rung.device).exists():
+        reason += f" ({rung.device} is missing: no such hardware on this board)"
+    return Verdict(rung.codec, answer["ok"], reason, elapsed)
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+@dataclass
+class Ladder:
+    """The profile's rungs with their verdicts, best first."""
+
+    rungs: list[EncoderRung]
+    settings: VideoSettings
+    cache: Path | None = None
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    def probe_all(self) -> list[Verdict]:
+        cached = self._load_cache()
+        verdicts = []
+        for rung in self.rungs:
+            key = self._key(rung)
+            if key in cached:
+                v = Verdict(**{**cached[key], "cached": True})
+            else:
+                v = probe(rung, self.settings)
+                cached[key] = {k: val for k, val in v.as_dict().items() if k != "cached"}
+            (log.info if v.ok else log.warning)(
+                "encoder %s: %s%s", rung.codec, "usable" if v.ok else "rejected: " + v.reason,
+                " (cached this boot)" if v.cached else f" (probed in {v.seconds:.1f} s)",
+                extra={"ENCODER": rung.codec, "USABLE": int(v.ok)})
+            verdicts.append(v)
+        self.verdicts = verdicts
+        self._save_cache(cached)
+        return verdicts
+
+    def usable(self) -> list[EncoderRung]:
+        return [r for r, v in zip(self.rungs, self.verdicts) if v.ok]
+
+    def _key(self, rung: EncoderRung) -> str:
+        s = self.settings
+        return json.dumps([rung.model_dump(), s.width, s.height, s.fps], sort_keys=True)
+
+    def _load_cache(self) -> dict:
+        if not self.cache:
+            return {}
+        try:
+            data = json.loads(self.cache.read_text())
+            return data["verdicts"] if data.get("boot_id") == _boot_id() else {}
+        except (OSError, ValueError, KeyError):
+            return {}
+
+    def _save_cache(self, verdicts: dict) -> None:
+        if not self.cache:
+            return
+        try:
+            self.cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.cache, json.dumps({"boot_id": _boot_id(), "verdicts": verdicts}).encode())
+        except OSError as e:
+            log.warning("cannot cache encoder verdicts in %s: %s", self.cache, e)
+
+
+def _why(codec: str, e: Exception) -> str:
+    if type(e).__name__ == "UnknownCodecError":
+        return f"{codec} is not in this FFmpeg build"
+    if getattr(e, "errno", None) is not None and getattr(e, "strerror", None):
+        return f"cannot open {codec}: {e.strerror} (error {e.errno})"
+    return f"cannot open {codec}: {e}"
+
+
+def _child(argv: list[str]) -> int:
+    job = json.loads(argv[0])
+    rung = EncoderRung.model_validate(job["rung"])
+    settings = VideoSettings(**job["settings"])
+    try:
+        answer = _probe_here(rung, settings)
+    except Exception as e:
+        answer = {"ok": False, "reason": _why(rung.codec, e)}
+    print(json.dumps(answer), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child(sys.argv[1:]))

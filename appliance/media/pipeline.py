@@ -1,0 +1,345 @@
+"""The media pipeline: one thread, one clock, one encoder set, a list of outputs.
+
+The media thread ticks at the output frame rate on the monotonic clock. Every
+tick it takes the video source's latest frame (or the slate), pulls exactly one
+frame's worth of samples from each audio track (silence if the device is away),
+meters them, and, while live, encodes them and hands the packets to every
+output. Video PTS is the tick count, audio PTS the sample count: both from the
+same clock, so A/V sync holds by construction. If the thread falls behind it
+drops video frames (counted), never audio.
+
+The supervisor sees the pipeline as a component (sources and meters run from
+boot, so the panel can show "no video" before GO) and as a live output
+(encoders and outputs run while live).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from appliance.config import Config
+from appliance.media.audio import RATE, AudioCapture, init_portaudio
+from appliance.media.encoders import (
+    AudioEncoder, EncodedPacket, EncoderError, Ladder, VideoEncoder, VideoSettings,
+)
+from appliance.media.meters import Meter
+from appliance.media.video import Slate, make_source
+from appliance.outputs import Session
+
+log = logging.getLogger(__name__)
+
+MAX_BEHIND_TICKS = 5
+
+NO_VIDEO = "no video signal"
+
+
+def audio_condition(track: str, what: str) -> str:
+    return f"audio {track}: {what}"
+
+
+class MediaPipeline:
+    name = "media"
+
+    def __init__(self, cfg: Config, report: Callable[[str, bool], None], runtime_dir: Path,
+                 outputs: list | None = None, fault: Callable[[str], None] | None = None):
+        self.cfg = cfg
+        self.report = report
+        self.fault = fault or (lambda why: None)
+        self.outputs = list(outputs or [])
+        v, e = cfg.video, cfg.encoder
+        self.settings = VideoSettings(v.width, v.height, v.fps, e.bitrate_kbps, e.bitrate_kbps, e.keyframe_seconds)
+        self.samples_per_tick = RATE // v.fps
+        self.ladder = Ladder(list(e.ladder), self.settings, runtime_dir / "encoder-probe.json")
+        self.video = make_source(v)
+        self.audio = AudioCapture(cfg.audio, self._audio_changed)
+        self.tracks = [t.name for t in cfg.audio.tracks]
+        self.meters = {t.name: Meter(t.name, cfg.audio.silence_dbfs, cfg.audio.silence_seconds) for t in cfg.audio.tracks}
+        self.slate = Slate(v.width, v.height)
+
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._commands: deque = deque()
+        self._live = False
+        self._venc: VideoEncoder | None = None
+        self._rungs: list = []
+        self._rung_index = 0
+        self._aencs: list[AudioEncoder] = []
+        self._tick = 0
+        self._signal = True
+        # A source takes a moment to deliver its first frame: no alarm for that.
+        self._grace_until = 0.0
+        self.first_packet_at: float | None = None
+        self.session: Session | None = None
+        # Counters for status and metrics.
+        self.frames_encoded = 0
+        self.frames_dropped = 0
+        self.slate_frames = 0
+        self.fallbacks: list[str] = []
+        self._rate_window: deque = deque()  # (time, bytes) of recent packets
+        self._fps_window: deque = deque()
+        self.latest_frame = None  # for the API's snapshot
+
+    # --- component ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        # In the loop's thread on purpose: nothing else may log while PortAudio
+        # initialises (see init_portaudio).
+        problem = init_portaudio()
+        if problem:
+            log.error("audio: %s", problem)
+        self._grace_until = time.monotonic() + 3.0
+        self.video.start()
+        self.audio.start()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="media", daemon=True)
+        self._thread.start()
+        await asyncio.to_thread(self.ladder.probe_all)
+        self._rungs = self.ladder.usable()
+        if not self._rungs:
+            self.fault("no usable video encoder: " + "; ".join(f"{v.codec}: {v.reason}" for v in self.ladder.verdicts))
+
+    async def stop(self) -> None:
+        if self._live:
+            await self.stop_live()
+        self._stop.set()
+        if self._thread:
+            await asyncio.to_thread(self._thread.join, 10)
+            self._thread = None
+        await asyncio.to_thread(self.video.stop)
+        await asyncio.to_thread(self.audio.stop)
+
+    def status(self) -> dict:
+        now = time.monotonic()
+        window = [(t, b) for t, b in list(self._rate_window) if now - t <= 2.0]
+        fps_window = [t for t in list(self._fps_window) if now - t <= 1.0]
+        return {
+            "live": self._live,
+            "encoder": self._venc.name if self._venc else None,
+            "encoder_hardware": bool(self._venc and self._venc.rung.hardware),
+            "ladder": [v.as_dict() for v in self.ladder.verdicts],
+            "fallbacks": self.fallbacks,
+            "fps": len(fps_window) if self._live else 0,
+            "bitrate_kbps": round(sum(b for _, b in window) * 8 / 2.0 / 1000) if self._live else 0,
+            "target_bitrate_kbps": self.settings.bitrate_kbps,
+            "frames_encoded": self.frames_encoded,
+            "frames_dropped": self.frames_dropped,
+            "slate_frames": self.slate_frames,
+            "video": self.video.status(),
+            "audio": {name: {**self.meters[name].status(), "device_ok": self.audio.device_ok(name),
+                             "underrun_samples": self.audio.buffers[name].underrun_samples,
+                             "drift_corrections": self.audio.buffers[name].corrected_samples}
+                      for name in self.tracks},
+            "outputs": {o.name: o.status() for o in self.outputs},
+        }
+
+    # --- live output ---------------------------------------------------------------
+
+    async def start_live(self) -> None:
+        if not self._rungs:
+            raise RuntimeError("no usable video encoder")
+        await asyncio.to_thread(self._call, self._begin)
+
+    async def stop_live(self) -> None:
+        await asyncio.to_thread(self._call, self._end)
+
+    def set_bitrate(self, kbps: int) -> None:
+        """Called by the adaptive bitrate (any thread); applied on the next tick."""
+        self._commands.append(lambda: self._apply_bitrate(kbps))
+
+    def inject_encoder_fault(self) -> None:
+        """Simulated encoder failure (sim profile, tests)."""
+        self._commands.append(lambda: self._venc and self._venc.inject_fault())
+
+    def _call(self, fn) -> None:
+        """Run fn in the media thread between ticks and wait for it."""
+        done = threading.Event()
+        error: list[BaseException] = []
+
+        def wrapped():
+            try:
+                fn()
+            except BaseException as e:
+                error.append(e)
+            finally:
+                done.set()
+
+        self._commands.append(wrapped)
+        if not done.wait(30):
+            raise TimeoutError("the media thread did not answer in 30 s")
+        if error:
+            raise error[0]
+
+    # --- in the media thread ------------------------------------------------------------
+
+    def _begin(self) -> None:
+        self._rung_index = 0
+        self._venc = self._open_encoder()
+        self._aencs = [AudioEncoder(i + 1, self.cfg.encoder.audio_bitrate_kbps) for i in range(len(self.tracks))]
+        started = time.time()
+        name = time.strftime("%Y%m%d-%H%M%S", time.localtime(started)) + f"-{self.cfg.device.name}"
+        self.session = Session(
+            name=name, started=started, video=self.settings, track_names=self.tracks,
+            audio_extradata=[a.ctx.extradata for a in self._aencs], encoder=self._venc.name,
+            settings={"bitrate_kbps": self.settings.bitrate_kbps, "keyframe_seconds": self.settings.keyframe_seconds,
+                      "audio_bitrate_kbps": self.cfg.encoder.audio_bitrate_kbps, "source": self.video.describe()},
+        )
+        for out in self.outputs:
+            try:
+                out.start(self.session)
+            except Exception as e:
+                log.error("output %s failed to start: %s", out.name, e)
+                self.report(f"output {out.name} failed", True)
+        self._tick = 0
+        self.first_packet_at = None
+        self.frames_encoded = self.frames_dropped = self.slate_frames = 0
+        self._live = True
+
+    def _end(self) -> None:
+        self._live = False
+        packets = []
+        if self._venc:
+            packets += self._venc.flush()
+        for a in self._aencs:
+            packets += a.flush()
+        self._deliver(packets)
+        for out in self.outputs:
+            try:
+                out.stop()
+            except Exception as e:
+                log.error("output %s did not stop cleanly: %s", out.name, e)
+        self._venc, self._aencs = None, []
+
+    def _open_encoder(self) -> VideoEncoder:
+        while self._rung_index < len(self._rungs):
+            rung = self._rungs[self._rung_index]
+            try:
+                enc = VideoEncoder(rung, self.settings)
+                log.info("encoder: %s (%s)", rung.codec, "hardware" if rung.hardware else "software",
+                         extra={"ENCODER": rung.codec})
+                return enc
+            except Exception as e:
+                log.error("encoder %s failed to open: %s", rung.codec, e, extra={"ENCODER": rung.codec})
+                self._rung_index += 1
+        raise EncoderError("every encoder of the ladder failed")
+
+    def _fall_back(self, failed: VideoEncoder, why: str) -> VideoEncoder | None:
+        log.error("encoder %s failed mid-stream (%s): switching to the next rung", failed.name, why,
+                  extra={"ENCODER": failed.name})
+        self._rung_index += 1
+        try:
+            enc = self._open_encoder()
+        except EncoderError as e:
+            self.fault(f"video encoder: {e}")
+            return None
+        self.fallbacks.append(f"{failed.name} -> {enc.name}: {why}")
+        if failed.rung.hardware and not enc.rung.hardware:
+            self.report("encoder fell back to software", True)
+        if self.session:
+            self.session.encoder = enc.name
+        return enc
+
+    def _apply_bitrate(self, kbps: int) -> None:
+        e = self.cfg.encoder
+        kbps = max(e.min_bitrate_kbps, min(e.bitrate_kbps, int(kbps)))
+        self.settings = replace(self.settings, bitrate_kbps=kbps)
+        if self._venc:
+            self._venc.settings = self.settings
+            self._venc.set_bitrate(kbps)
+
+    def _run(self) -> None:
+        period = 1 / self.cfg.video.fps
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            while self._commands:
+                self._commands.popleft()()
+            now = time.monotonic()
+            if now < next_t:
+                self._stop.wait(next_t - now)
+                continue
+            behind = int((now - next_t) / period)
+            if behind > MAX_BEHIND_TICKS:
+                # Too slow to keep up: skip video frames (audio is still pulled for them).
+                for _ in range(behind):
+                    self._one_tick(now, video=False)
+                next_t += behind * period
+            self._one_tick(now, video=True)
+            next_t += period
+
+    def _one_tick(self, now: float, video: bool) -> None:
+        try:
+            self._tick_inner(now, video)
+        except Exception:
+            # Nothing may kill the media thread: log and keep the clock running.
+            log.exception("media tick failed")
+        self._tick += 1
+
+    def _tick_inner(self, now: float, video: bool) -> None:
+        frame = self.video.latest(now)
+        signal = frame is not None or now < self._grace_until
+        if signal != self._signal:
+            self._signal = signal
+            self.report(NO_VIDEO, not signal)
+        blocks = []
+        for name in self.tracks:
+            block = self.audio.buffers[name].pull(self.samples_per_tick)
+            for condition, active in self.meters[name].update(block).items():
+                self.report(audio_condition(name, condition), active)
+            blocks.append(block)
+        if frame is not None:
+            self.latest_frame = frame
+        if not self._live:
+            return
+        packets: list[EncodedPacket] = []
+        if video:
+            if frame is None:
+                frame = self.slate.frame()
+                self.slate_frames += 1
+            pts = self._tick * 90000 // self.cfg.video.fps
+            while self._venc is not None:
+                try:
+                    packets += self._venc.encode(frame, pts)
+                    self.frames_encoded += 1
+                    self._fps_window.append(now)
+                    break
+                except EncoderError as e:
+                    self._venc = self._fall_back(self._venc, str(e))
+        else:
+            self.frames_dropped += 1
+        apts = self._tick * self.samples_per_tick
+        for enc, block in zip(self._aencs, blocks):
+            packets += enc.encode(block, apts)
+        self._deliver(packets)
+        while self._fps_window and now - self._fps_window[0] > 1.0:
+            self._fps_window.popleft()
+
+    def _deliver(self, packets: list[EncodedPacket]) -> None:
+        if not packets:
+            return
+        now = time.monotonic()
+        if self.first_packet_at is None:
+            self.first_packet_at = now
+        for p in packets:
+            self._rate_window.append((now, len(p.data)))
+            for out in self.outputs:
+                try:
+                    out.packet(p)
+                except Exception as e:  # an output must never break the media thread
+                    log.error("output %s raised on a packet: %s", out.name, e)
+        while self._rate_window and now - self._rate_window[0][0] > 2.0:
+            self._rate_window.popleft()
+
+    def _audio_changed(self, device: str, ok: bool, why: str) -> None:
+        for t in self.cfg.audio.tracks:
+            if t.device == device:
+                if not ok:
+                    log.warning("audio %s: device %r lost: %s", t.name, device, why, extra={"AUDIO": t.name})
+                else:
+                    log.info("audio %s: device %r back", t.name, device, extra={"AUDIO": t.name})
+                self.report(audio_condition(t.name, "device missing"), not ok)

@@ -1,0 +1,234 @@
+"""Video sources: a V4L2 capture card, a paced test pattern, a looping file.
+
+Each source runs in its own named thread and keeps only its latest frame,
+already converted to the pipeline's size and pixel format, stamped with the
+monotonic clock at capture. The media thread samples it at the output frame
+rate (a frame synchroniser): a slow, fast or dead source never changes the
+output's timing. A source that fails or stops delivering is reopened with
+backoff; meanwhile the pipeline shows the slate.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from appliance.config import VideoSection
+from appliance.media.font import draw_text, text_width
+
+log = logging.getLogger(__name__)
+
+# A frame older than this is no signal: the slate replaces it.
+STALE_AFTER = 0.5
+BACKOFF = (0.5, 1.0, 2.0, 4.0, 5.0)
+
+
+def luma(frame) -> np.ndarray:
+    """A writable view of a yuv420p frame's Y plane (no copy)."""
+    plane = frame.planes[0]
+    return np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)[:, : frame.width]
+
+
+class VideoSource:
+    """Base: the capture thread, the latest frame, loss and reopen with backoff."""
+
+    kind = "video"
+
+    def __init__(self, cfg: VideoSection):
+        self.cfg = cfg
+        self._lock = threading.Lock()
+        self._latest = None
+        self._latest_at = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.frames = 0
+        self.reopens = 0
+        self.error = ""
+        self.signal = False
+        self._fault: OSError | None = None
+
+    # --- the media thread's side -----------------------------------------------
+
+    def latest(self, now: float):
+        with self._lock:
+            if self._latest is not None and now - self._latest_at <= STALE_AFTER:
+                return self._latest
+        return None
+
+    def status(self) -> dict:
+        return {"source": self.describe(), "signal": self.signal, "frames": self.frames,
+                "reopens": self.reopens, **({"error": self.error} if self.error else {})}
+
+    def describe(self) -> str:
+        return self.kind
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"video-{self.kind}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            if self._thread.is_alive():
+                log.error("video source %s did not stop within 5 s", self.describe())
+            self._thread = None
+
+    def unplug(self) -> None:
+        """Simulated device loss (sim profile and tests): reads fail with ENODEV."""
+        self._fault = OSError(errno.ENODEV, "No such device (simulated unplug)")
+
+    def replug(self) -> None:
+        self._fault = None
+
+    # --- the capture thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                if self._fault:
+                    raise self._fault
+                for frame in self._frames():
+                    if self._stop.is_set():
+                        return
+                    if self._fault:
+                        raise self._fault
+                    frame = self._convert(frame)
+                    with self._lock:
+                        self._latest, self._latest_at = frame, time.monotonic()
+                    self.frames += 1
+                    if not self.signal:
+                        self.signal, self.error, attempt = True, "", 0
+                        log.info("video: signal from %s", self.describe(), extra={"VIDEO": "signal"})
+                raise OSError(errno.ENODATA, "source ended")
+            except Exception as e:  # PyAV raises many kinds; all mean "no signal"
+                if self._stop.is_set():
+                    return
+                if self.signal or not self.error:
+                    log.warning("video: lost %s: %s", self.describe(), e, extra={"VIDEO": "lost"})
+                self.signal, self.error = False, str(e)
+                delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
+                attempt += 1
+                self.reopens += 1
+                self._stop.wait(delay)
+
+    def _convert(self, frame):
+        c = self.cfg
+        if frame.width != c.width or frame.height != c.height or frame.format.name != "yuv420p":
+            frame = frame.reformat(width=c.width, height=c.height, format="yuv420p")
+        return frame
+
+    def _frames(self):
+        raise NotImplementedError
+
+
+class TestPattern(VideoSource):
+    """lavfi testsrc2 paced in real time, with the wall clock burnt in so the
+    glass-to-glass latency can be read off a received frame."""
+
+    kind = "testsrc"
+
+    def describe(self) -> str:
+        return f"test pattern {self.cfg.width}x{self.cfg.height}@{self.cfg.fps}"
+
+    def _frames(self):
+        import av
+
+        c = self.cfg
+        with av.open(f"testsrc2=size={c.width}x{c.height}:rate={c.fps},realtime", format="lavfi") as src:
+            for frame in src.decode(video=0):
+                yield frame
+
+    def _convert(self, frame):
+        frame = super()._convert(frame)
+        now = time.time()
+        stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+        scale = max(2, self.cfg.height // 120)
+        draw_text(luma(frame), stamp, scale * 2, self.cfg.height - 10 * scale, scale)
+        return frame
+
+
+class V4L2Capture(VideoSource):
+    """A USB HDMI capture card (MJPEG or YUYV) through FFmpeg's video4linux2."""
+
+    kind = "v4l2"
+
+    def describe(self) -> str:
+        return f"{self.cfg.device} ({self.cfg.input_format})"
+
+    def _frames(self):
+        import av
+
+        c = self.cfg
+        options = {"video_size": f"{c.width}x{c.height}", "framerate": str(c.fps)}
+        if c.input_format != "auto":
+            options["input_format"] = c.input_format
+        if not Path(c.device).exists():
+            raise OSError(errno.ENOENT, f"{c.device}: missing device node (capture card unplugged?)")
+        with av.open(c.device, format="video4linux2", options=options) as src:
+            for frame in src.decode(video=0):
+                yield frame
+
+
+class LoopingFile(VideoSource):
+    """A rehearsal file played in a loop at its own pace."""
+
+    kind = "file"
+
+    def describe(self) -> str:
+        return f"file {self.cfg.file}"
+
+    def _frames(self):
+        import av
+
+        while not self._stop.is_set():
+            with av.open(str(self.cfg.file)) as src:
+                stream = src.streams.video[0]
+                start = time.monotonic()
+                first = None
+                for frame in src.decode(stream):
+                    if frame.pts is not None and frame.time_base is not None:
+                        t = float(frame.pts * frame.time_base)
+                        first = t if first is None else first
+                        delay = start + (t - first) - time.monotonic()
+                        if delay > 0:
+                            self._stop.wait(delay)
+                    yield frame
+
+
+def make_source(cfg: VideoSection) -> VideoSource:
+    return {"testsrc": TestPattern, "v4l2": V4L2Capture, "file": LoopingFile}[cfg.source](cfg)
+
+
+class Slate:
+    """"NO VIDEO SIGNAL" and the time, at the pipeline's size: keeps the stream
+    and the recording on time while the source is away."""
+
+    def __init__(self, width: int, height: int):
+        import av
+
+        self.width, self.height = width, height
+        self._av = av
+        self._scale = max(2, height // 90)
+
+    def frame(self):
+        frame = self._av.VideoFrame(self.width, self.height, "yuv420p")
+        y = luma(frame)
+        y[:] = 16
+        for plane in frame.planes[1:]:
+            np.frombuffer(plane, np.uint8)[:] = 128
+        s = self._scale
+        title = "NO VIDEO SIGNAL"
+        draw_text(y, title, (self.width - text_width(title, s)) // 2, self.height // 2 - 8 * s, s)
+        now = time.strftime("%H:%M:%S")
+        draw_text(y, now, (self.width - text_width(now, s // 2 or 1)) // 2, self.height // 2 + 4 * s, s // 2 or 1)
+        return frame

@@ -1,0 +1,276 @@
+"""The local recorder: segmented MPEG-TS that no power cut or network can lose.
+
+- Segments (default 10 s) are cut on video keyframes, so each starts with a
+  keyframe carrying SPS/PPS and decodes alone.
+- The open segment is `NAME.ts.part`; every packet reaches the page cache at
+  once (a kill -9 loses nothing written) and it is fsync'ed every couple of
+  seconds (a power cut loses at most that); on close it is fsync'ed and renamed
+  to `NAME.ts` atomically.
+- A manifest per session (`session.json`: start, segments, encoder, settings)
+  is rewritten atomically after every segment.
+- Free space: the oldest sessions (never the current one) are deleted below
+  `min_free_mb`; a warning below `warn_free_mb`; if the disk still fills,
+  recording stops with a clear "recording stopped: disk full" and nothing
+  crashes.
+
+All disk work happens in the recorder's own thread; the media thread only
+queues packets (a full queue drops and counts, it never waits on a slow card).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from appliance.config import RecordingSection
+from appliance.fsutil import atomic_write, fsync_dir
+from appliance.media.encoders import EncodedPacket
+from appliance.media.mux import TsMuxer
+from appliance.outputs import Report, Session
+
+log = logging.getLogger(__name__)
+
+QUEUE_PACKETS = 1500  # ~15 s of 30 fps video plus two audio tracks
+FSYNC_EVERY = 2.0
+MANIFEST = "session.json"
+
+DISK_FULL = "recording stopped: disk full"
+DISK_LOW = "recording disk nearly full"
+RECORDER_FAILED = "recording stopped: write error"
+RECORDER_BEHIND = "recording disk too slow: packets dropped"
+
+
+class Recorder:
+    name = "recorder"
+
+    def __init__(self, cfg: RecordingSection, directory: Path, report: Report | None = None):
+        self.cfg = cfg
+        self.directory = Path(directory)
+        self.report = report or (lambda condition, active: None)
+        self.session: Session | None = None
+        self.session_dir: Path | None = None
+        self.segments: list[dict] = []
+        self.dropped = 0
+        self.bytes = 0
+        self.dead = ""
+        self.deleted_sessions: list[str] = []
+        self._queue: queue.Queue = queue.Queue(QUEUE_PACKETS)
+        self._thread: threading.Thread | None = None
+        self._mux: TsMuxer | None = None
+        self._seg_path: Path | None = None
+        self._seg_start: float | None = None
+        self._seg_last: float | None = None
+        self._seg_index = 0
+        self._last_fsync = 0.0
+        self._low_warned = False
+        self._behind = False
+
+    # --- the media thread's side -------------------------------------------------
+
+    def packet(self, pkt: EncodedPacket) -> None:
+        if self.dead:
+            return
+        try:
+            self._queue.put_nowait(pkt)
+        except queue.Full:
+            self.dropped += 1
+            if not self._behind:
+                self._behind = True
+                log.error("recorder: the disk cannot keep up, dropping packets", extra={"OUTPUT": self.name})
+                self.report(RECORDER_BEHIND, True)
+
+    # --- lifecycle (loop side, through to_thread) -------------------------------------------
+
+    def start(self, session: Session) -> None:
+        self.session = session
+        self.segments = []
+        self.dropped = 0
+        self.bytes = 0
+        self.dead = ""
+        self._seg_index = 0
+        self._behind = False
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.session_dir = self.directory / session.name
+        self.session_dir.mkdir(parents=True, exist_ok=True)
+        self._write_manifest(open_segment=None)
+        self._queue = queue.Queue(QUEUE_PACKETS)
+        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
+        self._thread.start()
+        log.info("recording to %s", self.session_dir, extra={"OUTPUT": self.name, "SESSION": session.name})
+
+    def stop(self) -> None:
+        """Finalize: the last segment closed, fsync'ed, renamed; manifest written."""
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join()
+        self._thread = None
+        if self._behind:
+            self.report(RECORDER_BEHIND, False)
+        log.info("recording finalized: %d segments, %.1f MB in %s", len(self.segments), self.bytes / 1e6,
+                 self.session_dir, extra={"OUTPUT": self.name})
+
+    def status(self) -> dict:
+        return {
+            "session": self.session.name if self.session else None,
+            "directory": str(self.session_dir) if self.session_dir else None,
+            "segments": len(self.segments),
+            "bytes": self.bytes + (self._seg_path.stat().st_size if self._seg_path and self._seg_path.exists() else 0),
+            "seconds": round(sum(s["duration"] for s in self.segments), 1),
+            "dropped_packets": self.dropped,
+            "recording": self._thread is not None and not self.dead,
+            **({"stopped": self.dead} if self.dead else {}),
+        }
+
+    # --- the recorder thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            pkt = self._queue.get()
+            if pkt is None:
+                break
+            if self.dead:
+                continue
+            try:
+                self._write(pkt)
+            except OSError as e:
+                self._fail(e)
+            except Exception as e:  # PyAV wraps write errors in its own types
+                self._fail(e)
+        try:
+            self._close_segment()
+        except Exception as e:
+            self._fail(e)
+        self._write_manifest(open_segment=None, complete=True)
+
+    def _write(self, pkt: EncodedPacket) -> None:
+        t = pkt.seconds
+        if pkt.stream == 0 and pkt.key:
+            if self._mux is None or t - self._seg_start >= self.cfg.segment_seconds - 1e-6:
+                self._close_segment()
+                if not self._open_segment(t):
+                    return
+        if self._mux is None:
+            return  # waiting for the first keyframe: a segment must start with one
+        self._mux.mux(pkt)
+        if pkt.stream == 0:
+            self._seg_last = t
+        now = time.monotonic()
+        if now - self._last_fsync >= FSYNC_EVERY:
+            self._fsync(self._seg_path)
+            self._last_fsync = now
+
+    def _open_segment(self, t: float) -> bool:
+        if not self._make_room():
+            return False
+        self._seg_index += 1
+        self._seg_path = self.session_dir / f"seg-{self._seg_index:05d}.ts.part"
+        s = self.session
+        self._mux = TsMuxer(self._seg_path, s.video, s.audio_extradata, s.track_names, service_name=s.name)
+        self._seg_start = self._seg_last = t
+        self._last_fsync = time.monotonic()
+        self._write_manifest(open_segment=self._seg_path.name)
+        return True
+
+    def _close_segment(self) -> None:
+        if self._mux is None:
+            return
+        mux, path, start, last = self._mux, self._seg_path, self._seg_start, self._seg_last
+        self._mux = None
+        mux.close()
+        self._fsync(path)
+        final = path.with_name(path.name[: -len(".part")])
+        os.replace(path, final)
+        fsync_dir(final.parent)
+        size = final.stat().st_size
+        self.bytes += size
+        self._seg_path = None
+        self.segments.append({"file": final.name, "start": round(start, 3),
+                              "duration": round(last - start + 1 / self.session.video.fps, 3), "bytes": size})
+        self._write_manifest(open_segment=None)
+
+    def _fsync(self, path: Path | None) -> None:
+        if path is None or not path.exists():
+            return
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _fail(self, e: Exception) -> None:
+        full = isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left" in str(e)
+        self.dead = DISK_FULL if full else f"{RECORDER_FAILED}: {e}"
+        log.error("%s (%s)", self.dead, self.session_dir, extra={"OUTPUT": self.name})
+        self.report(DISK_FULL if full else RECORDER_FAILED, True)
+        # Keep what was written: the open segment decodes up to its last packet.
+        if self._mux is not None:
+            try:
+                self._mux.close()
+            except Exception:
+                pass
+            self._mux = None
+        if self._seg_path is not None and self._seg_path.exists():
+            try:
+                final = self._seg_path.with_name(self._seg_path.name[: -len(".part")])
+                os.replace(self._seg_path, final)
+                self.segments.append({"file": final.name, "start": self._seg_start, "duration": None,
+                                      "bytes": final.stat().st_size, "truncated": True})
+            except OSError:
+                pass
+            self._seg_path = None
+
+    # --- free space ------------------------------------------------------------------------
+
+    def _free_mb(self) -> float:
+        return shutil.disk_usage(self.directory).free / 1e6
+
+    def _make_room(self) -> bool:
+        free = self._free_mb()
+        if free < self.cfg.warn_free_mb and not self._low_warned:
+            self._low_warned = True
+            log.warning("%s: %.0f MB free on %s", DISK_LOW, free, self.directory)
+            self.report(DISK_LOW, True)
+        while free < self.cfg.min_free_mb:
+            oldest = self._oldest_other_session()
+            if oldest is None:
+                self._fail(OSError(errno.ENOSPC, f"No space left: {free:.0f} MB free, need {self.cfg.min_free_mb} MB"))
+                return False
+            shutil.rmtree(oldest, ignore_errors=True)
+            self.deleted_sessions.append(oldest.name)
+            log.warning("retention: deleted old session %s to keep %d MB free", oldest.name, self.cfg.min_free_mb,
+                        extra={"OUTPUT": self.name, "DELETED": oldest.name})
+            free = self._free_mb()
+        return True
+
+    def _oldest_other_session(self) -> Path | None:
+        others = [d for d in self.directory.iterdir() if d.is_dir() and d != self.session_dir]
+        return min(others, key=lambda d: (d.stat().st_mtime, d.name)) if others else None
+
+    def _write_manifest(self, open_segment: str | None, complete: bool = False) -> None:
+        s = self.session
+        data = {
+            "session": s.name,
+            "started": s.started,
+            "encoder": s.encoder,
+            "video": {"width": s.video.width, "height": s.video.height, "fps": s.video.fps,
+                      "bitrate_kbps": s.video.bitrate_kbps, "keyframe_seconds": s.video.keyframe_seconds},
+            "audio_tracks": s.track_names,
+            "settings": s.settings,
+            "segments": self.segments,
+            "open_segment": open_segment,
+            "complete": complete,
+            "stopped": self.dead or None,
+        }
+        try:
+            atomic_write(self.session_dir / MANIFEST, json.dumps(data, indent=2).encode())
+        except OSError as e:
+            if not self.dead:
+                self._fail(e)

@@ -1,0 +1,74 @@
+"""Reading recordings back as a viewer would: decode with PyAV and measure."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+
+from appliance.media.h264 import IDR, PPS, SPS, nal_types
+
+
+@dataclass
+class Decoded:
+    video_pts: list[int] = field(default_factory=list)  # in 1/90000 (MPEG-TS's clock)
+    video_luma: list[float] = field(default_factory=list)  # mean Y of each frame
+    audio: dict[int, list[tuple[float, int]]] = field(default_factory=dict)  # stream -> [(start s, samples)]
+    audio_sumsq: dict[int, float] = field(default_factory=dict)
+    audio_count: dict[int, int] = field(default_factory=dict)
+
+    def audio_rms_dbfs(self, stream: int) -> float:
+        return 10 * np.log10(self.audio_sumsq[stream] / self.audio_count[stream] + 1e-20)
+    first_video_nals: list[list[int]] = field(default_factory=list)  # per file
+
+
+def decode_files(files: list[Path], luma: bool = False) -> Decoded:
+    out = Decoded()
+    for path in files:
+        with av.open(str(path)) as c:
+            first = None
+            for packet in c.demux():
+                if packet.stream.type == "video" and packet.size and first is None:
+                    first = (bool(packet.is_keyframe), nal_types(bytes(packet)))
+                for frame in packet.decode():
+                    if packet.stream.type == "video":
+                        out.video_pts.append(round(frame.pts * frame.time_base * 90000))
+                        if luma:
+                            out.video_luma.append(float(frame.to_ndarray(format="gray").mean()))
+                    elif packet.stream.type == "audio":
+                        idx = packet.stream.index
+                        out.audio.setdefault(idx, []).append((float(frame.pts * frame.time_base), frame.samples))
+                        data = frame.to_ndarray().astype(np.float64)
+                        out.audio_sumsq[idx] = out.audio_sumsq.get(idx, 0.0) + float(np.sum(data * data))
+                        out.audio_count[idx] = out.audio_count.get(idx, 0) + data.size
+            out.first_video_nals.append(first[1] if first and first[0] else [])
+    return out
+
+
+def segments(session_dir: Path, include_open: bool = False) -> list[Path]:
+    files = sorted(session_dir.glob("seg-*.ts"))
+    if include_open:
+        files += sorted(session_dir.glob("seg-*.ts.part"))
+    return files
+
+
+def only_session(recordings: Path) -> Path:
+    sessions = [d for d in recordings.iterdir() if d.is_dir()]
+    assert len(sessions) == 1, sessions
+    return sessions[0]
+
+
+def manifest(session_dir: Path) -> dict:
+    return json.loads((session_dir / "session.json").read_text())
+
+
+def starts_with_parameter_sets(nals: list[int]) -> bool:
+    return {SPS, PPS, IDR} <= set(nals) and nals.index(SPS) < nals.index(IDR) and nals.index(PPS) < nals.index(IDR)
+
+
+def largest_gap(pts: list[int]) -> int:
+    s = sorted(pts)
+    return max((b - a for a, b in zip(s, s[1:])), default=0)

@@ -1,0 +1,248 @@
+"""The media path end to end: the real daemon, the sim profile (test pattern,
+PulseAudio sine sources), recordings read back with PyAV."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from appliance.config import EncoderRung
+from appliance.media.encoders import Ladder, VideoSettings
+from appliance.media.meters import Meter
+from conftest import wait_until
+from media_check import (
+    decode_files, largest_gap, manifest, only_session, segments, starts_with_parameter_sets,
+)
+
+FPS = 30
+FRAME = 90000 // FPS  # one frame in 1/90000
+
+
+def media(d) -> dict:
+    return d.request("status")["status"]["components"]["media"]
+
+
+def go_live(d, timeout=20):
+    d.wait_state("READY", timeout=timeout)
+    assert d.request("live")["ok"]
+    d.wait_state(("LIVE", "DEGRADED"), timeout=10)
+
+
+def test_20_second_recording_decodes_with_both_tracks_in_sync(daemon_factory):
+    d = daemon_factory().start()
+    go_live(d)
+    t0 = time.monotonic()
+    # The meters read PulseAudio's -6 dBFS sine while live.
+    wait_until(lambda: media(d)["audio"]["program"]["peak_dbfs"] > -7, 10, what="audio on the meters")
+    status = media(d)
+    assert status["encoder"] == "libx264"
+    assert abs(status["audio"]["program"]["peak_dbfs"] - -6.0) <= 0.5
+    time.sleep(max(0.0, 20 - (time.monotonic() - t0)))
+    assert d.request("stop")["ok"]
+    elapsed = time.monotonic() - t0
+    d.wait_state("READY")
+    assert d.terminate() == 0
+
+    session = only_session(d.dir / "recordings")
+    m = manifest(session)
+    assert m["complete"] and m["encoder"] == "libx264" and m["audio_tracks"] == ["program", "ambient"]
+    files = segments(session)
+    assert [s["file"] for s in m["segments"]] == [f.name for f in files]
+    assert not list(session.glob("*.part")), "every segment was closed and renamed"
+    rec = decode_files(files)
+
+    frames = len(rec.video_pts)
+    assert abs(frames - elapsed * FPS) <= 0.01 * elapsed * FPS, (frames, elapsed)
+    assert largest_gap(rec.video_pts) == FRAME, "no frame missing anywhere"
+    assert len(rec.audio) == 2, "program and ambient, each its own audio stream"
+    video_end = (max(rec.video_pts) + FRAME) / 90000
+    video_start = min(rec.video_pts) / 90000
+    for stream, frames_ in rec.audio.items():
+        start = min(t for t, _ in frames_)
+        end = max(t + n / 48000 for t, n in frames_)
+        assert abs(start - video_start) <= 1 / FPS, (stream, start, video_start)
+        assert abs(end - video_end) <= 1 / FPS + 1024 / 48000, (stream, end, video_end)
+        # A -6 dBFS sine has an RMS of -9 dBFS: the tone came through, unclipped.
+        assert abs(rec.audio_rms_dbfs(stream) - -9.0) < 1.0, rec.audio_rms_dbfs(stream)
+    for f, nals in zip(files, rec.first_video_nals):
+        assert starts_with_parameter_sets(nals), f"{f.name} starts with {nals}"
+    assert len(files) >= 2, "20 s at 10 s segments makes at least two"
+
+
+def test_hardware_encoder_missing_is_rejected_and_libx264_chosen(tmp_path):
+    ladder = Ladder(
+        [EncoderRung(codec="h264_v4l2m2m", hardware=True, device="/dev/video11", insert_sps_pps=True),
+         EncoderRung(codec="libx264", options={"preset": "veryfast"})],
+        VideoSettings(1280, 720, 30, 4000, 4000), tmp_path / "cache.json")
+    hw, sw = ladder.probe_all()
+    assert not hw.ok and "h264_v4l2m2m" in hw.reason and "/dev/video11 is missing" in hw.reason
+    assert sw.ok and "keyframe with SPS/PPS" in sw.reason
+    assert [r.codec for r in ladder.usable()] == ["libx264"]
+    # Cached for this boot: a second probe runs no child process.
+    again = Ladder(ladder.rungs, ladder.settings, tmp_path / "cache.json").probe_all()
+    assert all(v.cached for v in again) and [v.ok for v in again] == [False, True]
+
+
+RUNG_PAIR = """
+[encoder]
+ladder = [
+  { codec = "libx264", options = { preset = "ultrafast", tune = "zerolatency" } },
+  { codec = "libx264", options = { preset = "veryfast", tune = "zerolatency" } },
+]
+"""
+
+
+def test_encoder_failing_mid_stream_falls_back_without_a_gap(daemon_factory):
+    d = daemon_factory(config_extra=RUNG_PAIR).start()
+    go_live(d)
+    time.sleep(3)
+    assert d.request("sim", action="encoder-fail")["ok"]
+    wait_until(lambda: media(d)["fallbacks"], 5, what="the fallback")
+    time.sleep(3)
+    assert d.state() == "LIVE", "the show goes on"
+    d.request("stop")
+    d.wait_state("READY")
+    assert d.terminate() == 0
+    assert "failed mid-stream" in d.log()
+    rec = decode_files(segments(only_session(d.dir / "recordings")))
+    gop = FPS * FRAME
+    assert largest_gap(rec.video_pts) <= gop, "no gap longer than one GOP"
+    assert len(rec.video_pts) >= 5 * FPS
+
+
+def test_kill_9_while_recording_loses_only_the_open_segment_tail(daemon_factory):
+    d = daemon_factory(config_extra="[recording]\nsegment_seconds = 3\n").start()
+    go_live(d)
+    session = None
+
+    def two_closed():
+        nonlocal session
+        rec = d.dir / "recordings"
+        dirs = [x for x in rec.iterdir()] if rec.exists() else []
+        session = dirs[0] if dirs else None
+        return session and len(segments(session)) >= 2 and list(session.glob("*.part"))
+    wait_until(two_closed, 20, what="two closed segments and an open one")
+    time.sleep(1.0)
+    d.kill()
+
+    closed = segments(session)
+    for f in closed:
+        rec = decode_files([f])
+        assert len(rec.video_pts) >= 2 * FPS, f"{f.name} decodes whole"
+    (open_seg,) = session.glob("*.part")
+    rec = decode_files([open_seg])
+    assert len(rec.video_pts) >= FPS // 2, "the open segment decodes up to its last packet"
+    assert manifest(session)["open_segment"] == open_seg.name
+
+
+def test_video_and_audio_loss_keep_timing_and_recover(daemon_factory):
+    d = daemon_factory().start()
+    go_live(d)
+    wait_until(lambda: media(d)["audio"]["program"]["device_ok"], 10, what="audio up")
+    time.sleep(1)
+    d.request("sim", action="video-unplug")
+    wait_until(lambda: "no video signal" in d.request("status")["status"]["conditions"], 5, what="no video")
+    assert d.state() == "DEGRADED"
+    time.sleep(2)
+    d.request("sim", action="video-replug")
+    wait_until(lambda: "no video signal" not in d.request("status")["status"]["conditions"], 10, what="video back")
+
+    # Audio: the program input disappears from PulseAudio (a real unplug there).
+    d.request("sim", action="audio-unplug", source="foh")
+    wait_until(lambda: "audio program: device missing" in d.request("status")["status"]["conditions"], 10,
+               what="audio loss noticed")
+    time.sleep(2)
+    d.request("sim", action="audio-replug", source="foh")
+    wait_until(lambda: media(d)["audio"]["program"]["device_ok"], 15, what="audio back")
+    wait_until(lambda: d.state() == "LIVE", 10, what="LIVE again")
+    assert media(d)["slate_frames"] > FPS
+    d.request("stop")
+    d.wait_state("READY")
+    assert d.terminate() == 0
+
+    rec = decode_files(segments(only_session(d.dir / "recordings")), luma=True)
+    assert largest_gap(rec.video_pts) == FRAME, "slate frames kept the timing continuous"
+    dark = sum(1 for y in rec.video_luma if y < 30)  # the slate is black with white text
+    assert dark >= FPS, dark
+    video_seconds = len(rec.video_pts) / FPS
+    for stream, frames_ in rec.audio.items():
+        samples = sum(n for _, n in frames_)
+        assert abs(samples / 48000 - video_seconds) < 0.2, "silence filled the audio gap"
+
+
+def test_meter_reads_a_minus_6_dbfs_sine():
+    t = np.arange(48000) / 48000
+    tone = (10 ** (-6 / 20) * np.sin(2 * np.pi * 997 * t)).astype(np.float32)
+    m = Meter("program")
+    for block in np.split(np.vstack([tone, tone]), 30, axis=1):
+        m.update(block)
+    assert abs(m.peak - -6.0) <= 0.5
+    assert abs(m.rms - -9.0) <= 0.5
+    # BS.1770: a 997 Hz sine at -6 dBFS in both channels is about -6 LUFS.
+    assert abs(m.loudness - -6.0) <= 0.5
+
+
+def test_meter_clip_and_silence_alarms():
+    now = [0.0]
+    m = Meter("program", silence_dbfs=-60, silence_seconds=5, clock=lambda: now[0])
+    silence = np.zeros((2, 1600), np.float32)
+    for _ in range(4 * FPS):  # 4 s of silence: not yet
+        now[0] += 1 / FPS
+        assert "silent" not in m.update(silence)
+    fired = []
+    for _ in range(2 * FPS):
+        now[0] += 1 / FPS
+        fired.append(m.update(silence).get("silent"))
+    assert True in fired and m.silent
+    assert m.update(np.full((2, 1600), 0.1, np.float32)) == {"silent": False}
+    assert m.update(np.full((2, 1600), 0.999, np.float32)) == {"clipping": True}
+    assert m.clips == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a size-limited tmpfs needs root (CI runs as root)")
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_filling_disk_deletes_old_sessions_then_stops_recording_cleanly(daemon_factory, small_disk):
+    rec_dir = small_disk / "recordings"
+    for i, name in enumerate(["20200101-000000-old", "20200102-000000-older"]):
+        old = rec_dir / name
+        old.mkdir(parents=True)
+        (old / "seg-00001.ts").write_bytes(os.urandom(4 * 1024 * 1024))
+        os.utime(old, (1_000_000 + i, 1_000_000 + i))
+    d = daemon_factory(config_extra=f"""
+[recording]
+segment_seconds = 1
+min_free_mb = 5
+warn_free_mb = 7
+""")
+    d.config.write_text(d.config.read_text().replace(f'recordings = "{d.dir / "recordings"}"',
+                                                      f'recordings = "{rec_dir}"'))
+    d.start()
+    go_live(d)
+    wait_until(lambda: "recording stopped: disk full" in d.request("status")["status"]["conditions"], 60,
+               what="the disk-full event")
+    st = d.request("status")["status"]
+    assert st["state"] == "DEGRADED", "still live: the stream would go on"
+    rec = st["components"]["media"]["outputs"]["recorder"]
+    assert rec["stopped"] == "recording stopped: disk full" and not rec["recording"]
+    log = d.log()
+    assert "retention: deleted old session 20200101-000000-old" in log
+    assert "retention: deleted old session 20200102-000000-older" in log
+    assert log.index("20200101-000000-old") < log.index("20200102-000000-older"), "oldest first"
+    assert d.request("stop")["ok"]
+    d.wait_state("READY")
+    assert d.terminate() == 0
+    session = only_session(rec_dir)
+    assert decode_files(segments(session)).video_pts, "what was recorded before the disk filled is intact"
