@@ -89,9 +89,35 @@ def cmd_status(args) -> int:
     for c in s["conditions"]:
         print(f"  ! {c}")
     print(f"  live intent: {'yes' if s['live_intent'] else 'no'}")
+    media = s["components"].get("media", {})
+    if media.get("state") == "running":
+        print(media_summary(media))
     for name, c in s["components"].items():
         print(f"  {name:<14} {c['state']}" + (f"  ({c['error']})" if c.get("error") else ""))
     return 0
+
+
+def media_summary(m: dict) -> str:
+    """The media lines of `appliance status` (and the sim console)."""
+    video = m["video"]
+    lines = [f"  video: {video['source']}, {'signal' if video['signal'] else 'NO SIGNAL'}"]
+    if m["live"]:
+        hw = " (hardware)" if m["encoder_hardware"] else ""
+        lines.append(f"  encoder: {m['encoder']}{hw}, {m['fps']} fps, {m['bitrate_kbps']} kb/s "
+                     f"(target {m['target_bitrate_kbps']}), {m['frames_dropped']} dropped")
+    for name, a in m["audio"].items():
+        if not a["device_ok"]:
+            level = "device missing"
+        else:
+            lufs = "" if a["loudness_lufs"] is None else f"  {a['loudness_lufs']:.1f} LUFS"
+            level = f"peak {a['peak_dbfs']:.1f} dBFS  rms {a['rms_dbfs']:.1f} dBFS{lufs}"
+            level += ("  CLIP" if a["clipping"] else "") + ("  SILENT" if a["silent"] else "")
+        lines.append(f"  audio {name}: {level}")
+    rec = m["outputs"].get("recorder")
+    if rec and rec.get("session"):
+        state = "recording" if rec["recording"] else rec.get("stopped", "finalized")
+        lines.append(f"  recorder: {state}, {rec['segments']} segments, {rec['bytes'] / 1e6:.1f} MB in {rec['directory']}")
+    return "\n".join(lines)
 
 
 def cmd_live_stop(args) -> int:

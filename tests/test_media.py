@@ -246,3 +246,24 @@ warn_free_mb = 7
     assert d.terminate() == 0
     session = only_session(rec_dir)
     assert decode_files(segments(session)).video_pts, "what was recorded before the disk filled is intact"
+
+
+def test_bitrate_changes_while_running():
+    """The adaptive bitrate drives the encoder live: the output follows."""
+    import av
+
+    from appliance.media.encoders import VideoEncoder
+
+    settings = VideoSettings(640, 360, 30, 2000, 2000)
+    enc = VideoEncoder(EncoderRung(codec="libx264", options={"preset": "veryfast", "tune": "zerolatency"}), settings)
+    with av.open("testsrc2=size=640x360:rate=30", format="lavfi") as src:
+        frames = [f.reformat(format="yuv420p") for _, f in zip(range(180), src.decode(video=0))]
+
+    def bits(chunk, start):
+        return sum(len(p.data) for i, f in enumerate(chunk) for p in enc.encode(f, (start + i) * FRAME)) * 8
+
+    high = bits(frames[:90], 0) / 3
+    enc.set_bitrate(500)
+    bits(frames[90:120], 90)  # one second for the rate control to settle
+    low = bits(frames[120:], 120) / 2
+    assert high > 1_500_000 and low < 750_000, (high, low)

@@ -59,6 +59,7 @@ class SimConsole:
             print("[sim] keys: g = press GO, h = hold GO 2.5 s (stop), q = quit", file=sys.stderr)
         if self.go_after is not None:
             self._tasks.append(loop.create_task(self._auto_go(), name="sim-auto-go"))
+        self._tasks.append(loop.create_task(self._meters(), name="sim-meters"))
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -80,6 +81,24 @@ class SimConsole:
         await asyncio.sleep(self.go_after)
         if self.service.snapshot.state is State.READY:
             await self.press("go")
+
+    async def _meters(self) -> None:
+        """A compact media line every few seconds: the demo's front panel for sound."""
+        while True:
+            await asyncio.sleep(5)
+            media = self.service.records.get("media")
+            if media is None or media.state != "running":
+                continue
+            m = media.component.status()
+            parts = []
+            if m["live"]:
+                parts.append(f"{m['encoder']} {m['fps']} fps {m['bitrate_kbps'] / 1000:.1f} Mb/s")
+            for name, a in m["audio"].items():
+                parts.append(f"{name} {a['peak_dbfs']:.0f} dBFS" if a["device_ok"] else f"{name} missing")
+            rec = m["outputs"].get("recorder", {})
+            if rec.get("recording"):
+                parts.append(f"rec {rec['bytes'] / 1e6:.0f} MB")
+            print(f"\r[{time.strftime('%H:%M:%S')}]   " + " | ".join(parts), flush=True)
 
     def _key(self) -> None:
         ch = os.read(sys.stdin.fileno(), 1).decode(errors="ignore").lower()
