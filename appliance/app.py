@@ -51,8 +51,24 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
         service.sim_actions["video-replug"] = lambda req: media.video.replug()
         service.sim_actions["encoder-fail"] = lambda req: media.inject_encoder_fault()
 
-    if sim and (sim_go_after is not None or console):
+    if sim:
         from appliance.sim.console import SimConsole
 
-        service.components.append(SimConsole(service, panel, sim_go_after))
+        sim_console = SimConsole(service, panel, sim_go_after)
+        # Presses over the control socket drive the same mock pins as the keys.
+        service.sim_actions["press"] = lambda req: _press(sim_console, req)
+        if sim_go_after is not None or console:
+            service.components.append(sim_console)
     return service
+
+
+def _press(console, req: dict) -> None:
+    import asyncio
+
+    button = req.get("button", "go")
+    if button not in ("go", "fn"):
+        raise ValueError(f"sim press: unknown button {button!r} (go, fn)")
+    seconds = float(req.get("seconds", 0.15))
+    if not 0 < seconds <= 30:
+        raise ValueError("sim press: seconds must be in (0, 30]")
+    asyncio.run(console.press(button, seconds))

@@ -174,6 +174,22 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_panel_card(args) -> int:
+    from appliance.panel import patterns
+
+    if args.readme:
+        readme = Path(args.readme)
+        readme.write_text(patterns.readme_with_card(readme.read_text(), args.svg_link))
+        print(f"updated the front-panel card in {readme}")
+    if args.svg:
+        Path(args.svg).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.svg).write_text(patterns.card_svg())
+        print(f"wrote {args.svg}")
+    if not (args.readme or args.svg):
+        print(patterns.card_markdown(), end="")
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_probe)
+
+    sp = sub.add_parser("panel-card", help="the front-panel card: every LED pattern and what to do")
+    sp.add_argument("--readme", help="rewrite the card section of this README")
+    sp.add_argument("--svg", help="write the panel picture (SVG) here")
+    sp.add_argument("--svg-link", default="docs/panel.svg", help="how the README links the picture")
+    sp.set_defaults(func=cmd_panel_card)
 
     sp = sub.add_parser("config", help="show the merged config (secrets masked) or check a file")
     csub = sp.add_subparsers(dest="action", required=True)

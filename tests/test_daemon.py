@@ -110,10 +110,10 @@ def test_corrupt_state_file_does_not_stop_the_boot(daemon_factory):
 
 def test_sim_go_press_goes_live(daemon_factory):
     d = daemon_factory(args=["--sim-go-after", "0.2"]).start()
-    d.wait_state("LIVE", timeout=10)
-    assert "go from button" in d.log()
+    d.wait_state(("LIVE", "DEGRADED"), timeout=10)
+    wait_until(lambda: "go from GO button" in d.log(), 5, what="the press in the log")
     leds = d.request("status")["status"]["components"]["panel"]["leds"]
-    assert leds["live"] > 0 and leds["status"] > 0
+    assert leds["live"]["pattern"] == "solid" and leds["live"]["lit"]
     assert d.terminate() == 0
 
 

@@ -10,7 +10,7 @@ from appliance.supervisor.state import Action, Event, Kind, Snapshot, State, ste
 
 S, K, A = State, Kind, Action
 IGNORED = "ignored"
-REM, FORGET, START, STOP = A.REMEMBER_LIVE, A.FORGET_LIVE, A.START_OUTPUTS, A.STOP_OUTPUTS
+REM, FORGET, START, STOP, OFF = A.REMEMBER_LIVE, A.FORGET_LIVE, A.START_OUTPUTS, A.STOP_OUTPUTS, A.POWER_OFF
 
 # The DEGRADED state is only ever reached with a condition set: "x" here.
 # DEGRADED events carry condition "y", RECOVERED events clear "x".
@@ -19,43 +19,43 @@ TABLE = {
     S.BOOTING: {
         K.BOOTED: (S.READY, ()), K.GO: IGNORED, K.STOP: IGNORED, K.OUTPUTS_STARTED: IGNORED,
         K.OUTPUTS_STOPPED: IGNORED, K.OUTPUTS_FAILED: IGNORED, K.DEGRADED: (S.BOOTING, ()),
-        K.RECOVERED: IGNORED, K.POWER_CRITICAL: IGNORED, K.FAULT: (S.FAULT, ()),
+        K.RECOVERED: IGNORED, K.POWER_CRITICAL: (S.BOOTING, (OFF,)), K.POWER_OFF: (S.BOOTING, (FORGET, OFF)), K.FAULT: (S.FAULT, ()),
         K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.BOOTING, ()),
     },
     S.READY: {
         K.BOOTED: IGNORED, K.GO: (S.GOING_LIVE, (REM, START)), K.STOP: IGNORED,
         K.OUTPUTS_STARTED: IGNORED, K.OUTPUTS_STOPPED: IGNORED, K.OUTPUTS_FAILED: IGNORED,
-        K.DEGRADED: (S.READY, ()), K.RECOVERED: IGNORED, K.POWER_CRITICAL: IGNORED,
+        K.DEGRADED: (S.READY, ()), K.RECOVERED: IGNORED, K.POWER_CRITICAL: (S.READY, (OFF,)), K.POWER_OFF: (S.READY, (FORGET, OFF)),
         K.FAULT: (S.FAULT, ()), K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.READY, ()),
     },
     S.GOING_LIVE: {
         K.BOOTED: IGNORED, K.GO: IGNORED, K.STOP: (S.STOPPING, (FORGET, STOP)),
         K.OUTPUTS_STARTED: (S.LIVE, ()), K.OUTPUTS_STOPPED: IGNORED, K.OUTPUTS_FAILED: (S.FAULT, (STOP,)),
-        K.DEGRADED: (S.GOING_LIVE, ()), K.RECOVERED: IGNORED, K.POWER_CRITICAL: (S.STOPPING, (STOP,)),
+        K.DEGRADED: (S.GOING_LIVE, ()), K.RECOVERED: IGNORED, K.POWER_CRITICAL: (S.STOPPING, (STOP,)), K.POWER_OFF: (S.STOPPING, (FORGET, STOP)),
         K.FAULT: (S.FAULT, (STOP,)), K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.STOPPING, (STOP,)),
     },
     S.LIVE: {
         K.BOOTED: IGNORED, K.GO: IGNORED, K.STOP: (S.STOPPING, (FORGET, STOP)),
         K.OUTPUTS_STARTED: IGNORED, K.OUTPUTS_STOPPED: IGNORED, K.OUTPUTS_FAILED: (S.FAULT, (STOP,)),
-        K.DEGRADED: (S.DEGRADED, ()), K.RECOVERED: IGNORED, K.POWER_CRITICAL: (S.STOPPING, (STOP,)),
+        K.DEGRADED: (S.DEGRADED, ()), K.RECOVERED: IGNORED, K.POWER_CRITICAL: (S.STOPPING, (STOP,)), K.POWER_OFF: (S.STOPPING, (FORGET, STOP)),
         K.FAULT: (S.FAULT, (STOP,)), K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.STOPPING, (STOP,)),
     },
     S.DEGRADED: {
         K.BOOTED: IGNORED, K.GO: IGNORED, K.STOP: (S.STOPPING, (FORGET, STOP)),
         K.OUTPUTS_STARTED: IGNORED, K.OUTPUTS_STOPPED: IGNORED, K.OUTPUTS_FAILED: (S.FAULT, (STOP,)),
-        K.DEGRADED: (S.DEGRADED, ()), K.RECOVERED: (S.LIVE, ()), K.POWER_CRITICAL: (S.STOPPING, (STOP,)),
+        K.DEGRADED: (S.DEGRADED, ()), K.RECOVERED: (S.LIVE, ()), K.POWER_CRITICAL: (S.STOPPING, (STOP,)), K.POWER_OFF: (S.STOPPING, (FORGET, STOP)),
         K.FAULT: (S.FAULT, (STOP,)), K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.STOPPING, (STOP,)),
     },
     S.STOPPING: {
         K.BOOTED: IGNORED, K.GO: IGNORED, K.STOP: (S.STOPPING, (FORGET,)),
         K.OUTPUTS_STARTED: IGNORED, K.OUTPUTS_STOPPED: (S.READY, ()), K.OUTPUTS_FAILED: IGNORED,
-        K.DEGRADED: (S.STOPPING, ()), K.RECOVERED: IGNORED, K.POWER_CRITICAL: IGNORED,
+        K.DEGRADED: (S.STOPPING, ()), K.RECOVERED: IGNORED, K.POWER_CRITICAL: (S.STOPPING, ()), K.POWER_OFF: (S.STOPPING, (FORGET,)),
         K.FAULT: (S.FAULT, ()), K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.STOPPING, ()),
     },
     S.FAULT: {
         K.BOOTED: IGNORED, K.GO: (S.GOING_LIVE, (REM, START)), K.STOP: (S.FAULT, (FORGET,)),
         K.OUTPUTS_STARTED: IGNORED, K.OUTPUTS_STOPPED: IGNORED, K.OUTPUTS_FAILED: IGNORED,
-        K.DEGRADED: (S.FAULT, ()), K.RECOVERED: IGNORED, K.POWER_CRITICAL: IGNORED,
+        K.DEGRADED: (S.FAULT, ()), K.RECOVERED: IGNORED, K.POWER_CRITICAL: (S.FAULT, (OFF,)), K.POWER_OFF: (S.FAULT, (FORGET, OFF)),
         K.FAULT: (S.FAULT, ()), K.FAULT_CLEARED: (S.READY, ()), K.SHUTDOWN: (S.FAULT, ()),
     },
 }
@@ -147,9 +147,23 @@ def test_random_sequences_keep_the_invariants(events):
         if STOP in result.actions:
             assert outputs_running, "STOP_OUTPUTS only undoes a START_OUTPUTS"
             outputs_running = False
+        if OFF in result.actions:
+            assert not outputs_running, "power off only once the outputs are finalized"
+            assert new.power_off
         # Outputs run exactly in the live-ish states.
         assert outputs_running == (new.state in (S.GOING_LIVE, S.LIVE, S.DEGRADED))
         if new.state in (S.LIVE, S.DEGRADED):
             assert (new.state is S.DEGRADED) == bool(new.conditions)
         assert not (snap.exiting and not new.exiting)
         snap = new
+
+
+def test_power_off_waits_for_the_outputs_to_be_finalized():
+    snap = base(S.LIVE)
+    r = step(snap, Event(K.POWER_CRITICAL, "battery 4 %"))
+    assert r.snapshot.state is S.STOPPING and r.actions == (STOP,) and OFF not in r.actions
+    assert FORGET not in r.actions, "a dying battery keeps the live intent: resume when power is back"
+    r = step(r.snapshot, Event(K.OUTPUTS_STOPPED))
+    assert r.snapshot.state is S.READY and r.actions == (OFF,)
+    assert step(r.snapshot, Event(K.GO)).ignored == "shutting down"
+    assert step(r.snapshot, Event(K.POWER_OFF)).ignored.startswith("already powering off")

@@ -17,10 +17,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
-from appliance.config import EncoderRung
 from appliance.fsutil import atomic_write
 from appliance.media.h264 import IDR, PPS, SPS, ParameterSetInserter, nal_types
+from appliance.supervisor.systemd import child_env
+
+if TYPE_CHECKING:  # the probe child must start fast: no pydantic there
+    from appliance.config import EncoderRung
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +214,14 @@ def _probe_here(rung: EncoderRung, s: VideoSettings) -> dict:
 
     enc = VideoEncoder(rung, s)
     packets: list[EncodedPacket] = []
-    ramp = np.arange(s.width, dtype=np.uint16)
+    # A moving ramp in yuv420p: cheap to make, not trivially compressible.
+    yuv = np.full((s.height * 3 // 2, s.width), 128, np.uint8)
+    ramp = (np.arange(s.width) % 256).astype(np.uint8)
     for i in range(PROBE_FRAMES):
-        rgb = np.empty((s.height, s.width, 3), np.uint8)
-        rgb[:] = ((ramp + i * 8) % 256).astype(np.uint8)[None, :, None]
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=rung.pix_fmt)
+        yuv[: s.height] = np.roll(ramp, i * 8)[None, :]
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        if rung.pix_fmt != "yuv420p":
+            frame = frame.reformat(format=rung.pix_fmt)
         packets += enc.encode(frame, i * 3000)
     packets += enc.flush()
     if not packets:
@@ -237,7 +245,7 @@ def probe(rung: EncoderRung, s: VideoSettings, timeout: float = PROBE_TIMEOUT) -
     job = json.dumps({"rung": rung.model_dump(), "settings": asdict(s)})
     try:
         r = subprocess.run([sys.executable, "-m", "appliance.media.encoders", job],
-                           capture_output=True, text=True, timeout=timeout)
+                           capture_output=True, text=True, timeout=timeout, env=child_env())
     except subprocess.TimeoutExpired:
         return Verdict(rung.codec, False, f"no answer within {timeout:g} s (driver hung)", time.monotonic() - t0)
     elapsed = time.monotonic() - t0
@@ -269,14 +277,20 @@ class Ladder:
     verdicts: list[Verdict] = field(default_factory=list)
 
     def probe_all(self) -> list[Verdict]:
+        from concurrent.futures import ThreadPoolExecutor
+
         cached = self._load_cache()
+        todo = [r for r in self.rungs if self._key(r) not in cached]
+        # Each probe is a child process: run them side by side, boot is waiting.
+        with ThreadPoolExecutor(max_workers=max(1, len(todo)), thread_name_prefix="encoder-probe") as pool:
+            fresh = dict(zip((self._key(r) for r in todo), pool.map(lambda r: probe(r, self.settings), todo)))
         verdicts = []
         for rung in self.rungs:
             key = self._key(rung)
             if key in cached:
                 v = Verdict(**{**cached[key], "cached": True})
             else:
-                v = probe(rung, self.settings)
+                v = fresh[key]
                 cached[key] = {k: val for k, val in v.as_dict().items() if k != "cached"}
             (log.info if v.ok else log.warning)(
                 "encoder %s: %s%s", rung.codec, "usable" if v.ok else "rejected: " + v.reason,
@@ -323,7 +337,7 @@ def _why(codec: str, e: Exception) -> str:
 
 def _child(argv: list[str]) -> int:
     job = json.loads(argv[0])
-    rung = EncoderRung.model_validate(job["rung"])
+    rung = SimpleNamespace(**job["rung"])
     settings = VideoSettings(**job["settings"])
     try:
         answer = _probe_here(rung, settings)

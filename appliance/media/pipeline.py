@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from appliance import conditions
 from appliance.config import Config
 from appliance.media.audio import RATE, AudioCapture, init_portaudio
 from appliance.media.encoders import (
@@ -36,13 +37,6 @@ from appliance.outputs import Session
 log = logging.getLogger(__name__)
 
 MAX_BEHIND_TICKS = 5
-
-NO_VIDEO = "no video signal"
-
-
-def audio_condition(track: str, what: str) -> str:
-    return f"audio {track}: {what}"
-
 
 class MediaPipeline:
     name = "media"
@@ -89,6 +83,8 @@ class MediaPipeline:
     # --- component ---------------------------------------------------------------
 
     async def start(self) -> None:
+        # The encoder probes take longest: start them first, in the background.
+        probing = asyncio.ensure_future(asyncio.to_thread(self.ladder.probe_all))
         # In the loop's thread on purpose: nothing else may log while PortAudio
         # initialises (see init_portaudio).
         problem = init_portaudio()
@@ -100,7 +96,7 @@ class MediaPipeline:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="media", daemon=True)
         self._thread.start()
-        await asyncio.to_thread(self.ladder.probe_all)
+        await probing
         self._rungs = self.ladder.usable()
         if not self._rungs:
             self.fault("no usable video encoder: " + "; ".join(f"{v.codec}: {v.reason}" for v in self.ladder.verdicts))
@@ -129,6 +125,7 @@ class MediaPipeline:
             "bitrate_kbps": round(sum(b for _, b in window) * 8 / 2.0 / 1000) if self._live else 0,
             "target_bitrate_kbps": self.settings.bitrate_kbps,
             "frames_encoded": self.frames_encoded,
+            "first_packet_at": self.first_packet_at,  # monotonic, this session
             "frames_dropped": self.frames_dropped,
             "slate_frames": self.slate_frames,
             "video": self.video.status(),
@@ -240,7 +237,7 @@ class MediaPipeline:
             return None
         self.fallbacks.append(f"{failed.name} -> {enc.name}: {why}")
         if failed.rung.hardware and not enc.rung.hardware:
-            self.report("encoder fell back to software", True)
+            self.report(conditions.ENCODER_SOFTWARE, True)
         if self.session:
             self.session.encoder = enc.name
         return enc
@@ -285,12 +282,12 @@ class MediaPipeline:
         signal = frame is not None or now < self._grace_until
         if signal != self._signal:
             self._signal = signal
-            self.report(NO_VIDEO, not signal)
+            self.report(conditions.NO_VIDEO, not signal)
         blocks = []
         for name in self.tracks:
             block = self.audio.buffers[name].pull(self.samples_per_tick)
             for condition, active in self.meters[name].update(block).items():
-                self.report(audio_condition(name, condition), active)
+                self.report(conditions.audio(name, condition), active)
             blocks.append(block)
         if frame is not None:
             self.latest_frame = frame
@@ -342,4 +339,4 @@ class MediaPipeline:
                     log.warning("audio %s: device %r lost: %s", t.name, device, why, extra={"AUDIO": t.name})
                 else:
                     log.info("audio %s: device %r back", t.name, device, extra={"AUDIO": t.name})
-                self.report(audio_condition(t.name, "device missing"), not ok)
+                self.report(conditions.audio(t.name, "device missing"), not ok)

@@ -29,6 +29,7 @@ import threading
 import time
 from pathlib import Path
 
+from appliance.conditions import DISK_FULL, DISK_LOW, RECORDER_BEHIND, RECORDER_FAILED
 from appliance.config import RecordingSection
 from appliance.fsutil import atomic_write, fsync_dir
 from appliance.media.encoders import EncodedPacket
@@ -41,10 +42,6 @@ QUEUE_PACKETS = 1500  # ~15 s of 30 fps video plus two audio tracks
 FSYNC_EVERY = 2.0
 MANIFEST = "session.json"
 
-DISK_FULL = "recording stopped: disk full"
-DISK_LOW = "recording disk nearly full"
-RECORDER_FAILED = "recording stopped: write error"
-RECORDER_BEHIND = "recording disk too slow: packets dropped"
 
 
 class Recorder:
@@ -89,6 +86,11 @@ class Recorder:
     # --- lifecycle (loop side, through to_thread) -------------------------------------------
 
     def start(self, session: Session) -> None:
+        # A new session starts with a clean slate: last session's disk-full or
+        # write error is history (retention runs again before every segment).
+        for condition in (DISK_FULL, RECORDER_FAILED, DISK_LOW):
+            self.report(condition, False)
+        self._low_warned = False
         self.session = session
         self.segments = []
         self.dropped = 0

@@ -1,26 +1,95 @@
-"""The front panel component: GO/FN buttons in, state out on the LEDs.
+"""The front panel component: buttons in, the pattern table out on the LEDs.
 
-GO pressed while not live asks to go live at once (on the press, not the
-release: the tech sees the LIVE light come on under their finger). GO pressed
-while live must be held STOP_HOLD seconds: a knock never stops a show.
+Gestures:
+  GO  short press while not live -> go live, on the press itself (the LIVE light
+      answers under the tech's finger); while live it must be HELD 2 s to stop,
+      so a knock never stops a show.
+  FN  short press -> acknowledge the warnings now showing (they stop blinking
+      until they clear and come back); held 5 s -> safe shutdown (the recording
+      is finalized, then the box powers off).
+
+One thread plays every LED's pattern from patterns.TABLE; a lamp test lights
+everything for a second at start.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
 from appliance.config import PanelSection
 from appliance.errors import ComponentError
+from appliance.panel import patterns
+from appliance.panel.buttons import DebouncedButton
 from appliance.panel.factory import make_pin_factory
 from appliance.supervisor.state import Kind, Snapshot, State
 
 log = logging.getLogger(__name__)
 
 STOP_HOLD = 2.0
+SHUTDOWN_HOLD = 5.0
+ACK_MAX = 1.0  # an FN press shorter than this acknowledges
+LAMP_TEST = 1.0
+TICK = 0.01
 
 Post = Callable[..., None]
+
+
+class LedDriver:
+    """Plays a pattern per LED from one thread; writes a pin only when it changes."""
+
+    def __init__(self, leds: dict, clock=time.monotonic):
+        self.leds = leds
+        self.clock = clock
+        self._patterns: dict[str, tuple[patterns.Pattern, float]] = {}
+        self._lit: dict[str, bool] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.override_until = 0.0  # the lamp test
+
+    def set(self, led: str, pattern: patterns.Pattern) -> None:
+        with self._lock:
+            current = self._patterns.get(led)
+            if current is None or current[0] is not pattern:
+                # Start the new pattern at its beginning: a change is seen at once.
+                self._patterns[led] = (pattern, self.clock())
+        self._apply()
+
+    def pattern(self, led: str) -> patterns.Pattern | None:
+        entry = self._patterns.get(led)
+        return entry[0] if entry else None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="panel-leds", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+            self._thread = None
+        for led in self.leds.values():
+            led.off()
+
+    def _run(self) -> None:
+        while not self._stop.wait(TICK):
+            self._apply()
+
+    def _apply(self) -> None:
+        now = self.clock()
+        with self._lock:
+            for name, led in self.leds.items():
+                if now < self.override_until:
+                    lit = True
+                else:
+                    entry = self._patterns.get(name)
+                    lit = bool(entry) and patterns.level(entry[0], now - entry[1])
+                if self._lit.get(name) != lit:
+                    self._lit[name] = lit
+                    led.value = 1 if lit else 0
 
 
 class Panel:
@@ -30,44 +99,56 @@ class Panel:
         self.config = config
         self.post = post
         self.factory = None
-        self.devices: dict = {}
-        self._live = False
+        self.leds: dict = {}
+        self.buttons: dict[str, DebouncedButton] = {}
+        self.driver: LedDriver | None = None
+        self.acknowledged: frozenset[str] = frozenset()
+        self._snapshot = Snapshot()
+        self._rows: dict[str, patterns.Row] = {}
         self._lock = threading.Lock()
-        self._presses = 0
+        self._go_pressed_live = False
+
+    # --- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         if self.config.backend == "none":
             raise ComponentError("no panel fitted on this board (backend = none)")
         self.factory = make_pin_factory(self.config)
-        from gpiozero import LED, PWMLED, Button
+        from gpiozero import LED, PWMLED
 
         try:
             for name, pin in self.config.leds.model_dump().items():
-                if pin is None:
-                    continue
-                cls = PWMLED if self.config.pwm else LED
-                self.devices[f"led_{name}"] = cls(pin, active_high=self.config.active_high, pin_factory=self.factory)
-            go = self.config.buttons.go
-            if go is not None:
-                button = Button(go, pull_up=True, hold_time=STOP_HOLD, pin_factory=self.factory)
-                button.when_pressed = self._go_pressed
-                button.when_held = self._go_held
-                self.devices["button_go"] = button
+                if pin is not None:
+                    cls = PWMLED if self.config.pwm else LED
+                    self.leds[name] = cls(pin, active_high=self.config.active_high, pin_factory=self.factory)
+            b = self.config.buttons
+            if b.go is not None:
+                self.buttons["go"] = DebouncedButton(b.go, self.factory, "go", on_press=self._go_pressed,
+                                                     holds={STOP_HOLD: self._go_held})
+            if b.fn is not None:
+                self.buttons["fn"] = DebouncedButton(b.fn, self.factory, "fn", on_release=self._fn_released,
+                                                     holds={SHUTDOWN_HOLD: self._fn_held})
         except Exception as e:
             self._close()
             raise ComponentError(f"panel pins cannot be claimed: {e}") from None
-        self._show(State.BOOTING)
+        self.driver = LedDriver(self.leds)
+        self.driver.override_until = time.monotonic() + LAMP_TEST
+        self._show()
+        self.driver.start()
 
     async def stop(self) -> None:
-        for name, dev in self.devices.items():
-            if name.startswith("led_"):
-                dev.off()
         self._close()
 
     def _close(self) -> None:
-        for dev in self.devices.values():
-            dev.close()
-        self.devices.clear()
+        if self.driver:
+            self.driver.stop()
+            self.driver = None
+        for b in self.buttons.values():
+            b.close()
+        for led in self.leds.values():
+            led.close()
+        self.buttons.clear()
+        self.leds.clear()
         if self.factory is not None:
             self.factory.close()
             self.factory = None
@@ -75,52 +156,60 @@ class Panel:
     def status(self) -> dict:
         return {
             "backend": self.config.backend,
-            "leds": {k[4:]: _value(v) for k, v in self.devices.items() if k.startswith("led_")},
-            "go_presses": self._presses,
+            "leds": {name: {"pattern": row.pattern.value, "meaning": row.meaning, "lit": _lit(self.leds.get(name))}
+                     for name, row in self._rows.items() if name in self.leds},
+            "acknowledged": sorted(self.acknowledged),
+            "buttons": {name: {"presses": b.presses, "ignored_bounces": b.ignored_edges,
+                               "last_press_at": b.last_press_at} for name, b in self.buttons.items()},
         }
 
-    # --- buttons (gpiozero threads) ---------------------------------------------
+    # --- buttons (gpiozero and timer threads) ------------------------------------------------
 
     def _go_pressed(self) -> None:
         with self._lock:
-            self._presses += 1
-            live = self._live
+            live = self._snapshot.state in (State.GOING_LIVE, State.LIVE, State.DEGRADED)
+            self._go_pressed_live = live
         if not live:
-            self.post(Kind.GO, source="button")
+            self.post(Kind.GO, source="GO button")
 
     def _go_held(self) -> None:
         with self._lock:
-            live = self._live
-        if live:
-            self.post(Kind.STOP, source="button (held)")
+            stop = self._go_pressed_live
+        if stop:
+            self.post(Kind.STOP, source=f"GO button held {STOP_HOLD:g} s")
 
-    # --- state (loop thread) ---------------------------------------------------------
+    def _fn_released(self, seconds: float) -> None:
+        if seconds < ACK_MAX:
+            with self._lock:
+                self.acknowledged = frozenset(self._snapshot.conditions)
+            log.info("FN: acknowledged %s", ", ".join(sorted(self.acknowledged)) or "nothing")
+            self._show()
+
+    def _fn_held(self) -> None:
+        log.warning("FN held %g s: safe shutdown requested", SHUTDOWN_HOLD)
+        self.post(Kind.POWER_OFF, f"FN button held {SHUTDOWN_HOLD:g} s", "FN button")
+
+    # --- state (loop thread) -------------------------------------------------------------------
 
     def on_state(self, before: Snapshot, after: Snapshot) -> None:
         with self._lock:
-            self._live = after.state in (State.GOING_LIVE, State.LIVE, State.DEGRADED)
-        self._show(after.state)
+            self._snapshot = after
+            # A warning that cleared must show again if it comes back.
+            self.acknowledged = self.acknowledged & after.conditions
+        self._show()
 
-    def _show(self, state: State) -> None:
-        status, live = self.devices.get("led_status"), self.devices.get("led_live")
-        if status is not None:
-            if state in (State.BOOTING, State.STOPPING):
-                status.blink(on_time=0.5, off_time=0.5)
-            elif state is State.FAULT:
-                status.blink(on_time=0.1, off_time=0.1)
-            else:
-                status.on()
-        if live is not None:
-            if state is State.GOING_LIVE:
-                live.blink(on_time=0.1, off_time=0.1)
-            elif state in (State.LIVE, State.DEGRADED):
-                live.on()
-            else:
-                live.off()
+    def _show(self) -> None:
+        with self._lock:
+            snap, acked = self._snapshot, self.acknowledged
+        self._rows = patterns.choose(snap.state, snap.conditions, acked)
+        if self.driver:
+            for name, row in self._rows.items():
+                if name in self.leds:
+                    self.driver.set(name, row.pattern)
 
 
-def _value(dev) -> float:
+def _lit(led) -> bool:
     try:
-        return float(dev.value)
+        return bool(led is not None and led.value)
     except Exception:
-        return 0.0
+        return False

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from appliance.errors import ComponentError
+from appliance.supervisor.systemd import child_env
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ class PulseSim:
         xdg = self.dir / "xdg"
         xdg.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self.dir / "pulse").mkdir(exist_ok=True, mode=0o700)
-        env = {**os.environ, "XDG_RUNTIME_DIR": str(xdg), "PULSE_RUNTIME_PATH": str(self.dir / "pulse"),
-               "PULSE_STATE_PATH": str(self.dir / "state"), "HOME": str(self.dir)}
+        env = child_env({"XDG_RUNTIME_DIR": str(xdg), "PULSE_RUNTIME_PATH": str(self.dir / "pulse"),
+                         "PULSE_STATE_PATH": str(self.dir / "state"), "HOME": str(self.dir)})
         args = [exe, "-n", "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit", "--log-target=stderr",
                 "--log-level=error", "-L", f"module-native-protocol-unix socket={self.server}",
                 "-L", "module-null-sink sink_name=null"]
@@ -103,7 +104,7 @@ class PulseSim:
         return self.pactl("info", check=False).returncode == 0
 
     def pactl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(["pactl", *args], env={**os.environ, "PULSE_SERVER": f"unix:{self.server}"},
+        return subprocess.run(["pactl", *args], env=child_env({"PULSE_SERVER": f"unix:{self.server}"}),
                               capture_output=True, text=True, check=check, timeout=10)
 
     @staticmethod

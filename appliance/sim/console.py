@@ -3,6 +3,8 @@
 Keys drive the same MockFactory pins the GPIO buttons are on, so a key press
 goes through exactly the code a real button does:
     g   press GO        h   hold GO for 2.5 s (stops a live show)
+    f   press FN (acknowledge warnings)
+    F   hold FN for 5.5 s (safe shutdown: runs power.shutdown_command)
     q   quit (as Ctrl-C)
 """
 
@@ -56,7 +58,8 @@ class SimConsole:
             self._saved_tty = termios.tcgetattr(fd)
             tty.setcbreak(fd)
             loop.add_reader(fd, self._key)
-            print("[sim] keys: g = press GO, h = hold GO 2.5 s (stop), q = quit", file=sys.stderr)
+            print("[sim] keys: g = press GO, h = hold GO 2.5 s (stop), f = FN (acknowledge), "
+                  "F = hold FN 5.5 s (safe shutdown), q = quit", file=sys.stderr)
         if self.go_after is not None:
             self._tasks.append(loop.create_task(self._auto_go(), name="sim-auto-go"))
         self._tasks.append(loop.create_task(self._meters(), name="sim-meters"))
@@ -101,15 +104,21 @@ class SimConsole:
             print(f"\r[{time.strftime('%H:%M:%S')}]   " + " | ".join(parts), flush=True)
 
     def _key(self) -> None:
-        ch = os.read(sys.stdin.fileno(), 1).decode(errors="ignore").lower()
-        if ch == "g":
-            self._tasks.append(asyncio.get_running_loop().create_task(self.press("go")))
-        elif ch == "h":
-            self._tasks.append(asyncio.get_running_loop().create_task(self.press("go", 2.5)))
-        elif ch == "q":
+        ch = os.read(sys.stdin.fileno(), 1).decode(errors="ignore")
+        presses = {"g": ("go", 0.15), "G": ("go", 0.15), "h": ("go", 2.5), "H": ("go", 2.5),
+                   "f": ("fn", 0.15), "F": ("fn", 5.5)}
+        if ch in presses:
+            self._tasks.append(asyncio.get_running_loop().create_task(self.press(*presses[ch])))
+        elif ch in "qQ":
             self.service.request_exit()
 
     def on_state(self, before: Snapshot, after: Snapshot) -> None:
+        print(f"\r[{time.strftime('%H:%M:%S')}] {self.service.summary()}", flush=True)
+        print(f"\r{'':11}{self.lamps()}", flush=True)
+
+    def lamps(self) -> str:
+        """The panel as text: each LED's label and the pattern it plays."""
+        from appliance.panel.patterns import LED_LABELS
+
         leds = self.panel.status().get("leds", {}) if self.panel.factory else {}
-        lamps = " ".join(f"{name}:{'●' if v > 0 else '○'}" for name, v in leds.items())
-        print(f"\r[{time.strftime('%H:%M:%S')}] {self.service.summary():<40} {lamps}", flush=True)
+        return "  ".join(f"{LED_LABELS[name]}[{led['pattern']}]" for name, led in leds.items())

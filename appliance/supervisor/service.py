@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
 from appliance import __version__
+from appliance.conditions import component_failed
 from appliance.config import Config, runtime_dir, state_dir
 from appliance.errors import AlreadyRunning
 from appliance.supervisor.control import SOCKET_NAME, ControlServer
 from appliance.supervisor.persist import StateStore
 from appliance.supervisor.state import Action, Event, Kind, Snapshot, State, step
-from appliance.supervisor.systemd import Notifier
+from appliance.supervisor.systemd import Notifier, child_env
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class Service:
         self._busy_since: float | None = None
         self._tasks: set[asyncio.Task] = set()
         self._outputs_task: asyncio.Task | None = None
+        self.power_off: dict | None = None
         self._exit: asyncio.Event | None = None
 
     # --- events ---------------------------------------------------------------
@@ -157,6 +159,10 @@ class Service:
             self._run_outputs(self._start_outputs())
         elif action is Action.STOP_OUTPUTS:
             self._run_outputs(self._stop_outputs())
+        elif action is Action.POWER_OFF:
+            # Chained after any start/stop of the outputs: the recording is
+            # finalized before the command runs, whatever state we were in.
+            self._run_outputs(self._power_off(self.snapshot.power_off))
 
     def _run_outputs(self, coro: Awaitable) -> None:
         # Starting and stopping outputs can take seconds (an encoder probe, an
@@ -184,7 +190,7 @@ class Service:
             self.post(Kind.OUTPUTS_FAILED, "; ".join(failed), "outputs")
             return
         for f in failed:
-            self.post(Kind.DEGRADED, f"output {f.split(':')[0]} failed", "outputs")
+            self.post(Kind.DEGRADED, component_failed(f"output {f.split(':')[0]}"), "outputs")
         self.post(Kind.OUTPUTS_STARTED, ", ".join(started), "outputs")
 
     async def _stop_outputs(self) -> None:
@@ -194,6 +200,21 @@ class Service:
             except Exception as e:
                 log.error("output %s did not stop cleanly: %s", out.name, e, extra={"OUTPUT": out.name})
         self.post(Kind.OUTPUTS_STOPPED, source="outputs")
+
+    async def _power_off(self, reason: str) -> None:
+        cmd = list(self.config.power.shutdown_command)
+        log.warning("powering off (%s): recording finalized, running %s", reason, " ".join(cmd),
+                    extra={"POWER_OFF": reason})
+        self.power_off = {"reason": reason, "command": cmd, "at": time.time()}
+        try:
+            proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.DEVNULL, env=child_env())
+            self.power_off["exit"] = await proc.wait()
+        except OSError as e:
+            self.power_off["error"] = str(e)
+            log.error("shutdown command %s failed: %s", cmd[0], e)
+            return
+        if self.power_off["exit"] != 0:
+            log.error("shutdown command exited with %d", self.power_off["exit"])
 
     def _spawn(self, coro, name: str) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -221,6 +242,7 @@ class Service:
             "conditions": sorted(s.conditions),
             "fault": s.fault,
             "live_intent": self.store.live_intent,
+            "power_off": self.power_off or ({"reason": s.power_off, "pending": True} if s.power_off else None),
             "device": self.config.device.name,
             "profile": self.profile_name,
             "version": __version__,
@@ -259,7 +281,10 @@ class Service:
         action = req.get("action")
         if action in self.sim_actions:
             log.warning("sim: %s %s", action, {k: v for k, v in req.items() if k not in ("cmd", "action")})
-            await asyncio.to_thread(self.sim_actions[action], req)
+            try:
+                await asyncio.to_thread(self.sim_actions[action], req)
+            except (ValueError, RuntimeError) as e:
+                return {"ok": False, "error": str(e)}
             return {"ok": True}
         if action == "stall":
             # Simulates a component hanging the loop (the watchdog must notice).
@@ -332,7 +357,7 @@ class Service:
                 except Exception as e:
                     rec.state, rec.error = "failed", str(e) or type(e).__name__
                     log.error("component %s failed to start: %s", comp.name, rec.error, extra={"COMPONENT": comp.name})
-                    self.post(Kind.DEGRADED, f"{comp.name} failed", "supervisor")
+                    self.post(Kind.DEGRADED, component_failed(comp.name), "supervisor")
                     continue
                 rec.state = "running"
                 started.append(comp)

@@ -36,7 +36,8 @@ class Kind(enum.Enum):
     OUTPUTS_FAILED = "outputs_failed"  # no live output could run at all
     DEGRADED = "degraded"  # a condition appeared (reason)
     RECOVERED = "recovered"  # a condition cleared (reason)
-    POWER_CRITICAL = "power_critical"  # the power policy needs live stopped now
+    POWER_CRITICAL = "power_critical"  # battery critical: stop, finalize, power off (intent kept)
+    POWER_OFF = "power_off"  # a deliberate safe shutdown (FN held): stop, finalize, power off
     FAULT = "fault"  # the appliance cannot work (reason)
     FAULT_CLEARED = "fault_cleared"
     SHUTDOWN = "shutdown"  # the daemon is terminating (SIGTERM, Ctrl-C)
@@ -47,6 +48,7 @@ class Action(enum.Enum):
     STOP_OUTPUTS = "stop_outputs"
     REMEMBER_LIVE = "remember_live"  # persist the live intent
     FORGET_LIVE = "forget_live"  # persist that the tech stopped the show
+    POWER_OFF = "power_off"  # run the shutdown command (outputs are finalized by now)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class Snapshot:
     fault: str = ""
     # Once the daemon is terminating nothing may start outputs again.
     exiting: bool = False
+    # Why the box will power off once the outputs are finalized ("" = it won't).
+    power_off: str = ""
 
     @property
     def live(self) -> bool:
@@ -113,6 +117,20 @@ def step(snap: Snapshot, event: Event) -> Result:
             return go(State.STOPPING, Action.STOP_OUTPUTS, exiting=True)
         return go(State.STOPPING if s is State.STOPPING else s, exiting=True)
 
+    if k in (Kind.POWER_OFF, Kind.POWER_CRITICAL):
+        # Deliberate (FN held) forgets the live intent; a dying battery keeps
+        # it, so the show resumes by itself when power comes back.
+        why = event.reason or k.value
+        forget = (Action.FORGET_LIVE,) if k is Kind.POWER_OFF else ()
+        if snap.power_off:
+            return ignore(f"already powering off ({snap.power_off})")
+        if s in _OUTPUTS_RUNNING:
+            return go(State.STOPPING, *forget, Action.STOP_OUTPUTS, power_off=why)
+        if s is State.STOPPING:
+            # Outputs are already being finalized: power off when they are.
+            return go(State.STOPPING, *forget, power_off=why)
+        return go(s, *forget, Action.POWER_OFF, power_off=why)
+
     if k is Kind.FAULT:
         if s in _OUTPUTS_RUNNING:
             return go(State.FAULT, Action.STOP_OUTPUTS, fault=event.reason)
@@ -127,7 +145,7 @@ def step(snap: Snapshot, event: Event) -> Result:
 
     if s is State.READY:
         if k is Kind.GO:
-            if snap.exiting:
+            if snap.exiting or snap.power_off:
                 return ignore("shutting down")
             return go(State.GOING_LIVE, Action.REMEMBER_LIVE, Action.START_OUTPUTS)
         if k is Kind.STOP:
@@ -141,21 +159,19 @@ def step(snap: Snapshot, event: Event) -> Result:
             return go(State.FAULT, Action.STOP_OUTPUTS, fault=event.reason or "no output could start")
         if k is Kind.STOP:
             return go(State.STOPPING, Action.FORGET_LIVE, Action.STOP_OUTPUTS)
-        if k is Kind.POWER_CRITICAL:
-            return go(State.STOPPING, Action.STOP_OUTPUTS)
         return ignore(f"{k.value} has no effect while going live")
 
     if s in (State.LIVE, State.DEGRADED):
         if k is Kind.STOP:
             return go(State.STOPPING, Action.FORGET_LIVE, Action.STOP_OUTPUTS)
-        if k is Kind.POWER_CRITICAL:
-            return go(State.STOPPING, Action.STOP_OUTPUTS)
         if k is Kind.OUTPUTS_FAILED:
             return go(State.FAULT, Action.STOP_OUTPUTS, fault=event.reason or "every output failed")
         return ignore(f"{k.value} has no effect while live")
 
     if s is State.STOPPING:
         if k is Kind.OUTPUTS_STOPPED:
+            if snap.power_off:
+                return go(State.READY, Action.POWER_OFF)
             return go(State.READY)
         if k is Kind.STOP:
             # A STOP while stopping after a power-critical or shutdown: the tech
@@ -167,7 +183,7 @@ def step(snap: Snapshot, event: Event) -> Result:
     if k is Kind.FAULT_CLEARED:
         return go(State.READY, fault="")
     if k is Kind.GO:
-        if snap.exiting:
+        if snap.exiting or snap.power_off:
             return ignore("shutting down")
         # The tech asked again: try again, the fault may have been transient.
         return go(State.GOING_LIVE, Action.REMEMBER_LIVE, Action.START_OUTPUTS, fault="")

@@ -14,6 +14,18 @@ import sys
 log = logging.getLogger(__name__)
 
 
+_OURS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+def child_env(extra: dict | None = None) -> dict:
+    """The environment for a process we start: without systemd's notify and
+    watchdog variables, which are the daemon's alone (a child that speaks
+    sd_notify, PulseAudio for one, would otherwise announce READY=1 for us)."""
+    env = {k: v for k, v in os.environ.items() if k not in _OURS}
+    env.update(extra or {})
+    return env
+
+
 def under_systemd() -> bool:
     return bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
 

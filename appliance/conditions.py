@@ -1,0 +1,37 @@
+"""The names of the conditions components report to the supervisor.
+
+One vocabulary, so the reporters (media, recorder, power, uplinks) and the
+readers (the panel table, the API) cannot drift apart. A condition is a
+problem that is present now; it is cleared by reporting it again as inactive.
+"""
+
+from __future__ import annotations
+
+NO_VIDEO = "no video signal"
+ENCODER_SOFTWARE = "encoder fell back to software"
+OVERHEATING = "overheating"
+
+DISK_FULL = "recording stopped: disk full"
+RECORDER_FAILED = "recording stopped: write error"
+DISK_LOW = "recording disk nearly full"
+RECORDER_BEHIND = "recording disk too slow: packets dropped"
+
+ON_BATTERY = "on battery"
+BATTERY_LOW = "battery low"
+BATTERY_CRITICAL = "battery critical"
+POWER_MONITOR_LOST = "power monitor not answering"
+
+ALL_LINKS_DOWN = "all uplinks down"
+
+
+def audio(track: str, what: str) -> str:
+    """what: "silent", "clipping" or "device missing"."""
+    return f"audio {track}: {what}"
+
+
+def link_down(link: str) -> str:
+    return f"uplink {link} down"
+
+
+def component_failed(name: str) -> str:
+    return f"{name} failed"
