@@ -40,12 +40,21 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
     service.listeners.append(panel.on_state)
     service.components.append(panel)
 
+    from appliance.power.monitor import PowerMonitor
+
     outputs = []
     if config.recording.enabled:
         outputs.append(Recorder(config.recording, recordings_dir(config), lambda c, a: report(c, a, "recorder")))
     media = MediaPipeline(config, report, run_dir, outputs=outputs, fault=fault)
+    power = PowerMonitor(config, service.post, lambda c, a: report(c, a, "power"), media.set_bitrate_cap,
+                         sim_dir=run_dir / "sim-serial", recordings=recordings_dir(config))
+    service.components.append(power)
     service.components.append(media)
     service.outputs.append(media)
+    service.before_power_off.append(power.before_power_off)
+    if sim:
+        for action in ("mains-fail", "mains-restore", "battery", "power-unplug", "power-replug"):
+            service.sim_actions[action] = power.sim_action
     if sim:
         service.sim_actions["video-unplug"] = lambda req: media.video.unplug()
         service.sim_actions["video-replug"] = lambda req: media.video.replug()

@@ -92,9 +92,33 @@ def cmd_status(args) -> int:
     media = s["components"].get("media", {})
     if media.get("state") == "running":
         print(media_summary(media))
+    power = s["components"].get("power", {})
+    if power.get("state") == "running":
+        print(power_summary(power))
     for name, c in s["components"].items():
         print(f"  {name:<14} {c['state']}" + (f"  ({c['error']})" if c.get("error") else ""))
     return 0
+
+
+def power_summary(p: dict) -> str:
+    lines = []
+    for name, src in p["sources"].items():
+        if src["stale"]:
+            lines.append(f"  power {name}: NOT ANSWERING ({src.get('last_error', '')})")
+            continue
+        mains = {True: "on mains", False: "ON BATTERY", None: "no reading yet"}[src["on_mains"]]
+        bits = [mains]
+        if src["charge_percent"] is not None:
+            bits.append(f"{src['charge_percent']:.0f} %")
+        if src["runtime_seconds"] is not None:
+            bits.append(f"{src['runtime_seconds'] / 60:.0f} min left ({src['runtime_from']})")
+        lines.append(f"  power {name}: " + ", ".join(bits) + (f"  [{src['detail']}]" if src["detail"] else ""))
+    if p.get("shutdown_in_seconds") is not None:
+        lines.append(f"  POWERING OFF in {p['shutdown_in_seconds']:.0f} s unless mains return")
+    temps = p.get("health", {}).get("temperatures_c") or {}
+    if temps:
+        lines.append(f"  board: {max(temps.values()):.0f} °C")
+    return "\n".join(lines) if lines else "  power: no power monitor configured"
 
 
 def media_summary(m: dict) -> str:

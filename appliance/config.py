@@ -168,10 +168,24 @@ class ApiSection(Section):
 
 
 class PowerSection(Section):
+    poll_seconds: float = Field(2.0, ge=0.2, le=60)
+    # A source is stale after this many failed polls in a row (NUT's rule: 5).
+    stale_polls: int = Field(5, ge=1, le=100)
     low_percent: float = Field(30.0, ge=0, le=100)
     critical_percent: float = Field(10.0, ge=0, le=100)
     low_minutes: float = Field(20.0, ge=0)
     critical_minutes: float = Field(5.0, ge=0)
+    # Critical: wait this long for mains to return before stopping and powering off.
+    grace_seconds: float = Field(15.0, ge=0, le=600)
+    # Low battery: cap the encoder at this bitrate to save power.
+    shed_bitrate_kbps: int = Field(1500, ge=100, le=50000)
+    # Before powering off, tell the UPS to cut its output after this many
+    # minutes and restore it when mains return (0: leave the UPS alone).
+    ups_off_delay_minutes: float = Field(0.0, ge=0, le=10)
+    # A UPS managed by NUT: "upsname@host[:port]" ("" = none).
+    nut: str = Field("", pattern=r"^$|^[A-Za-z0-9_.-]+@[A-Za-z0-9_.:-]+$")
+    # The board's own battery (psutil): "auto" uses it when the kernel has one.
+    board_battery: Literal["auto", "yes", "no"] = "auto"
     shutdown_command: list[str] = ["systemctl", "poweroff"]
 
 

@@ -50,6 +50,8 @@ class MediaPipeline:
         v, e = cfg.video, cfg.encoder
         self.settings = VideoSettings(v.width, v.height, v.fps, e.bitrate_kbps, e.bitrate_kbps, e.keyframe_seconds)
         self.samples_per_tick = RATE // v.fps
+        self._cap_kbps: int | None = None
+        self._wanted_kbps = e.bitrate_kbps
         self.ladder = Ladder(list(e.ladder), self.settings, runtime_dir / "encoder-probe.json")
         self.video = make_source(v)
         self.audio = AudioCapture(cfg.audio, self._audio_changed)
@@ -124,6 +126,7 @@ class MediaPipeline:
             "fps": len(fps_window) if self._live else 0,
             "bitrate_kbps": round(sum(b for _, b in window) * 8 / 2.0 / 1000) if self._live else 0,
             "target_bitrate_kbps": self.settings.bitrate_kbps,
+            "bitrate_cap_kbps": self._cap_kbps,
             "frames_encoded": self.frames_encoded,
             "first_packet_at": self.first_packet_at,  # monotonic, this session
             "frames_dropped": self.frames_dropped,
@@ -149,6 +152,13 @@ class MediaPipeline:
     def set_bitrate(self, kbps: int) -> None:
         """Called by the adaptive bitrate (any thread); applied on the next tick."""
         self._commands.append(lambda: self._apply_bitrate(kbps))
+
+    def set_bitrate_cap(self, kbps: int | None) -> None:
+        """A ceiling below the configured maximum (power saving); None lifts it."""
+        def apply():
+            self._cap_kbps = kbps
+            self._apply_bitrate(self._wanted_kbps)
+        self._commands.append(apply)
 
     def inject_encoder_fault(self) -> None:
         """Simulated encoder failure (sim profile, tests)."""
@@ -244,7 +254,11 @@ class MediaPipeline:
 
     def _apply_bitrate(self, kbps: int) -> None:
         e = self.cfg.encoder
-        kbps = max(e.min_bitrate_kbps, min(e.bitrate_kbps, int(kbps)))
+        self._wanted_kbps = int(kbps)
+        ceiling = min(e.bitrate_kbps, self._cap_kbps or e.bitrate_kbps)
+        kbps = max(e.min_bitrate_kbps, min(ceiling, int(kbps)))
+        if kbps != self.settings.bitrate_kbps:
+            log.info("encoder bitrate: %d kb/s%s", kbps, f" (capped at {self._cap_kbps})" if self._cap_kbps else "")
         self.settings = replace(self.settings, bitrate_kbps=kbps)
         if self._venc:
             self._venc.settings = self.settings

@@ -80,6 +80,8 @@ class Service:
         self.control_path = runtime_dir(self.config) / SOCKET_NAME
         self.records: dict[str, ComponentRecord] = {}
         self.listeners: list[Callable[[Snapshot, Snapshot], None]] = []
+        # Run after the outputs are finalized, before the shutdown command (e.g. tell the UPS).
+        self.before_power_off: list[Callable[[str], Awaitable[None]]] = []
         # Simulated device faults, registered by the sim components (sim profile only).
         self.sim_actions: dict[str, Callable[[dict], object]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -203,6 +205,11 @@ class Service:
 
     async def _power_off(self, reason: str) -> None:
         cmd = list(self.config.power.shutdown_command)
+        for hook in self.before_power_off:
+            try:
+                await hook(reason)
+            except Exception:
+                log.exception("before-power-off step failed")
         log.warning("powering off (%s): recording finalized, running %s", reason, " ".join(cmd),
                     extra={"POWER_OFF": reason})
         self.power_off = {"reason": reason, "command": cmd, "at": time.time()}

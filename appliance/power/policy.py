@@ -1,0 +1,104 @@
+"""What to do about the power: pure functions of the sources' states and time.
+
+    mains       -> nothing
+    on battery  -> condition (panel, API)
+    low         -> condition, shed load (lower the encoder's bitrate ceiling)
+    critical    -> condition and a countdown (grace); when it ends: stop live,
+                   finalize the recording, power off. Mains back during the
+                   countdown cancels it.
+
+No I/O here: the monitor feeds assessments in and carries the decisions out,
+and the tests walk every path with a fake clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from appliance import conditions as C
+from appliance.power.model import PowerState
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    low_percent: float = 30.0
+    critical_percent: float = 10.0
+    low_minutes: float = 20.0
+    critical_minutes: float = 5.0
+    grace_seconds: float = 15.0
+
+
+@dataclass(frozen=True)
+class Assessment:
+    on_battery: bool = False
+    low: bool = False
+    critical: bool = False
+    monitor_lost: bool = False
+    reason: str = ""  # the figures behind it, for the log
+
+
+def assess(states: list[PowerState], t: Thresholds) -> Assessment:
+    live = [s for s in states if not s.stale]
+    lost = any(s.stale for s in states)
+    on_battery = [s for s in live if s.on_mains is False]
+    low = critical = False
+    reasons = []
+    for s in on_battery:
+        bits = []
+        if s.charge_percent is not None:
+            bits.append(f"{s.charge_percent:.0f} %")
+            low |= s.charge_percent < t.low_percent
+            critical |= s.charge_percent < t.critical_percent
+        if s.runtime_seconds is not None:
+            bits.append(f"{s.runtime_seconds / 60:.1f} min left ({s.runtime_from})")
+            low |= s.runtime_seconds < t.low_minutes * 60
+            critical |= s.runtime_seconds < t.critical_minutes * 60
+        if "battery low" in s.alarms:
+            low = True
+        reasons.append(f"{s.source}: on battery" + (", " + ", ".join(bits) if bits else ""))
+    return Assessment(on_battery=bool(on_battery), low=low or critical, critical=critical, monitor_lost=lost,
+                      reason="; ".join(reasons))
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: str  # "condition" | "shed" | "countdown" | "cancel" | "power_off"
+    name: str = ""
+    active: bool = True
+    reason: str = ""
+
+
+@dataclass
+class PowerPolicy:
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    conditions: set[str] = field(default_factory=set)
+    shedding: bool = False
+    deadline: float | None = None  # when the critical countdown ends
+    fired: bool = False
+
+    def update(self, a: Assessment, now: float) -> list[Decision]:
+        out: list[Decision] = []
+        wanted = {C.ON_BATTERY: a.on_battery, C.BATTERY_LOW: a.low and not a.critical,
+                  C.BATTERY_CRITICAL: a.critical, C.POWER_MONITOR_LOST: a.monitor_lost}
+        for name, active in wanted.items():
+            if active != (name in self.conditions):
+                (self.conditions.add if active else self.conditions.discard)(name)
+                out.append(Decision("condition", name, active, a.reason))
+        if a.low != self.shedding:
+            self.shedding = a.low
+            out.append(Decision("shed", active=a.low, reason=a.reason))
+        if a.critical and not self.fired:
+            if self.deadline is None:
+                self.deadline = now + self.thresholds.grace_seconds
+                out.append(Decision("countdown", active=True, reason=a.reason))
+            elif now >= self.deadline:
+                self.fired = True
+                out.append(Decision("power_off", reason=a.reason))
+        elif not a.critical and self.deadline is not None and not self.fired:
+            self.deadline = None
+            why = "mains are back" if not a.on_battery else "the battery is above critical again"
+            out.append(Decision("cancel", reason=why))
+        return out
+
+    def seconds_left(self, now: float) -> float | None:
+        return None if self.deadline is None or self.fired else max(0.0, self.deadline - now)
