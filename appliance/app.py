@@ -52,6 +52,9 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
     service.components.append(media)
     service.outputs.append(media)
     service.before_power_off.append(power.before_power_off)
+    from appliance.api.http import ApiServer
+
+    service.components.append(ApiServer(config, service, media))
     if sim:
         for action in ("mains-fail", "mains-restore", "battery", "power-unplug", "power-replug"):
             service.sim_actions[action] = power.sim_action

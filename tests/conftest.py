@@ -20,6 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 APPLIANCE = [sys.executable, "-m", "appliance"]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -91,13 +97,17 @@ def notify_socket(tmp_path):
 class Daemon:
     """`appliance run` as systemd would run it, in its own directory."""
 
-    def __init__(self, workdir: Path, profile: str = "sim", env: dict | None = None, args=(), config_extra: str = ""):
+    def __init__(self, workdir: Path, profile: str = "sim", env: dict | None = None, args=(), config_extra: str = "",
+                 prefix: list[str] | None = None):
+        self.prefix = list(prefix or [])
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = self.dir / "appliance.toml"
+        self.api_port = free_port()
+        api = "" if "[api]" in config_extra else f"[api]\nport = {self.api_port}\n"
         self.config.write_text(
             f'[paths]\nstate_dir = "{self.dir / "state"}"\nruntime_dir = "{self.dir / "run"}"\n'
-            f'recordings = "{self.dir / "recordings"}"\n' + config_extra
+            f'recordings = "{self.dir / "recordings"}"\n' + api + config_extra
         )
         self.socket = self.dir / "run" / control.SOCKET_NAME
         self.profile = profile
@@ -114,7 +124,7 @@ class Daemon:
         self._log = open(self.log_path, "ab")
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
-            [*APPLIANCE, "run", "--profile", self.profile, "--config", str(self.config), *self.args],
+            [*self.prefix, *APPLIANCE, "run", "--profile", self.profile, "--config", str(self.config), *self.args],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.dir,
         )
         return self

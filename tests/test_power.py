@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 
@@ -23,7 +22,7 @@ from appliance.power.monitor import PowerMonitor
 from appliance.power.policy import PowerPolicy, Thresholds, assess
 from appliance.power.sources import NutUps, Q1Ups, VeDirectMonitor
 from appliance.sim.power import BatteryModel, UpsSim, VeDirectSim
-from conftest import wait_until
+from conftest import free_port, wait_until
 
 SPEC_Q1 = b"(208.4 140.0 208.4 034 59.9 2.05 35.0 00110000\r"
 SPEC_LIVE = (b"\r\nPID\t0xA381\r\nV\t12860\r\nVS\t13010\r\nI\t-3250\r\nP\t-42\r\nCE\t-15420\r\nSOC\t876\r\nTTG\t1680"
@@ -268,12 +267,6 @@ def test_vedirect_unplug_and_replug(bmv):
 
 
 # --- NUT against a real upsd ---------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture
 def nut(tmp_path):

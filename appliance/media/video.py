@@ -34,6 +34,16 @@ def luma(frame) -> np.ndarray:
     return np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)[:, : frame.width]
 
 
+def burn_text(frame, text: str, x: int, y: int, scale: int) -> None:
+    """White text on a black box in a yuv420p frame (the box's colour removed too)."""
+    draw_text(luma(frame), text, x, y, scale)
+    x0, y0 = max(0, x - scale) // 2, max(0, y - scale) // 2
+    x1, y1 = (x + text_width(text, scale)) // 2 + 1, (y + 8 * scale) // 2 + 1
+    for plane in frame.planes[1:]:
+        view = np.frombuffer(plane, np.uint8).reshape(frame.height // 2, plane.line_size)
+        view[y0:y1, x0:x1] = 128
+
+
 class VideoSource:
     """Base: the capture thread, the latest frame, loss and reopen with backoff."""
 
@@ -153,7 +163,7 @@ class TestPattern(VideoSource):
         now = time.time()
         stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
         scale = max(2, self.cfg.height // 120)
-        draw_text(luma(frame), stamp, scale * 2, self.cfg.height - 10 * scale, scale)
+        burn_text(frame, stamp, scale * 2, self.cfg.height - 10 * scale, scale)
         return frame
 
 

@@ -1,0 +1,219 @@
+"""The HTTP API, the metrics and the phone page, against the real daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import wait_until
+
+TOKEN = "tok-" + secrets.token_hex(8)
+SECRET_VALUES = [TOKEN, "very-secret-passphrase", "publish:hidden-stream-key"]
+
+
+def http(url: str, method: str = "GET", body: dict | None = None, headers: dict | None = None, timeout=5):
+    data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.headers.get("Content-Type", ""), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read()
+
+
+def assert_no_secret(blob: bytes):
+    for s in SECRET_VALUES:
+        assert s.encode() not in blob
+
+
+@pytest.fixture
+def box(daemon_factory):
+    d = daemon_factory(config_extra=f"""
+[stream]
+passphrase = "{SECRET_VALUES[1]}"
+stream_id = "{SECRET_VALUES[2]}"
+""").start()
+    d.wait_state("READY", timeout=20)
+    d.base = f"http://127.0.0.1:{d.api_port}"
+    return d
+
+
+def test_status_and_live_stop_over_http(box):
+    status, ctype, body = http(box.base + "/api/status")
+    assert status == 200 and ctype.startswith("application/json")
+    s = json.loads(body)
+    assert s["state"] == "READY" and s["profile"] == "sim"
+    media = s["components"]["media"]
+    assert media["audio"]["program"]["device_ok"] in (True, False) and "encoder" in media
+    assert "power" in s["components"] and "panel" in s["components"]
+    assert_no_secret(body)
+
+    status, _, body = http(box.base + "/api/live", "POST")
+    assert status == 200 and json.loads(body)["ok"]
+    box.wait_state(("LIVE", "DEGRADED"))
+    wait_until(lambda: json.loads(http(box.base + "/api/status")[2])["components"]["media"]["fps"] > 0, 5,
+               what="frames flowing")
+    status, ctype, jpeg = http(box.base + "/api/snapshot.jpg")
+    assert status == 200 and ctype == "image/jpeg" and jpeg[:2] == b"\xff\xd8"
+    status, _, body = http(box.base + "/api/stop", "POST")
+    assert status == 200
+    box.wait_state("READY")
+    status, _, body = http(box.base + "/api/preflight", "POST")
+    assert status == 409 and "transport" in json.loads(body)["error"]
+    assert_no_secret(box.log().encode())
+    assert box.terminate() == 0
+
+
+def test_events_stream_status(box):
+    req = urllib.request.Request(box.base + "/api/events")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        first = r.readline(), r.readline()
+    assert first[0] == b"event: status\n" and json.loads(first[1][len(b"data: "):])["state"] == "READY"
+    assert box.terminate() == 0
+
+
+def test_metrics_parse_and_carry_the_series(box):
+    http(box.base + "/api/live", "POST")
+    box.wait_state(("LIVE", "DEGRADED"))
+    time.sleep(1.5)
+    status, ctype, body = http(box.base + "/metrics")
+    assert status == 200 and ctype.startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    for name in ("appliance_state", "appliance_video_frames_encoded", "appliance_video_bitrate_bps",
+                 "appliance_audio_peak_dbfs", "appliance_recording_bytes", "appliance_power_charge_percent",
+                 "appliance_link_up", "appliance_link_sent_bytes"):
+        assert name in families, name
+    live = {s.labels["state"]: s.value for s in families["appliance_state"].samples}
+    assert live["LIVE"] + live["DEGRADED"] == 1
+    tracks = {s.labels["track"] for s in families["appliance_audio_peak_dbfs"].samples}
+    assert tracks == {"program", "ambient"}
+    assert next(s.value for s in families["appliance_video_frames_encoded"].samples) > 0
+    assert_no_secret(body)
+    assert box.terminate() == 0
+
+
+# --- bound to a LAN address, in a network namespace the test makes ------------------------------
+
+@pytest.fixture
+def netns():
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.skip("network namespaces need root and iproute2 (CI runs as root)")
+    tag = secrets.token_hex(3)
+    ns, host_if, ns_if = f"appl-{tag}", f"vh{tag}", f"vn{tag}"
+
+    def ip(*args, ns_=None):
+        cmd = ["ip", "netns", "exec", ns_, "ip", *args] if ns_ else ["ip", *args]
+        subprocess.run(cmd, check=True, capture_output=True)
+    ip("netns", "add", ns)
+    try:
+        ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        ip("link", "set", ns_if, "netns", ns)
+        ip("addr", "add", "198.18.77.1/30", "dev", host_if)
+        ip("link", "set", host_if, "up")
+        ip("addr", "add", "198.18.77.2/30", "dev", ns_if, ns_=ns)
+        ip("link", "set", ns_if, "up", ns_=ns)
+        ip("link", "set", "lo", "up", ns_=ns)
+        yield ns, "198.18.77.2", ns_if
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_lan_bind_needs_the_token_and_rate_limits_failures(daemon_factory, netns):
+    ns, addr, ns_if = netns
+    d = daemon_factory(prefix=["ip", "netns", "exec", ns], config_extra=f"""
+[api]
+bind = "{addr}"
+port = 8080
+token = "{TOKEN}"
+""").start()
+    d.wait_state("READY", timeout=20)
+    base = f"http://{addr}:8080"
+    status, _, body = http(base + "/api/status")
+    assert status == 401 and "token required" in json.loads(body)["error"]
+    status, _, body = http(base + "/api/status", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200 and json.loads(body)["state"] == "READY"
+    assert_no_secret(body)
+    status, _, _ = http(base + "/api/live", "POST")
+    assert status == 401 and d.state() == "READY", "no token, no show"
+    status, _, body = http(base + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    links = {s.labels["link"] for f in text_string_to_metric_families(body.decode()) if f.name == "appliance_link_up"
+             for s in f.samples}
+    assert ns_if in links, "the per-link series carry the namespace's uplink"
+    # the page logs in with the token and then uses the cookie
+    status, _, _ = http(base + "/api/login", "POST", {"token": TOKEN})
+    assert status == 200
+    for _ in range(3):
+        http(base + "/api/status", headers={"Authorization": "Bearer wrong"})
+    status, _, _ = http(base + "/api/status", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert status == 429, "five failures in a minute: that address is refused for a while"
+    assert_no_secret(d.log().encode())
+    assert d.terminate() == 0
+
+
+def test_lan_bind_without_token_refuses_to_expose_the_api(daemon_factory):
+    d = daemon_factory(config_extra='[api]\nbind = "0.0.0.0"\n').start()
+    d.wait_state("READY", timeout=20)
+    api = d.request("status")["status"]["components"]["api"]
+    assert api["state"] == "failed" and "set api.token" in api["error"]
+    assert d.terminate() == 0
+
+
+# --- the page in a real browser ---------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def test_phone_page_in_headless_chromium(box, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    assert os.path.exists(CHROMIUM), "scripts/test installs Debian's chromium"
+    errors: list[str] = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 360, "height": 780})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(box.base + "/")
+            page.wait_for_selector("#state.READY", timeout=15000)
+            page.wait_for_selector(".meter .fill", timeout=10000)
+            width = lambda: page.eval_on_selector('.meter[data-track="program"] .fill', "e => e.style.width")  # noqa: E731
+            wait_until(lambda: width() not in ("", "0%", "0.0%"), 10, what="the meter moving")
+            page.click("#go")
+            page.wait_for_selector("#state.LIVE, #state.DEGRADED", timeout=15000)
+            page.wait_for_function("document.getElementById('preview').naturalWidth > 0", timeout=10000)
+            page.wait_for_function("document.getElementById('encoder').textContent.includes('fps')", timeout=10000)
+            page.screenshot(path=str(tmp_path / "phone-360x780.png"))
+            page.once("dialog", lambda dialog: dialog.accept())
+            page.click("#stop")
+            page.wait_for_selector("#state.READY", timeout=15000)
+        finally:
+            browser.close()
+    assert errors == [], errors
+    assert (tmp_path / "phone-360x780.png").stat().st_size > 10_000
+    assert box.terminate() == 0
+
+
+# --- property-based: the OpenAPI description against the server ----------------------------------
+
+def test_schemathesis_finds_no_server_errors(box, tmp_path):
+    st = shutil.which("st", path=os.path.dirname(os.sys.executable)) or shutil.which("schemathesis")
+    assert st, "schemathesis is in the test extra"
+    r = subprocess.run([st, "run", f"{box.base}/api/openapi.json", "--checks", "not_a_server_error",
+                        "--exclude-path", "/api/events", "--max-examples", "25", "--request-timeout", "10"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert box.terminate() == 0
