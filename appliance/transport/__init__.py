@@ -1,0 +1,1 @@
+"""Getting the stream out: libsrt, and (to come) SRTLA bonding and the relay."""
