@@ -45,6 +45,10 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
     outputs = []
     if config.recording.enabled:
         outputs.append(Recorder(config.recording, recordings_dir(config), lambda c, a: report(c, a, "recorder")))
+    if config.stream.enabled:
+        from appliance.outputs.srt import SrtOutput
+
+        outputs.append(SrtOutput(config.stream, lambda c, a: report(c, a, "srt")))
     media = MediaPipeline(config, report, run_dir, outputs=outputs, fault=fault)
     power = PowerMonitor(config, service.post, lambda c, a: report(c, a, "power"), media.set_bitrate_cap,
                          sim_dir=run_dir / "sim-serial", recordings=recordings_dir(config))

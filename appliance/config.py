@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from appliance.errors import ConfigError
 
@@ -155,10 +155,17 @@ class RecordingSection(Section):
 
 class StreamSection(Section):
     enabled: bool = False
-    url: str = ""
+    # srt://HOST:PORT[?streamid=...&latency=...] (an SRT listener: MediaMTX, SRS, srt-live-transmit)
+    url: str = Field("", pattern=r"^$|^srt://[^\s/?#:]+:\d{1,5}(\?\S*)?$")
     stream_id: SecretStr = SecretStr("")
     passphrase: SecretStr = SecretStr("")
     latency_ms: int = Field(1000, ge=20, le=8000)
+
+    @model_validator(mode="after")
+    def _url_when_enabled(self):
+        if self.enabled and not self.url:
+            raise ValueError("stream.enabled = true needs stream.url (srt://HOST:PORT)")
+        return self
 
 
 class ApiSection(Section):
@@ -341,7 +348,11 @@ def _describe(err: dict, origins: dict[tuple, str]) -> str:
         if allowed:
             msg += f" (allowed here: {', '.join(allowed)})"
         return f"{origin}: {key}: {msg}"
-    given = SECRET_MASK if _is_secret(loc) else repr(err.get("input"))
+    value = err.get("input")
+    if isinstance(value, (dict, list)):
+        # A whole section or list: it may hold secrets, and the message says enough.
+        return f"{origin}: {key}: {err['msg']}"
+    given = SECRET_MASK if _is_secret(loc) else repr(value)
     return f"{origin}: {key}: {err['msg']} (got {given})"
 
 

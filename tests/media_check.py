@@ -23,6 +23,7 @@ class Decoded:
     def audio_rms_dbfs(self, stream: int) -> float:
         return 10 * np.log10(self.audio_sumsq[stream] / self.audio_count[stream] + 1e-20)
     first_video_nals: list[list[int]] = field(default_factory=list)  # per file
+    decode_errors: int = 0  # packets a viewer could not decode (joining mid-GOP)
 
 
 def decode_files(files: list[Path], luma: bool = False) -> Decoded:
@@ -33,7 +34,12 @@ def decode_files(files: list[Path], luma: bool = False) -> Decoded:
             for packet in c.demux():
                 if packet.stream.type == "video" and packet.size and first is None:
                     first = (bool(packet.is_keyframe), nal_types(bytes(packet)))
-                for frame in packet.decode():
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError:
+                    out.decode_errors += 1
+                    continue
+                for frame in frames:
                     if packet.stream.type == "video":
                         out.video_pts.append(round(frame.pts * frame.time_base * 90000))
                         if luma:

@@ -142,3 +142,11 @@ def test_every_shipped_profile_validates(name):
 def test_the_profiles_the_issue_names_exist():
     assert {"raspberry-pi-4", "raspberry-pi-5", "jetson-orin-nx", "jetson-orin-nano", "jetson-nano",
             "generic-x86", "sim"} <= set(profiles.available())
+
+
+def test_a_section_level_error_never_prints_the_section(tmp_path):
+    site = write(tmp_path, f'[stream]\nenabled = true\npassphrase = "{SECRETS[0]}"\n')
+    with pytest.raises(ConfigError) as e:
+        cfgmod.load(site, {}, "profile")
+    assert "needs stream.url" in str(e.value)
+    assert SECRETS[0] not in str(e.value)

@@ -55,6 +55,7 @@ def test_20_second_recording_decodes_with_both_tracks_in_sync(daemon_factory):
     assert not list(session.glob("*.part")), "every segment was closed and renamed"
     rec = decode_files(files)
 
+    assert rec.decode_errors == 0
     frames = len(rec.video_pts)
     assert abs(frames - elapsed * FPS) <= 0.01 * elapsed * FPS, (frames, elapsed)
     assert largest_gap(rec.video_pts) == FRAME, "no frame missing anywhere"

@@ -1,0 +1,192 @@
+"""The SRT output: the MPEG-TS in 1316-byte messages to an SRT listener.
+
+The media thread only muxes and queues (bounded; on overflow whole chunks are
+dropped and counted, never partial ones). A sender thread owns the libsrt
+socket: it connects, sends, and when the connection breaks reconnects with
+backoff. The recording never notices.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from urllib.parse import parse_qs, urlparse
+
+from appliance.config import StreamSection
+from appliance.errors import ConfigError
+from appliance.media.encoders import EncodedPacket
+from appliance.media.mux import TsMuxer
+from appliance.outputs import Report, Session
+from appliance.transport.libsrt import LIVE_PAYLOAD, SrtCaller, SrtError
+
+log = logging.getLogger(__name__)
+
+QUEUE_CHUNKS = 2000  # ~5 s at 4 Mb/s: beyond SRT's own buffer, this is backlog to shed
+BACKOFF = (0.5, 1.0, 2.0, 4.0, 5.0)
+NOT_CONNECTED = "stream: not connected to the SRT ingest"
+
+
+def parse_srt_url(url: str) -> tuple[str, int, dict]:
+    u = urlparse(url)
+    if u.scheme != "srt" or not u.hostname or not u.port:
+        raise ConfigError([f"stream.url: {url!r} is not srt://HOST:PORT"])
+    return u.hostname, u.port, {k: v[-1] for k, v in parse_qs(u.query).items()}
+
+
+class SrtOutput:
+    name = "srt"
+
+    def __init__(self, cfg: StreamSection, report: Report | None = None):
+        self.cfg = cfg
+        self.host, self.port, self.query = parse_srt_url(cfg.url)
+        self.report = report or (lambda condition, active: None)
+        self._queue: queue.Queue[bytes | None] = queue.Queue(QUEUE_CHUNKS)
+        self._pending = bytearray()
+        self._mux: TsMuxer | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.caller: SrtCaller | None = None
+        self.connected = False
+        self.chunks_sent = 0
+        self.chunks_dropped = 0
+        self.reconnects = 0
+        self.last_error = ""
+        self.stats: dict = {}
+        self._reported = False
+
+    def where(self) -> str:
+        return f"srt://{self.host}:{self.port}"
+
+    # --- media thread -----------------------------------------------------------------------
+
+    def start(self, session: Session) -> None:
+        self._queue = queue.Queue(QUEUE_CHUNKS)
+        self._pending = bytearray()
+        self._mux = TsMuxer(self._bytes, session.video, session.audio_extradata, session.track_names,
+                            service_name=session.name)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._send_loop, name="srt-sender", daemon=True)
+        self._thread.start()
+
+    def packet(self, pkt: EncodedPacket) -> None:
+        if self._mux is not None:
+            self._mux.mux(pkt)
+
+    def _bytes(self, data: bytes) -> None:
+        self._pending += data
+        while len(self._pending) >= LIVE_PAYLOAD:
+            chunk = bytes(self._pending[:LIVE_PAYLOAD])
+            del self._pending[:LIVE_PAYLOAD]
+            self._enqueue(chunk)
+
+    def _enqueue(self, chunk: bytes) -> None:
+        try:
+            self._queue.put_nowait(chunk)
+        except queue.Full:
+            self.chunks_dropped += 1
+
+    def stop(self) -> None:
+        if self._mux is not None:
+            mux, self._mux = self._mux, None
+            mux.close()
+        if self._pending:
+            self._enqueue(bytes(self._pending))  # a whole number of TS packets
+            self._pending = bytearray()
+        try:
+            self._queue.put(None, timeout=1)
+        except queue.Full:
+            self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=3)
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        if self._reported:
+            self._reported = False
+            self.report(NOT_CONNECTED, False)
+
+    def status(self) -> dict:
+        return {"url": self.where(), "connected": self.connected, "chunks_sent": self.chunks_sent,
+                "chunks_dropped": self.chunks_dropped, "reconnects": self.reconnects, "queued": self._queue.qsize(),
+                **({"last_error": self.last_error} if self.last_error else {}), "srt": self.stats}
+
+    # --- the sender thread --------------------------------------------------------------------
+
+    def _caller(self) -> SrtCaller:
+        c = self.cfg
+        return SrtCaller(self.host, self.port, latency_ms=int(self.query.get("latency", c.latency_ms)),
+                         stream_id=self.query.get("streamid", c.stream_id.get_secret_value()),
+                         passphrase=c.passphrase.get_secret_value())
+
+    def _send_loop(self) -> None:
+        attempt, last_stats = 0, 0.0
+        while not self._stop.is_set():
+            if not self.connected:
+                try:
+                    self.caller = self.caller or self._caller()
+                    self.caller.connect()
+                except SrtError as e:
+                    self._broken(str(e))
+                    self._stop.wait(BACKOFF[min(attempt, len(BACKOFF) - 1)])
+                    attempt += 1
+                    continue
+                attempt = 0
+                self._connected()
+            try:
+                chunk = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                chunk = b""
+            if chunk is None:
+                break
+            try:
+                if chunk:
+                    self.caller.send(chunk)
+                    self.chunks_sent += 1
+                now = time.monotonic()
+                if now - last_stats >= 1.0:
+                    self.stats, last_stats = self.caller.stats(), now
+            except SrtError as e:
+                self._broken(str(e))
+        if self.caller is not None:
+            self.caller.close()
+        self.connected = False
+
+    def _connected(self) -> None:
+        # What queued while we were away is stale for a live viewer: start fresh.
+        stale = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put_nowait(None)
+                break
+            stale += 1
+        self.chunks_dropped += stale
+        self.connected = True
+        if self.reconnects or self._reported:
+            log.info("stream: reconnected to %s (%d stale chunks dropped)", self.where(), stale,
+                     extra={"OUTPUT": self.name})
+        else:
+            log.info("stream: connected to %s", self.where(), extra={"OUTPUT": self.name})
+        if self._reported:
+            self._reported = False
+            self.report(NOT_CONNECTED, False)
+
+    def _broken(self, why: str) -> None:
+        if self.connected:
+            self.reconnects += 1
+            log.warning("stream: connection to %s lost (%s): reconnecting", self.where(), why,
+                        extra={"OUTPUT": self.name})
+        elif not self._reported:
+            log.warning("stream: cannot connect to %s (%s): retrying", self.where(), why, extra={"OUTPUT": self.name})
+        self.connected = False
+        self.last_error = why
+        if self.caller is not None:
+            self.caller.close()
+        if not self._reported:
+            self._reported = True
+            self.report(NOT_CONNECTED, True)

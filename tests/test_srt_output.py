@@ -1,0 +1,121 @@
+"""The SRT output in the daemon: srt-live-transmit as the ingest, the TS decoded."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import free_port, wait_until
+from media_check import decode_files, largest_gap, only_session, segments
+
+FRAME = 3000
+
+
+class Ingest:
+    """srt-live-transmit listening, writing what it receives to a file per run."""
+
+    def __init__(self, directory, port):
+        self.exe = shutil.which("srt-live-transmit")
+        assert self.exe, "scripts/test installs srt-tools"
+        self.dir, self.port, self.runs = directory, port, []
+
+    def start(self):
+        out = self.dir / f"ingest-{len(self.runs)}.ts"
+        f = open(out, "wb")
+        p = subprocess.Popen([self.exe, f"srt://:{self.port}?mode=listener", "file://con"], stdout=f,
+                             stderr=subprocess.DEVNULL)
+        self.runs.append((p, f, out))
+        time.sleep(0.3)
+        return out
+
+    def stop(self):
+        # A restart of the ingest: it closes its side cleanly and flushes its file.
+        for p, f, _ in self.runs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
+            f.close()
+
+
+@pytest.fixture
+def ingest(tmp_path):
+    i = Ingest(tmp_path, free_port())
+    yield i
+    i.stop()
+
+
+def srt_status(d):
+    return d.request("status")["status"]["components"]["media"]["outputs"]["srt"]
+
+
+def test_stream_reaches_the_ingest_and_decodes(daemon_factory, ingest):
+    first = ingest.start()
+    d = daemon_factory(config_extra=f'[stream]\nenabled = true\nurl = "srt://127.0.0.1:{ingest.port}"\nlatency_ms = 200\n').start()
+    d.wait_state("READY", timeout=20)
+    d.request("live")
+    d.wait_state(("LIVE", "DEGRADED"))
+    wait_until(lambda: srt_status(d)["connected"], 5, what="connected")
+    time.sleep(6)
+    st = srt_status(d)
+    assert st["chunks_sent"] > 1000 and st["chunks_dropped"] == 0 and st["srt"]["packets_sent"] > 0
+    d.request("stop")
+    d.wait_state("READY")
+    ingest.stop()
+    rec = decode_files([first])
+    assert rec.decode_errors == 0, "the stream starts on a keyframe with SPS/PPS"
+    assert len(rec.video_pts) >= 5 * 30, len(rec.video_pts)
+    assert largest_gap(rec.video_pts) == FRAME, "no frame lost on the way"
+    assert len(rec.audio) == 2, "both audio tracks travel with the video"
+    assert d.terminate() == 0
+
+
+def test_reconnects_after_the_ingest_restarts_and_the_recording_is_untouched(daemon_factory, ingest):
+    ingest.start()
+    d = daemon_factory(config_extra=f'[stream]\nenabled = true\nurl = "srt://127.0.0.1:{ingest.port}"\nlatency_ms = 200\n').start()
+    d.wait_state("READY", timeout=20)
+    d.request("live")
+    wait_until(lambda: srt_status(d)["connected"], 10, what="connected")
+    time.sleep(2)
+    ingest.stop()  # the ingest goes away ...
+    wait_until(lambda: "stream: not connected to the SRT ingest" in d.request("status")["status"]["conditions"], 10,
+               what="the loss noticed")
+    assert d.state() == "DEGRADED"
+    time.sleep(1)
+    second = ingest.start()  # ... and comes back
+    wait_until(lambda: srt_status(d)["connected"], 15, what="reconnected")
+    wait_until(lambda: d.state() == "LIVE", 5, what="LIVE again")
+    time.sleep(4)
+    assert srt_status(d)["reconnects"] >= 1
+    d.request("stop")
+    d.wait_state("READY")
+    ingest.stop()
+    resumed = decode_files([second])
+    assert len(resumed.video_pts) >= 2 * 30, "the stream flows again after the reconnect"
+    assert resumed.decode_errors <= 30, "a late joiner waits at most one GOP for a keyframe"
+    rec = decode_files(segments(only_session(d.dir / "recordings")))
+    assert largest_gap(rec.video_pts) == FRAME, "the recording never noticed"
+    assert d.terminate() == 0
+
+
+def test_no_ingest_at_all_degrades_but_records(daemon_factory):
+    port = free_port()
+    d = daemon_factory(config_extra=f'[stream]\nenabled = true\nurl = "srt://127.0.0.1:{port}"\n').start()
+    d.wait_state("READY", timeout=20)
+    d.request("live")
+    wait_until(lambda: "stream: not connected to the SRT ingest" in d.request("status")["status"]["conditions"], 10,
+               what="the condition")
+    time.sleep(1)
+    rec = d.request("status")["status"]["components"]["media"]["outputs"]["recorder"]
+    assert rec["recording"] and rec["bytes"] > 0
+    d.request("stop")
+    d.wait_state("READY")
+    assert "stream: not connected" not in " ".join(d.request("status")["status"]["conditions"])
+    assert d.terminate() == 0
