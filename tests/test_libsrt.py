@@ -10,7 +10,7 @@ import time
 import pytest
 
 from appliance.transport import libsrt
-from conftest import free_port, wait_until
+from conftest import free_port, stop_gracefully, wait_until
 
 HEADER = "/usr/include/srt/srt.h"
 CONSTANTS = ["SRTO_SNDSYN", "SRTO_RCVSYN", "SRTO_SNDTIMEO", "SRTO_STATE", "SRTO_LATENCY", "SRTO_OHEADBW",
@@ -72,13 +72,7 @@ def listener(tmp_path):
     def stop():
         # srt-live-transmit buffers its stdout: it is all there once it exits.
         for p, f in procs:
-            if p.poll() is None:
-                p.send_signal(subprocess.signal.SIGINT)
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(5)
+            stop_gracefully(p)
             f.close()
     run.stop = stop
     yield port, out, run
@@ -94,7 +88,8 @@ def test_caller_delivers_byte_identical_and_reports_statistics(listener):
     payload = [bytes([0x47, i % 256]) + bytes([i % 251]) * 1314 for i in range(300)]
     for chunk in payload:
         assert c.send(chunk) == 1316
-    wait_until(lambda: c.stats()["send_buffer_packets"] == 0, 5, what="everything acknowledged")
+    wait_until(lambda: c.stats()["packets_sent"] >= 300 and c.stats()["send_buffer_packets"] == 0, 5,
+               what="everything sent and acknowledged")
     stats = c.stats()
     assert stats["packets_sent"] >= 300 and stats["bytes_sent"] >= 300 * 1316
     assert stats["rtt_ms"] >= 0 and stats["packets_dropped"] == 0
@@ -121,7 +116,8 @@ def test_passphrase_and_stream_id_reach_the_listener(listener):
     c = libsrt.SrtCaller("127.0.0.1", port, passphrase="correct-horse-battery", pbkeylen=32, stream_id="publish:box1")
     c.connect()
     c.send(bytes([0x47]) * 1316)
-    wait_until(lambda: c.stats()["send_buffer_packets"] == 0, 5, what="acknowledged")
+    wait_until(lambda: c.stats()["packets_sent"] >= 1 and c.stats()["send_buffer_packets"] == 0, 5,
+               what="sent and acknowledged")
     time.sleep(0.5)  # the receiver delivers after its latency
     c.close()
     wrong = libsrt.SrtCaller("127.0.0.1", port, passphrase="wrong-horse-battery", connect_timeout_ms=1000)

@@ -268,3 +268,49 @@ def test_bitrate_changes_while_running():
     bits(frames[90:120], 90)  # one second for the rate control to settle
     low = bits(frames[120:], 120) / 2
     assert high > 1_500_000 and low < 750_000, (high, low)
+
+
+def test_an_output_that_breaks_is_dropped_and_the_others_go_on(tmp_path):
+    """picamera2's rule: a broken output marks itself dead, never the encoder thread."""
+    import asyncio
+
+    from appliance.config import Config
+    from appliance.media.pipeline import MediaPipeline
+    from appliance.outputs.recorder import Recorder
+
+    class Flaky:
+        name = "flaky"
+        def __init__(self):
+            self.packets = 0
+        def start(self, session):
+            pass
+        def packet(self, pkt):
+            self.packets += 1
+            if self.packets == 20:
+                raise OSError("network card on fire")
+        def stop(self):
+            pass
+        def status(self):
+            return {"packets": self.packets}
+
+    cfg = Config.model_validate({"video": {"width": 320, "height": 240, "fps": 30}, "audio": {"tracks": []},
+                                 "encoder": {"ladder": [{"codec": "libx264", "options": {"preset": "ultrafast"}}]}})
+    reports = []
+    flaky = Flaky()
+    rec = Recorder(cfg.recording, tmp_path / "rec")
+    pipe = MediaPipeline(cfg, lambda c, a: reports.append((c, a)), tmp_path / "run", outputs=[flaky, rec])
+
+    async def run():
+        await pipe.start()
+        await pipe.start_live()
+        await asyncio.sleep(2)
+        encoded = pipe.frames_encoded
+        await pipe.stop_live()
+        await pipe.stop()
+        return encoded
+
+    encoded = asyncio.run(run())
+    assert flaky.packets == 20, "no packet after it broke"
+    assert ("output flaky failed", True) in reports and ("output flaky failed", False) in reports
+    assert encoded >= 45, "the encoder thread never noticed"
+    assert decode_files(segments(only_session(tmp_path / "rec"))).video_pts, "the recorder got everything"

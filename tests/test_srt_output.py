@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import time
 
 import pytest
 
-from conftest import free_port, wait_until
+from conftest import free_port, stop_gracefully, wait_until
 from media_check import decode_files, largest_gap, only_session, segments
 
 FRAME = 3000
@@ -35,13 +34,7 @@ class Ingest:
     def stop(self):
         # A restart of the ingest: it closes its side cleanly and flushes its file.
         for p, f, _ in self.runs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(5)
+            stop_gracefully(p)
             f.close()
 
 

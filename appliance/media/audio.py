@@ -18,6 +18,7 @@ from collections import deque
 import numpy as np
 
 from appliance.config import AudioSection, AudioTrack
+from appliance.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def _to_stereo(data: np.ndarray, channels: list[int]) -> np.ndarray:
     return np.ascontiguousarray(picked[:, :2])
 
 
-class AudioDevice:
+class AudioDevice(Worker):
     """One capture device feeding the tracks that use it; reopened when lost."""
 
     def __init__(self, device: str, tracks: list[tuple[AudioTrack, TrackBuffer]], on_change=None):
@@ -137,19 +138,8 @@ class AudioDevice:
         self.callbacks = 0
         self._reported_lost = False
         self._last_callback = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"audio-{self.device}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self.worker_name = f"audio-{device}"
+        self._init_worker()
 
     def status(self) -> dict:
         return {"device": self.device, "ok": self.ok, "reopens": self.reopens,

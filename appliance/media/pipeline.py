@@ -63,6 +63,8 @@ class MediaPipeline:
         self._stop = threading.Event()
         self._commands: deque = deque()
         self._live = False
+        self._active: list = []  # the outputs running this session
+        self._broken: list[str] = []
         self._venc: VideoEncoder | None = None
         self._rungs: list = []
         self._rung_index = 0
@@ -136,7 +138,7 @@ class MediaPipeline:
                              "underrun_samples": self.audio.buffers[name].underrun_samples,
                              "drift_corrections": self.audio.buffers[name].corrected_samples}
                       for name in self.tracks},
-            "outputs": {o.name: o.status() for o in self.outputs},
+            "outputs": {o.name: {**o.status(), "failed": o.name in self._broken} for o in self.outputs},
         }
 
     # --- live output ---------------------------------------------------------------
@@ -197,12 +199,13 @@ class MediaPipeline:
             settings={"bitrate_kbps": self.settings.bitrate_kbps, "keyframe_seconds": self.settings.keyframe_seconds,
                       "audio_bitrate_kbps": self.cfg.encoder.audio_bitrate_kbps, "source": self.video.describe()},
         )
+        self._active = []
         for out in self.outputs:
             try:
                 out.start(self.session)
+                self._active.append(out)
             except Exception as e:
-                log.error("output %s failed to start: %s", out.name, e)
-                self.report(f"output {out.name} failed", True)
+                self._output_failed(out, f"failed to start: {e}")
         self._tick = 0
         self.first_packet_at = None
         self.frames_encoded = self.frames_dropped = self.slate_frames = 0
@@ -216,11 +219,14 @@ class MediaPipeline:
         for a in self._aencs:
             packets += a.flush()
         self._deliver(packets)
-        for out in self.outputs:
+        for out in self._active:
             try:
                 out.stop()
             except Exception as e:
                 log.error("output %s did not stop cleanly: %s", out.name, e)
+        for name in self._broken:
+            self.report(conditions.component_failed(f"output {name}"), False)
+        self._active, self._broken = [], []
         self._venc, self._aencs = None, []
 
     def _open_encoder(self) -> VideoEncoder:
@@ -338,13 +344,20 @@ class MediaPipeline:
             self.first_packet_at = now
         for p in packets:
             self._rate_window.append((now, len(p.data)))
-            for out in self.outputs:
+            for out in list(self._active):
                 try:
                     out.packet(p)
                 except Exception as e:  # an output must never break the media thread
-                    log.error("output %s raised on a packet: %s", out.name, e)
+                    self._active.remove(out)
+                    self._output_failed(out, f"broke: {e}")
         while self._rate_window and now - self._rate_window[0][0] > 2.0:
             self._rate_window.popleft()
+
+    def _output_failed(self, out, why: str) -> None:
+        """The output is dead for this session; the others (and the show) go on."""
+        log.error("output %s %s", out.name, why, extra={"OUTPUT": out.name})
+        self._broken.append(out.name)
+        self.report(conditions.component_failed(f"output {out.name}"), True)
 
     def _audio_changed(self, device: str, ok: bool, why: str) -> None:
         for t in self.cfg.audio.tracks:

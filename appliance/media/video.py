@@ -20,6 +20,7 @@ import numpy as np
 
 from appliance.config import VideoSection
 from appliance.media.font import draw_text, text_width
+from appliance.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def burn_text(frame, text: str, x: int, y: int, scale: int) -> None:
         view[y0:y1, x0:x1] = 128
 
 
-class VideoSource:
+class VideoSource(Worker):
     """Base: the capture thread, the latest frame, loss and reopen with backoff."""
 
     kind = "video"
@@ -54,8 +55,8 @@ class VideoSource:
         self._lock = threading.Lock()
         self._latest = None
         self._latest_at = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.worker_name = f"video-{self.kind}"
+        self._init_worker()
         self.frames = 0
         self.reopens = 0
         self.error = ""
@@ -78,19 +79,6 @@ class VideoSource:
         return self.kind
 
     # --- lifecycle -------------------------------------------------------------
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"video-{self.kind}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            if self._thread.is_alive():
-                log.error("video source %s did not stop within 5 s", self.describe())
-            self._thread = None
 
     def unplug(self) -> None:
         """Simulated device loss (sim profile and tests): reads fail with ENODEV."""

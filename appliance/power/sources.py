@@ -17,6 +17,7 @@ from typing import Callable
 from appliance.power import q1, vedirect
 from appliance.power.forecast import RuntimeForecast
 from appliance.power.model import PowerState
+from appliance.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ class SourceError(Exception):
     """A bad or missing reply (the line is there, the answer is not)."""
 
 
-class Source:
+class Source(Worker):
     kind = "source"
 
     def __init__(self, name: str, poll_seconds: float = 2.0, stale_polls: int = 5,
@@ -43,22 +44,14 @@ class Source:
         self.errors = 0
         self.last_error = ""
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.worker_name = f"power-{name}"
+        self._init_worker()
         self._open_ok = False
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"power-{self.name}", daemon=True)
-        self._thread.start()
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
-            self._thread = None
+        super().stop()
         self._safe_close()
 
     def status(self) -> dict:

@@ -95,7 +95,23 @@ class _Plugged:
             dev.write(data)
 
 
-class UpsSim:
+class _SimDevice:
+    """What every simulated serial device has: a stable path, unplug and replug."""
+
+    _port: _Plugged
+
+    @property
+    def path(self) -> str:
+        return str(self._port.link)
+
+    def unplug(self) -> None:
+        self._port.unplug()
+
+    def replug(self) -> None:
+        self._port.plug()
+
+
+class UpsSim(_SimDevice):
     """A line-interactive Megatec UPS: 24 V nominal battery (12 cells)."""
 
     NOMINAL = 24.0
@@ -111,16 +127,9 @@ class UpsSim:
         self._buf = b""
         self._port = _Plugged(link, "sim-ups", 2400 if paced else None, self._respond)
 
-    @property
-    def path(self) -> str:
-        return str(self._port.link)
-
-    def unplug(self) -> None:
-        self._port.unplug()
-
     def replug(self) -> None:
         self._buf = b""
-        self._port.plug()
+        super().replug()
 
     def close(self) -> None:
         self._port.unplug()
@@ -169,7 +178,7 @@ class UpsSim:
         return cmd  # unknown: echoed back
 
 
-class VeDirectSim:
+class VeDirectSim(_SimDevice):
     """A BMV-712 on a power bank: a live block and a history block every second."""
 
     def __init__(self, link: Path, model: BatteryModel | None = None, interval: float = 1.0):
@@ -181,16 +190,6 @@ class VeDirectSim:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sim-vedirect", daemon=True)
         self._thread.start()
-
-    @property
-    def path(self) -> str:
-        return str(self._port.link)
-
-    def unplug(self) -> None:
-        self._port.unplug()
-
-    def replug(self) -> None:
-        self._port.plug()
 
     def close(self) -> None:
         self._stop.set()

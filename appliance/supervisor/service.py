@@ -89,6 +89,7 @@ class Service:
         self._busy_since: float | None = None
         self._tasks: set[asyncio.Task] = set()
         self._outputs_task: asyncio.Task | None = None
+        self._failed_outputs: list[str] = []
         self.power_off: dict | None = None
         self._exit: asyncio.Event | None = None
 
@@ -191,11 +192,16 @@ class Service:
         if self.outputs and not started:
             self.post(Kind.OUTPUTS_FAILED, "; ".join(failed), "outputs")
             return
-        for f in failed:
-            self.post(Kind.DEGRADED, component_failed(f"output {f.split(':')[0]}"), "outputs")
+        self._failed_outputs = [component_failed(f"output {f.split(':')[0]}") for f in failed]
+        for condition in self._failed_outputs:
+            self.post(Kind.DEGRADED, condition, "outputs")
         self.post(Kind.OUTPUTS_STARTED, ", ".join(started), "outputs")
 
     async def _stop_outputs(self) -> None:
+        # A failed output is this session's problem: the next GO tries it afresh.
+        for condition in self._failed_outputs:
+            self.post(Kind.RECOVERED, condition, "outputs")
+        self._failed_outputs = []
         for out in reversed(self.outputs):
             try:
                 await asyncio.wait_for(out.stop_live(), STOP_TIMEOUT)
