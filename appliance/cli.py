@@ -198,6 +198,29 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_relay(args) -> int:
+    import os
+
+    from appliance.supervisor.systemd import setup_logging
+    from appliance.transport.relay import serve
+
+    setup_logging("info")
+    secret = None
+    if args.secret_file:
+        try:
+            secret = Path(args.secret_file).read_bytes().strip()
+        except OSError as e:
+            print(f"error: {args.secret_file}: {e.strerror}", file=sys.stderr)
+            return 78
+    elif os.environ.get("APPLIANCE_RELAY_SECRET"):
+        secret = os.environ["APPLIANCE_RELAY_SECRET"].encode()
+    if secret is not None and len(secret) < 16:
+        print("error: the relay secret must be at least 16 bytes", file=sys.stderr)
+        return 78
+    asyncio.run(serve(args.listen, args.to, secret, args.bind, args.max_groups, args.max_links))
+    return 0
+
+
 def cmd_panel_card(args) -> int:
     from appliance.panel import patterns
 
@@ -246,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_probe)
+
+    sp = sub.add_parser("relay", help="run an SRTLA receiver: merge a sender's uplinks into one SRT stream")
+    sp.add_argument("--listen", type=int, required=True, metavar="PORT", help="UDP port the senders register on")
+    sp.add_argument("--to", required=True, metavar="srt://HOST:PORT", help="the SRT listener (ingest)")
+    sp.add_argument("--bind", default="0.0.0.0")
+    sp.add_argument("--secret-file", help="only senders holding this shared secret may register")
+    sp.add_argument("--max-groups", type=int, default=200)
+    sp.add_argument("--max-links", type=int, default=8)
+    sp.set_defaults(func=cmd_relay)
 
     sp = sub.add_parser("panel-card", help="the front-panel card: every LED pattern and what to do")
     sp.add_argument("--readme", help="rewrite the card section of this README")

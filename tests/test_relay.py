@@ -1,0 +1,295 @@
+"""SRTLA: the wire format, and the relay against clients speaking the protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import threading
+import time
+import tracemalloc
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from appliance.transport import srtla
+from appliance.transport.relay import Relay
+from conftest import ROOT, wait_until
+
+SECRET = b"0123456789abcdef-shared"
+
+
+# --- wire format ---------------------------------------------------------------------------------
+
+def srt_data(seq: int, payload: bytes = b"\x47" * 1316) -> bytes:
+    return struct.pack(">IIII", seq & 0x7FFFFFFF, 0xC0000000, 0, 1) + payload
+
+
+def test_types_and_lengths():
+    assert srtla.kind(srt_data(5)) == 0 and srtla.srt_seq(srt_data(5)) == 5
+    assert srtla.kind(b"\x90\x00") == srtla.KEEPALIVE and srtla.kind(b"\x90") is None
+    ident = os.urandom(256)
+    assert srtla.reg_id(srtla.reg(srtla.REG1, ident), srtla.REG1) == ident
+    assert srtla.reg_id(srtla.reg(srtla.REG1, ident)[:-1], srtla.REG1) is None, "exactly 258 bytes"
+    ack = srtla.srtla_ack(list(range(10)))
+    assert len(ack) == 44 and ack[:4] == b"\x91\x00\x00\x00" and srtla.parse_srtla_ack(ack) == list(range(10))
+    assert srtla.keepalive_timestamp(srtla.keepalive(123456789)) == 123456789
+    assert srtla.keepalive(None) == b"\x90\x00"
+
+
+def test_srt_ack_and_nak_lists():
+    ack = struct.pack(">HHIII", srtla.SRT_ACK, 0, 1, 2, 3) + struct.pack(">I", 4242)
+    assert srtla.srt_ack_number(ack) == 4242
+    nak = struct.pack(">HHIII", srtla.SRT_NAK, 0, 0, 0, 0) + struct.pack(">IIII", 10, 0x80000014, 25, 30)
+    assert srtla.srt_nak_ranges(nak) == [(10, 10), (20, 25), (30, 30)]
+    torn = struct.pack(">HHIII", srtla.SRT_NAK, 0, 0, 0, 0) + struct.pack(">I", 0x80000014)
+    assert srtla.srt_nak_ranges(torn) == []
+
+
+def test_shared_secret_inside_the_standard_id():
+    signed = srtla.sender_id(SECRET)
+    assert len(signed) == 256 and srtla.id_signed(signed, SECRET)
+    assert not srtla.id_signed(srtla.sender_id(None), SECRET)
+    assert not srtla.id_signed(signed, b"another-secret-entirely")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_parsers_never_raise_on_foreign_bytes(d):
+    srtla.kind(d)
+    srtla.srt_seq(d)
+    srtla.reg_id(d, srtla.REG1)
+    srtla.keepalive_timestamp(d)
+    srtla.parse_srtla_ack(d)
+    srtla.srt_ack_number(d)
+    for a, b in srtla.srt_nak_ranges(d):
+        assert 0 <= a and 0 <= b
+
+
+# --- the relay ----------------------------------------------------------------------------------------
+
+class RelayThread:
+    """The relay on its own asyncio loop in a thread; clients are plain UDP sockets."""
+
+    def __init__(self, secret=None, max_groups=200, max_links=8):
+        self.server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # stands in for the SRT server
+        self.server.bind(("127.0.0.1", 0))
+        self.server.settimeout(2)
+        self.relay = Relay(("127.0.0.1", 0), self.server.getsockname(), secret, max_groups, max_links)
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="test-relay")
+        self.thread.start()
+        assert self._ready.wait(5)
+        self.addr = self.relay.listen
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.relay.start())
+        self._ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self.relay.stop())
+        self.loop.close()
+
+    def call(self, fn, *args):
+        done = threading.Event()
+        self.loop.call_soon_threadsafe(lambda: (fn(*args), done.set()))
+        assert done.wait(5)
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.server.close()
+
+
+@pytest.fixture
+def relay():
+    r = RelayThread()
+    yield r
+    r.close()
+
+
+def client():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(2)
+    return s
+
+
+def register(relay, links, secret=None):
+    ident = srtla.sender_id(secret)
+    links[0].sendto(srtla.reg(srtla.REG2, ident), relay.addr)
+    assert links[0].recv(300) == srtla.short(srtla.REG_NGP), "unknown group"
+    links[0].sendto(srtla.reg(srtla.REG1, ident), relay.addr)
+    reply = links[0].recv(300)
+    gid = srtla.reg_id(reply, srtla.REG2)
+    assert gid is not None and gid[:128] == ident[:128], "the group id keeps our half"
+    for s in links:
+        s.sendto(srtla.reg(srtla.REG2, gid), relay.addr)
+        assert s.recv(300) == srtla.short(srtla.REG3)
+    return gid
+
+
+def test_registration_forwarding_acks_and_the_return_path(relay):
+    a, b = client(), client()
+    register(relay, [a, b])
+    # data over both links reaches the server as one peer
+    for seq in range(20):
+        (a if seq % 2 else b).sendto(srt_data(seq), relay.addr)
+    got, peers = [], set()
+    for _ in range(20):
+        d, peer = relay.server.recvfrom(2000)
+        got.append(srtla.srt_seq(d))
+        peers.add(peer)
+    assert sorted(got) == list(range(20)) and len(peers) == 1
+    # an SRTLA ACK after every 10 data packets on a link
+    assert srtla.parse_srtla_ack(a.recv(100)) == list(range(1, 20, 2))
+    assert srtla.parse_srtla_ack(b.recv(100)) == list(range(0, 20, 2))
+    server_peer = peers.pop()
+    # SRT ACK from the server: every link; anything else: the link that delivered last
+    ack = struct.pack(">HHIII", srtla.SRT_ACK, 0, 1, 2, 3) + struct.pack(">I", 20)
+    relay.server.sendto(ack, server_peer)
+    assert a.recv(100) == ack and b.recv(100) == ack
+    a.sendto(srt_data(20), relay.addr)
+    relay.server.recvfrom(2000)
+    nak = struct.pack(">HHIII", srtla.SRT_NAK, 0, 0, 0, 0) + struct.pack(">I", 7)
+    relay.server.sendto(nak, server_peer)
+    assert a.recv(100) == nak
+    b.settimeout(0.3)
+    with pytest.raises(socket.timeout):
+        b.recv(100)
+    # keepalives are echoed whole (our timestamp comes back)
+    a.sendto(srtla.keepalive(987654321), relay.addr)
+    assert srtla.keepalive_timestamp(a.recv(100)) == 987654321
+    a.close()
+    b.close()
+
+
+def test_unregistered_short_and_malformed_datagrams_are_dropped_and_counted(relay):
+    stranger = client()
+    junk = [b"", b"\x01", srt_data(1), b"\x92\x00" + b"x" * 10, b"\x92\x01" + b"y" * 300, b"\x91\x00" + bytes(42),
+            b"\x92\x02", b"\xff\xff" + os.urandom(30)] + [os.urandom(n) for n in (3, 17, 100, 1500)]
+    for d in junk:
+        stranger.sendto(d, relay.addr)
+    wait_until(lambda: sum(relay.relay.dropped.values()) >= len(junk) - 1, 3, what="drops counted")
+    assert relay.relay.dropped["unregistered"] >= 1 and relay.relay.dropped["bad REG1 length"] == 1
+    assert relay.relay.status()["groups"] == 0
+    # and it still works for a real sender
+    a = client()
+    register(relay, [a])
+    stranger.close()
+    a.close()
+
+
+def test_the_shared_secret_keeps_strangers_out():
+    r = RelayThread(secret=SECRET)
+    try:
+        stranger, ours = client(), client()
+        stranger.sendto(srtla.reg(srtla.REG1, srtla.sender_id(None)), r.addr)
+        assert stranger.recv(300) == srtla.short(srtla.REG_ERR)
+        register(r, [ours], secret=SECRET)
+        assert r.relay.dropped["REG1 without the shared secret"] == 1
+        stranger.close()
+        ours.close()
+    finally:
+        r.close()
+
+
+def test_a_flood_of_registrations_does_not_grow_memory():
+    r = RelayThread(max_groups=20)
+    socks = [client() for _ in range(60)]
+    try:
+        tracemalloc.start()
+        for rnd in range(4):
+            for s in socks:
+                s.sendto(srtla.reg(srtla.REG1, os.urandom(256)), r.addr)
+            time.sleep(0.2)
+            if rnd == 0:
+                before = tracemalloc.get_traced_memory()[0]
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        assert r.relay.status()["groups"] == 20, "capped"
+        assert r.relay.dropped["REG1 over the group limit"] >= 40
+        assert after - before < 200_000, (before, after)
+        # and the empty groups age out, freeing room for real senders
+        r.call(r.relay.cleanup, time.monotonic() + 11)
+        assert r.relay.status()["groups"] == 0
+    finally:
+        for s in socks:
+            s.close()
+        r.close()
+
+
+def test_link_limit_and_silent_links_are_removed():
+    r = RelayThread(max_links=2)
+    try:
+        links = [client(), client()]
+        gid = register(r, links)
+        third = client()
+        third.sendto(srtla.reg(srtla.REG2, gid), r.addr)
+        assert third.recv(100) == srtla.short(srtla.REG_ERR)
+        r.call(r.relay.cleanup, time.monotonic() + 11)
+        assert r.relay.status()["links"] == 0
+        for s in links + [third]:
+            s.close()
+    finally:
+        r.close()
+
+
+def test_relay_unit_verifies():
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assert shutil.which("systemd-analyze")
+    unit = (ROOT / "systemd" / "appliance-relay.service").read_text()
+    exe = Path(sys.executable).with_name("appliance")
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"relay-{os.getpid()}.service"
+    tmp.write_text(unit.replace("/opt/appliance/.venv/bin/appliance", str(exe)))
+    try:
+        r = subprocess.run(["systemd-analyze", "verify", str(tmp)], capture_output=True, text=True)
+    finally:
+        tmp.unlink()
+    assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+
+
+def test_appliance_relay_command_serves_and_stops_cleanly(tmp_path):
+    import signal
+    import subprocess
+
+    from conftest import APPLIANCE, free_port
+
+    port = free_port()
+    secret = tmp_path / "relay.secret"
+    secret.write_bytes(SECRET + b"\n")
+    proc = subprocess.Popen([*APPLIANCE, "relay", "--listen", str(port), "--bind", "127.0.0.1",
+                             "--to", "srt://127.0.0.1:9", "--secret-file", str(secret)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    try:
+        s = client()
+        target = type("R", (), {"addr": ("127.0.0.1", port)})()
+
+        def registers():
+            try:
+                register(target, [s], secret=SECRET)
+                return True
+            except (socket.timeout, ConnectionRefusedError):
+                return False
+        wait_until(registers, 10, what="the relay answering")
+        s.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=10)[0]
+    assert proc.returncode == 0, out
+    assert "shared secret required" in out and SECRET.decode() not in out
+
+
+def test_appliance_relay_refuses_a_weak_secret(tmp_path):
+    from conftest import run_cli
+
+    (tmp_path / "weak").write_text("short")
+    r = run_cli("relay", "--listen", "5000", "--to", "srt://127.0.0.1:9", "--secret-file", str(tmp_path / "weak"))
+    assert r.returncode == 78 and "at least 16 bytes" in r.stderr
