@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from appliance.transport import srtla
 from appliance.transport.relay import Relay
 from conftest import ROOT, wait_until
+from netsim import RelayThread
 
 SECRET = b"0123456789abcdef-shared"
 
@@ -69,40 +70,6 @@ def test_parsers_never_raise_on_foreign_bytes(d):
 
 
 # --- the relay ----------------------------------------------------------------------------------------
-
-class RelayThread:
-    """The relay on its own asyncio loop in a thread; clients are plain UDP sockets."""
-
-    def __init__(self, secret=None, max_groups=200, max_links=8):
-        self.server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # stands in for the SRT server
-        self.server.bind(("127.0.0.1", 0))
-        self.server.settimeout(2)
-        self.relay = Relay(("127.0.0.1", 0), self.server.getsockname(), secret, max_groups, max_links)
-        self.loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="test-relay")
-        self.thread.start()
-        assert self._ready.wait(5)
-        self.addr = self.relay.listen
-
-    def _run(self):
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self.relay.start())
-        self._ready.set()
-        self.loop.run_forever()
-        self.loop.run_until_complete(self.relay.stop())
-        self.loop.close()
-
-    def call(self, fn, *args):
-        done = threading.Event()
-        self.loop.call_soon_threadsafe(lambda: (fn(*args), done.set()))
-        assert done.wait(5)
-
-    def close(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.server.close()
-
 
 @pytest.fixture
 def relay():

@@ -1,0 +1,360 @@
+"""The SRTLA bonding sender: one SRT stream spread over every uplink.
+
+The local SRT caller (libsrt) sends to our loopback port; each SRT packet goes
+out over one uplink socket (bound to that uplink's source address) to an SRTLA
+receiver (`appliance relay`, or BELABOX srtla_rec), and whatever comes back is
+handed to the caller. Wire format and registration as specs/srtla.md.
+
+Where the reference sender is weak, this one does better without changing the
+wire format:
+- keepalives carry our timestamp every 100 ms, so each link's RTT is known;
+- a link is dead when nothing came back on it for a time derived from its own
+  RTT (4 x smoothed RTT, clamped to 150..300 ms) instead of 4 s;
+- the packets still in flight on a dead link are re-sent at once on the healthy
+  links (SRT drops the duplicates) instead of waiting for SRT's NAKs;
+- a returning link must prove itself (REG3, then stable keepalive RTTs) before it
+  carries traffic again.
+One thread, one selector: no asyncio, no locks on the packet path.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import statistics
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from appliance.transport import srtla
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_EVERY = 0.1
+REGISTER_EVERY = 0.5
+DEAD_MIN, DEAD_MAX = 0.15, 0.30
+PROBATION_ECHOES = 5
+WINDOW_MIN, WINDOW_START, WINDOW_MAX = 1000, 20000, 60000
+IN_FLIGHT_KEEP = 8192
+
+
+@dataclass
+class Link:
+    name: str
+    source: str
+    sock: socket.socket
+    state: str = "registering"  # registering | probation | up | dead
+    window: int = WINDOW_START
+    in_flight: set[int] = field(default_factory=set)
+    srtt: float | None = None
+    rtts: deque = field(default_factory=lambda: deque(maxlen=8))
+    last_rx: float = 0.0
+    last_reg: float = 0.0
+    last_keepalive: float = 0.0
+    echoes_since_reg: int = 0
+    sent: int = 0
+    bytes_sent: int = 0
+    died_at: float | None = None
+    notice_ms: list[float] = field(default_factory=list)  # silence -> declared dead, per failure
+
+    def dead_after(self) -> float:
+        rtt = self.srtt if self.srtt is not None else 0.05
+        return min(DEAD_MAX, max(DEAD_MIN, 4 * rtt))
+
+    def score(self) -> float:
+        return self.window / (len(self.in_flight) + 1)
+
+    def status(self) -> dict:
+        return {"source": self.source, "state": self.state, "rtt_ms": None if self.srtt is None else round(self.srtt * 1000, 1),
+                "window": self.window, "in_flight": len(self.in_flight), "packets": self.sent, "bytes": self.bytes_sent,
+                "dead_notice_ms": self.notice_ms[-5:]}
+
+
+class Bonder:
+    """Call start(); point the SRT caller at ("127.0.0.1", bonder.local_port)."""
+
+    def __init__(self, relay: tuple[str, int], sources: dict[str, str], secret: bytes | None = None):
+        self.relay = relay
+        self.secret = secret
+        self.ident = srtla.sender_id(secret)
+        self.group: bytes | None = None
+        self.sel = selectors.DefaultSelector()
+        self.local = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.local.bind(("127.0.0.1", 0))
+        self.local.setblocking(False)
+        self.local_port = self.local.getsockname()[1]
+        self.sel.register(self.local, selectors.EVENT_READ, None)
+        self.caller: tuple | None = None
+        self.links: dict[str, Link] = {}
+        self.flight: OrderedDict[int, tuple[str, bytes]] = OrderedDict()  # seq -> (link, packet)
+        self.resent = 0
+        self._reg1_at = -1e9
+        self.dropped: dict[str, int] = {}
+        self._epoch = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._changes: deque = deque()
+        for name, source in sources.items():
+            self._add_link(name, source)
+
+    # --- lifecycle (any thread) -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="srtla-bond", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+            self._thread = None
+        for link in list(self.links.values()):
+            link.sock.close()
+        self.local.close()
+        self.sel.close()
+
+    def set_uplinks(self, sources: dict[str, str]) -> None:
+        """Live changes: an interface that appears joins, one that vanishes leaves."""
+        self._changes.append(dict(sources))
+
+    def status(self) -> dict:
+        return {"registered": self.group is not None, "links": {n: l.status() for n, l in self.links.items()},
+                "resent": self.resent, "dropped": dict(self.dropped)}
+
+    # --- links ------------------------------------------------------------------------------------
+
+    def _add_link(self, name: str, source: str) -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            if not source.startswith("127."):
+                try:  # pin to the interface too, where we are allowed to (CAP_NET_RAW)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, name.encode())
+                except OSError:
+                    pass
+            s.bind((source, 0))
+        except OSError as e:
+            s.close()
+            log.warning("bond: uplink %s (%s) unusable: %s", name, source, e)
+            return
+        s.setblocking(False)
+        self.links[name] = Link(name, source, s)
+        self.sel.register(s, selectors.EVENT_READ, name)
+        log.info("bond: uplink %s joins from %s", name, source, extra={"LINK": name})
+
+    def _remove_link(self, name: str) -> None:
+        link = self.links.pop(name, None)
+        if link is None:
+            return
+        self.sel.unregister(link.sock)
+        link.sock.close()
+        self._rescue(link, time.monotonic())
+        log.warning("bond: uplink %s left", name, extra={"LINK": name})
+
+    def _apply_changes(self) -> None:
+        while self._changes:
+            wanted = self._changes.popleft()
+            for name in list(self.links):
+                if name not in wanted or wanted[name] != self.links[name].source:
+                    self._remove_link(name)
+            for name, source in wanted.items():
+                if name not in self.links:
+                    self._add_link(name, source)
+
+    # --- the loop -----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_house = 0.0
+        while not self._stop.is_set():
+            for key, _ in self.sel.select(timeout=0.01):
+                try:
+                    if key.data is None:
+                        self._from_caller()
+                    else:
+                        self._from_link(key.data)
+                except OSError as e:
+                    self.dropped[f"socket error: {e.strerror}"] = self.dropped.get(f"socket error: {e.strerror}", 0) + 1
+            now = time.monotonic()
+            if now >= next_house:
+                self._apply_changes()
+                self._housekeeping(now)
+                next_house = now + 0.02
+
+    def _ms(self) -> int:
+        return int((time.monotonic() - self._epoch) * 1000)
+
+    def _from_caller(self) -> None:
+        while True:
+            try:
+                d, addr = self.local.recvfrom(2048)
+            except BlockingIOError:
+                return
+            self.caller = addr
+            link = self._choose()
+            if link is None:
+                self.dropped["no live uplink"] = self.dropped.get("no live uplink", 0) + 1
+                continue
+            self._send_on(link, d)
+
+    def _send_on(self, link: Link, d: bytes) -> None:
+        try:
+            link.sock.sendto(d, self.relay)
+        except OSError:
+            return  # the interface went away under us: its silence will declare it dead
+        link.sent += 1
+        link.bytes_sent += len(d)
+        seq = srtla.srt_seq(d)
+        if seq is not None:
+            link.in_flight.add(seq)
+            self.flight[seq] = (link.name, d)
+            self.flight.move_to_end(seq)
+            while len(self.flight) > IN_FLIGHT_KEEP:
+                old, (lname, _) = self.flight.popitem(last=False)
+                if lname in self.links:
+                    self.links[lname].in_flight.discard(old)
+
+    def _choose(self) -> Link | None:
+        best = None
+        for link in self.links.values():
+            if link.state == "up" and (best is None or link.score() > best.score()):
+                best = link
+        return best
+
+    def _from_link(self, name: str) -> None:
+        link = self.links.get(name)
+        if link is None:
+            return
+        while True:
+            try:
+                d, addr = link.sock.recvfrom(2048)
+            except BlockingIOError:
+                return
+            if addr[:2] != self.relay:
+                self.dropped["not from the relay"] = self.dropped.get("not from the relay", 0) + 1
+                continue
+            self._handle(link, d, time.monotonic())
+
+    def _handle(self, link: Link, d: bytes, now: float) -> None:
+        t = srtla.kind(d)
+        if t is None:
+            self.dropped["short"] = self.dropped.get("short", 0) + 1
+            return
+        link.last_rx = now
+        if t == srtla.REG_NGP:
+            if self.group is not None:
+                # The relay forgot us (restarted, or we were silent too long): start over.
+                self.group = None
+            if now - self._reg1_at > 4.0:
+                self._reg1_at = now  # REG1 on one link only, then wait for REG2 (4 s)
+                link.sock.sendto(srtla.reg(srtla.REG1, self.ident), self.relay)
+        elif t == srtla.REG2:
+            gid = srtla.reg_id(d, srtla.REG2)
+            if gid is not None and gid[:128] == self.ident[:128]:
+                self.group = gid
+                for other in self.links.values():
+                    other.sock.sendto(srtla.reg(srtla.REG2, gid), self.relay)
+        elif t == srtla.REG3:
+            if link.state in ("registering", "dead"):
+                link.state, link.echoes_since_reg = "probation", 0
+                link.rtts.clear()
+        elif t == srtla.REG_ERR:
+            self.dropped["registration refused"] = self.dropped.get("registration refused", 0) + 1
+        elif t == srtla.KEEPALIVE:
+            sent = srtla.keepalive_timestamp(d)
+            if sent is not None:
+                rtt = max(0.0, (self._ms() - sent) / 1000)
+                link.rtts.append(rtt)
+                link.srtt = rtt if link.srtt is None else 0.875 * link.srtt + 0.125 * rtt
+                link.echoes_since_reg += 1
+                if link.state == "probation" and self._stable(link):
+                    link.state = "up"
+                    log.info("bond: uplink %s up (RTT %.0f ms)", link.name, link.srtt * 1000, extra={"LINK": link.name})
+        elif t == srtla.ACK:
+            for seq in srtla.parse_srtla_ack(d):
+                if seq in link.in_flight:
+                    link.in_flight.discard(seq)
+                    if len(link.in_flight) * 1000 > link.window:
+                        link.window = min(WINDOW_MAX, link.window + 29)
+            for other in self.links.values():
+                if other.state == "up":
+                    other.window = min(WINDOW_MAX, other.window + 1)
+        else:
+            if t == srtla.SRT_ACK:
+                ack = srtla.srt_ack_number(d)
+                if ack is not None:
+                    self._acked_below(ack)
+            elif t == srtla.SRT_NAK:
+                for first, last in srtla.srt_nak_ranges(d):
+                    for seq in range(first, min(last, first + 256) + 1):
+                        carrier = self.flight.get(seq)
+                        if carrier and carrier[0] in self.links:
+                            lk = self.links[carrier[0]]
+                            lk.window = max(WINDOW_MIN, lk.window - 100)
+            if self.caller is not None:
+                self.local.sendto(d, self.caller)
+
+    def _stable(self, link: Link) -> bool:
+        if link.echoes_since_reg < PROBATION_ECHOES or len(link.rtts) < PROBATION_ECHOES:
+            return False
+        recent = list(link.rtts)[-PROBATION_ECHOES:]
+        median = statistics.median(recent)
+        return max(recent) <= 2 * median + 0.02
+
+    def _acked_below(self, ack: int) -> None:
+        while self.flight:
+            seq = next(iter(self.flight))
+            if not _before(seq, ack):
+                break
+            lname, _ = self.flight.popitem(last=False)[1]
+            if lname in self.links:
+                self.links[lname].in_flight.discard(seq)
+
+    # --- housekeeping: keepalives, registration, dead links ----------------------------------------
+
+    def _housekeeping(self, now: float) -> None:
+        for link in list(self.links.values()):
+            if link.state in ("registering", "dead") and now - link.last_reg >= REGISTER_EVERY:
+                link.last_reg = now
+                try:
+                    link.sock.sendto(srtla.reg(srtla.REG2, self.group or self.ident), self.relay)
+                except OSError:
+                    pass
+            if link.state != "registering" and now - link.last_keepalive >= KEEPALIVE_EVERY:
+                link.last_keepalive = now
+                try:
+                    link.sock.sendto(srtla.keepalive(self._ms()), self.relay)
+                except OSError:
+                    pass
+            if link.state in ("up", "probation") and link.last_rx and now - link.last_rx > link.dead_after():
+                self._declare_dead(link, now)
+
+    def _declare_dead(self, link: Link, now: float) -> None:
+        silent = now - link.last_rx
+        link.state, link.died_at = "dead", now
+        link.notice_ms.append(round(silent * 1000, 1))
+        link.window = WINDOW_MIN
+        log.warning("bond: uplink %s dead: nothing back for %.0f ms (limit %.0f ms from its RTT)", link.name,
+                    silent * 1000, link.dead_after() * 1000, extra={"LINK": link.name, "SILENT_MS": round(silent * 1000)})
+        self._rescue(link, now)
+
+    def _rescue(self, link: Link, now: float) -> None:
+        """Re-send what was in flight on a lost link over the healthy ones, now."""
+        seqs = sorted(link.in_flight)
+        link.in_flight.clear()
+        moved = 0
+        for seq in seqs:
+            entry = self.flight.get(seq)
+            target = self._choose()
+            if entry is None or target is None:
+                continue
+            self._send_on(target, entry[1])
+            moved += 1
+        self.resent += moved
+        if moved:
+            log.info("bond: re-sent %d in-flight packets of %s on the other uplinks", moved, link.name)
+
+
+def _before(a: int, b: int) -> bool:
+    """SRT sequence a comes before b (31-bit numbers that wrap)."""
+    return 0 < ((b - a) & 0x7FFFFFFF) < 0x40000000

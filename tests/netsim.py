@@ -1,0 +1,101 @@
+"""Network pieces for transport tests: the relay in a thread, and a user-space
+UDP path per uplink that can black-hole or drop (this kernel has no netem)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import selectors
+import socket
+import threading
+
+from appliance.transport.relay import Relay
+
+
+class RelayThread:
+    """The relay on its own asyncio loop in a thread; clients are plain UDP sockets."""
+
+    def __init__(self, secret=None, max_groups=200, max_links=8):
+        self.server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # stands in for the SRT server
+        self.server.bind(("127.0.0.1", 0))
+        self.server.settimeout(2)
+        self.relay = Relay(("127.0.0.1", 0), self.server.getsockname(), secret, max_groups, max_links)
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="test-relay")
+        self.thread.start()
+        assert self._ready.wait(5)
+        self.addr = self.relay.listen
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.relay.start())
+        self._ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self.relay.stop())
+        self.loop.close()
+
+    def call(self, fn, *args):
+        done = threading.Event()
+        self.loop.call_soon_threadsafe(lambda: (fn(*args), done.set()))
+        assert done.wait(5)
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.server.close()
+
+
+
+
+class Impairer:
+    """Stands between the bonding sender and the relay: one upstream socket per
+    sender source address (so the relay sees one peer per uplink), with per-link
+    black-hole and random loss, both directions."""
+
+    def __init__(self, upstream: tuple[str, int]):
+        self.upstream = upstream
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.addr = self.sock.getsockname()
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.sock, selectors.EVENT_READ, None)
+        self.routes: dict[tuple, socket.socket] = {}
+        self.blackholed: set[str] = set()  # source IPs
+        self.loss: dict[str, float] = {}
+        self.forwarded: dict[str, int] = {}
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="test-impairer")
+        self.thread.start()
+
+    def _cut(self, ip: str) -> bool:
+        return ip in self.blackholed or random.random() < self.loss.get(ip, 0.0)
+
+    def _run(self):
+        while not self._stop.is_set():
+            for key, _ in self.sel.select(0.05):
+                if key.data is None:
+                    d, src = self.sock.recvfrom(4096)
+                    if self._cut(src[0]):
+                        continue
+                    up = self.routes.get(src)
+                    if up is None:
+                        up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                        up.bind(("127.0.0.1", 0))
+                        self.routes[src] = up
+                        self.sel.register(up, selectors.EVENT_READ, src)
+                    self.forwarded[src[0]] = self.forwarded.get(src[0], 0) + 1
+                    up.sendto(d, self.upstream)
+                else:
+                    src = key.data
+                    d, _ = key.fileobj.recvfrom(4096)
+                    if not self._cut(src[0]):
+                        self.sock.sendto(d, src)
+
+    def close(self):
+        self._stop.set()
+        self.thread.join()
+        for s in self.routes.values():
+            s.close()
+        self.sock.close()
+        self.sel.close()
