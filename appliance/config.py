@@ -160,6 +160,12 @@ class StreamSection(Section):
     stream_id: SecretStr = SecretStr("")
     passphrase: SecretStr = SecretStr("")
     latency_ms: int = Field(1000, ge=20, le=8000)
+    # Bond every uplink through an SRTLA relay (`appliance relay`, srtla_rec) at url.
+    bond: bool = False
+    # Interfaces to bond ("eth0", "wwan0"), "NAME@ADDRESS" to pin an address, or "auto":
+    # every interface that is up with an IPv4 address (loopback excepted).
+    uplinks: list[Annotated[str, Field(min_length=1)]] = ["auto"]
+    relay_secret: SecretStr = SecretStr("")
 
     @model_validator(mode="after")
     def _url_when_enabled(self):

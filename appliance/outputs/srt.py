@@ -55,9 +55,11 @@ class SrtOutput:
         self.last_error = ""
         self.stats: dict = {}
         self._reported = False
+        self.bonder = None
+        self._last_uplinks: dict[str, str] = {}
 
     def where(self) -> str:
-        return f"srt://{self.host}:{self.port}"
+        return f"srt://{self.host}:{self.port}" + (" (bonded, SRTLA)" if self.cfg.bond else "")
 
     # --- media thread -----------------------------------------------------------------------
 
@@ -67,6 +69,14 @@ class SrtOutput:
         self._mux = TsMuxer(self._bytes, session.video, session.audio_extradata, session.track_names,
                             service_name=session.name)
         self._stop.clear()
+        if self.cfg.bond:
+            from appliance.transport.bond import Bonder
+            from appliance.transport.uplinks import resolve_uplinks
+
+            self._last_uplinks = resolve_uplinks(self.cfg.uplinks)
+            secret = self.cfg.relay_secret.get_secret_value().encode() or None
+            self.bonder = Bonder((self.host, self.port), self._last_uplinks, secret)
+            self.bonder.start()
         self._thread = threading.Thread(target=self._send_loop, name="srt-sender", daemon=True)
         self._thread.start()
 
@@ -103,6 +113,10 @@ class SrtOutput:
             self._stop.set()
             self._thread.join()
             self._thread = None
+        if self.bonder is not None:
+            self.bonder.stop()
+            self.bonder = None
+            self.caller = None  # it pointed at the bond's port
         if self._reported:
             self._reported = False
             self.report(NOT_CONNECTED, False)
@@ -110,19 +124,29 @@ class SrtOutput:
     def status(self) -> dict:
         return {"url": self.where(), "connected": self.connected, "chunks_sent": self.chunks_sent,
                 "chunks_dropped": self.chunks_dropped, "reconnects": self.reconnects, "queued": self._queue.qsize(),
-                **({"last_error": self.last_error} if self.last_error else {}), "srt": self.stats}
+                **({"last_error": self.last_error} if self.last_error else {}), "srt": self.stats,
+                **({"bond": self.bonder.status()} if self.bonder is not None else {})}
 
     # --- the sender thread --------------------------------------------------------------------
 
     def _caller(self) -> SrtCaller:
         c = self.cfg
-        return SrtCaller(self.host, self.port, latency_ms=int(self.query.get("latency", c.latency_ms)),
+        host, port = self.host, self.port
+        if self.bonder is not None:
+            host, port = "127.0.0.1", self.bonder.local_port  # the bond carries it to the relay
+        return SrtCaller(host, port, latency_ms=int(self.query.get("latency", c.latency_ms)),
                          stream_id=self.query.get("streamid", c.stream_id.get_secret_value()),
                          passphrase=c.passphrase.get_secret_value())
 
     def _send_loop(self) -> None:
-        attempt, last_stats = 0, 0.0
+        attempt, last_stats, waiting_since = 0, 0.0, time.monotonic()
         while not self._stop.is_set():
+            if not self.connected and self.bonder is not None and not self.bonder.ready():
+                # No uplink has registered with the relay yet: connecting now would only fail.
+                if time.monotonic() - waiting_since > 5 and not self._reported:
+                    self._broken("no uplink registered with the relay")
+                self._stop.wait(0.05)
+                continue
             if not self.connected:
                 try:
                     self.caller = self.caller or self._caller()
@@ -147,11 +171,24 @@ class SrtOutput:
                 now = time.monotonic()
                 if now - last_stats >= 1.0:
                     self.stats, last_stats = self.caller.stats(), now
+                    self._watch_uplinks()
             except SrtError as e:
                 self._broken(str(e))
         if self.caller is not None:
             self.caller.close()
         self.connected = False
+
+    def _watch_uplinks(self) -> None:
+        """Interfaces come and go (a modem re-attaching): the bond follows, live."""
+        if self.bonder is None:
+            return
+        from appliance.transport.uplinks import resolve_uplinks
+
+        now = resolve_uplinks(self.cfg.uplinks)
+        if now != self._last_uplinks:
+            log.info("stream: uplinks changed: %s", ", ".join(f"{n} {a}" for n, a in now.items()) or "none")
+            self._last_uplinks = now
+            self.bonder.set_uplinks(now)
 
     def _connected(self) -> None:
         # What queued while we were away is stale for a live viewer: start fresh.

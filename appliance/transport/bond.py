@@ -115,6 +115,10 @@ class Bonder:
         self.local.close()
         self.sel.close()
 
+    def ready(self) -> bool:
+        """At least one uplink is registered and proven."""
+        return any(link.state == "up" for link in list(self.links.values()))
+
     def set_uplinks(self, sources: dict[str, str]) -> None:
         """Live changes: an interface that appears joins, one that vanishes leaves."""
         self._changes.append(dict(sources))
