@@ -103,3 +103,24 @@ def test_a_black_holed_uplink_is_noticed_within_300_ms_and_nothing_is_lost(bench
     assert wired.notice_ms[0] <= 300, wired.notice_ms
     wait_until(lambda: wired.state == "up", 10, what="the returning uplink proves itself")
     assert finish(c, bench, total), "zero loss across the cut"
+
+
+def test_malformed_datagrams_at_the_sender_are_dropped_and_counted(bench):
+    import os
+    import socket as so
+
+    bond = bench[0]
+    wait_until(lambda: all(link.state == "up" for link in bond.links.values()), 10, what="both uplinks up")
+    stranger = so.socket(so.AF_INET, so.SOCK_DGRAM)
+    stranger.bind(("127.0.0.1", 0))
+    try:
+        for link in bond.links.values():
+            for d in (b"", b"\x90", os.urandom(40), b"\x92\x01" + bytes(5), b"\x91\x00" + bytes(3)):
+                stranger.sendto(d, link.sock.getsockname())
+        wait_until(lambda: bond.dropped.get("not from the relay", 0) >= 10, 3, what="drops counted")
+        assert all(l.state == "up" for l in bond.links.values()), "nothing a stranger sends takes a link down"
+        c = connect(bond)
+        total = stream(c, 1)
+        assert finish(c, bench, total), "and the stream still flows byte-identical"
+    finally:
+        stranger.close()
