@@ -26,17 +26,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop_gracefully(proc: subprocess.Popen, timeout: float = 5) -> None:
-    """SIGINT (a clean exit that flushes its output), then SIGKILL if it lingers."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
-
-
 def wait_until(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -178,6 +167,15 @@ class Daemon:
             self.proc.wait(5)
         if getattr(self, "_log", None):
             self._log.close()
+
+
+@pytest.fixture
+def ingest(tmp_path):
+    from netsim import Ingest
+
+    i = Ingest(tmp_path, free_port())
+    yield i
+    i.stop()
 
 
 @pytest.fixture

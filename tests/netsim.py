@@ -6,10 +6,50 @@ from __future__ import annotations
 import asyncio
 import random
 import selectors
+import shutil
 import socket
+import subprocess
 import threading
+import time
 
 from appliance.transport.relay import Relay
+
+
+def stop_gracefully(proc: subprocess.Popen, timeout: float = 5) -> None:
+    """SIGINT (a clean exit that flushes its output), then SIGKILL if it lingers."""
+    import signal
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
+class Ingest:
+    """srt-live-transmit listening (the reference SRT peer), writing what it
+    receives to a file per run. It buffers its stdout: read a run's file after stop()."""
+
+    def __init__(self, directory, port: int):
+        self.exe = shutil.which("srt-live-transmit")
+        assert self.exe, "scripts/test installs srt-tools"
+        self.dir, self.port, self.runs = directory, port, []
+
+    def start(self, extra: str = ""):
+        out = self.dir / f"ingest-{len(self.runs)}.ts"
+        f = open(out, "wb")
+        p = subprocess.Popen([self.exe, f"srt://:{self.port}?mode=listener{extra}", "file://con"], stdout=f,
+                             stderr=subprocess.DEVNULL)
+        self.runs.append((p, f, out))
+        time.sleep(0.3)
+        return out
+
+    def stop(self):
+        for p, f, _ in self.runs:
+            stop_gracefully(p)
+            f.close()
 
 
 class RelayThread:

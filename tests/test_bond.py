@@ -4,16 +4,14 @@ srt-live-transmit. What arrives must be byte-identical, whatever the links do.""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 
 import pytest
 
 from appliance.transport.bond import Bonder
 from appliance.transport.libsrt import SrtCaller
-from conftest import free_port, stop_gracefully, wait_until
-from netsim import Impairer, RelayThread
+from conftest import free_port, wait_until
+from netsim import Impairer, Ingest, RelayThread
 
 A, B = "127.0.0.2", "127.0.0.3"
 CHUNKS_PER_SECOND = 380  # 4 Mb/s of 1316-byte messages
@@ -21,16 +19,10 @@ CHUNKS_PER_SECOND = 380  # 4 Mb/s of 1316-byte messages
 
 @pytest.fixture
 def bench(tmp_path):
-    exe = shutil.which("srt-live-transmit")
-    assert exe, "scripts/test installs srt-tools"
-    port = free_port()
-    out = tmp_path / "ingest.ts"
-    f = open(out, "wb")
-    ingest = subprocess.Popen([exe, f"srt://:{port}?mode=listener&latency=500", "file://con"], stdout=f,
-                              stderr=subprocess.DEVNULL)
-    time.sleep(0.3)
+    ingest = Ingest(tmp_path, free_port())
+    out = ingest.start("&latency=500")
     relay = RelayThread()
-    relay.relay.server = ("127.0.0.1", port)
+    relay.relay.server = ("127.0.0.1", ingest.port)
     path = Impairer(relay.addr)
     bond = Bonder(path.addr, {"wired": A, "cell": B})
     bond.start()
@@ -40,8 +32,7 @@ def bench(tmp_path):
         bond.stop()
         path.close()
         relay.close()
-        stop_gracefully(ingest)
-        f.close()
+        ingest.stop()
 
 
 def chunk(i: int) -> bytes:
@@ -73,7 +64,7 @@ def finish(caller, bench, total):
     wait_until(lambda: caller.stats()["send_buffer_packets"] == 0, 10, what="all acknowledged")
     time.sleep(0.8)  # the ingest delivers after its latency
     caller.close()
-    stop_gracefully(ingest)
+    ingest.stop()
     return out.read_bytes() == b"".join(chunk(i) for i in range(total))
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import ctypes
-import shutil
 import subprocess
 import time
 
 import pytest
 
 from appliance.transport import libsrt
-from conftest import free_port, stop_gracefully, wait_until
+from conftest import free_port, wait_until
 
 HEADER = "/usr/include/srt/srt.h"
 CONSTANTS = ["SRTO_SNDSYN", "SRTO_RCVSYN", "SRTO_SNDTIMEO", "SRTO_STATE", "SRTO_LATENCY", "SRTO_OHEADBW",
@@ -50,39 +49,9 @@ def test_option_numbers_match_the_installed_header(c_layout):
         assert getattr(libsrt, name) == c_layout[("const", name)], name
 
 
-@pytest.fixture
-def listener(tmp_path):
-    exe = shutil.which("srt-live-transmit")
-    assert exe, "scripts/test installs srt-tools"
-    port = free_port()
-    out = tmp_path / "received.ts"
-
-    def start(extra=""):
-        f = open(out, "ab")
-        return subprocess.Popen([exe, f"srt://:{port}?mode=listener{extra}", "file://con"], stdout=f,
-                                stderr=subprocess.DEVNULL), f
-    procs = []
-
-    def run(extra=""):
-        p, f = start(extra)
-        procs.append((p, f))
-        time.sleep(0.3)
-        return p
-
-    def stop():
-        # srt-live-transmit buffers its stdout: it is all there once it exits.
-        for p, f in procs:
-            stop_gracefully(p)
-            f.close()
-    run.stop = stop
-    yield port, out, run
-    stop()
-
-
-def test_caller_delivers_byte_identical_and_reports_statistics(listener):
-    port, out, run = listener
-    run()
-    c = libsrt.SrtCaller("127.0.0.1", port, latency_ms=120)
+def test_caller_delivers_byte_identical_and_reports_statistics(ingest):
+    out = ingest.start()
+    c = libsrt.SrtCaller("127.0.0.1", ingest.port, latency_ms=120)
     c.connect()
     assert c.state() == "connected"
     payload = [bytes([0x47, i % 256]) + bytes([i % 251]) * 1314 for i in range(300)]
@@ -95,13 +64,13 @@ def test_caller_delivers_byte_identical_and_reports_statistics(listener):
     assert stats["rtt_ms"] >= 0 and stats["packets_dropped"] == 0
     time.sleep(0.5)  # the receiver delivers after its latency
     c.close()
-    run.stop()
+    ingest.stop()
     assert out.read_bytes() == b"".join(payload)
     assert c.state() == "closed"
 
 
-def test_errors_carry_libsrt_messages(listener):
-    port, _, _ = listener  # nothing listening on it
+def test_errors_carry_libsrt_messages():
+    port = free_port()  # nothing listening on it
     c = libsrt.SrtCaller("127.0.0.1", port, connect_timeout_ms=300)
     with pytest.raises(libsrt.SrtError) as e:
         c.connect()
@@ -110,9 +79,9 @@ def test_errors_carry_libsrt_messages(listener):
         libsrt.SrtCaller("127.0.0.1", port, passphrase="short")
 
 
-def test_passphrase_and_stream_id_reach_the_listener(listener):
-    port, out, run = listener
-    run("&passphrase=correct-horse-battery&pbkeylen=32")
+def test_passphrase_and_stream_id_reach_the_listener(ingest):
+    out = ingest.start("&passphrase=correct-horse-battery&pbkeylen=32")
+    port = ingest.port
     c = libsrt.SrtCaller("127.0.0.1", port, passphrase="correct-horse-battery", pbkeylen=32, stream_id="publish:box1")
     c.connect()
     c.send(bytes([0x47]) * 1316)
@@ -127,5 +96,5 @@ def test_passphrase_and_stream_id_reach_the_listener(listener):
             wrong.send(bytes([0x47]) * 1316)
             time.sleep(0.02)
     wrong.close()
-    run.stop()
+    ingest.stop()
     assert out.read_bytes() == bytes([0x47]) * 1316, "the right key got through, decrypted"

@@ -198,7 +198,7 @@ def test_meter_clip_and_silence_alarms():
     for _ in range(2 * FPS):
         now[0] += 1 / FPS
         fired.append(m.update(silence).get("silent"))
-    assert True in fired and m.silent
+    assert any(fired) and m.silent
     assert m.update(np.full((2, 1600), 0.1, np.float32)) == {"silent": False}
     assert m.update(np.full((2, 1600), 0.999, np.float32)) == {"clipping": True}
     assert m.clips == 1

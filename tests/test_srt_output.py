@@ -3,47 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 
-import pytest
-
-from conftest import free_port, stop_gracefully, wait_until
+from conftest import free_port, wait_until
+from netsim import stop_gracefully
 from media_check import decode_files, largest_gap, only_session, segments, starts_with_parameter_sets
 
 FRAME = 3000
-
-
-class Ingest:
-    """srt-live-transmit listening, writing what it receives to a file per run."""
-
-    def __init__(self, directory, port):
-        self.exe = shutil.which("srt-live-transmit")
-        assert self.exe, "scripts/test installs srt-tools"
-        self.dir, self.port, self.runs = directory, port, []
-
-    def start(self):
-        out = self.dir / f"ingest-{len(self.runs)}.ts"
-        f = open(out, "wb")
-        p = subprocess.Popen([self.exe, f"srt://:{self.port}?mode=listener", "file://con"], stdout=f,
-                             stderr=subprocess.DEVNULL)
-        self.runs.append((p, f, out))
-        time.sleep(0.3)
-        return out
-
-    def stop(self):
-        # A restart of the ingest: it closes its side cleanly and flushes its file.
-        for p, f, _ in self.runs:
-            stop_gracefully(p)
-            f.close()
-
-
-@pytest.fixture
-def ingest(tmp_path):
-    i = Ingest(tmp_path, free_port())
-    yield i
-    i.stop()
 
 
 def srt_status(d):
