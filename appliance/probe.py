@@ -121,20 +121,28 @@ def probe_panel(cfg: Config) -> list[Finding]:
     return [Finding("panel", chips[0], FOUND, f"backend {p.backend}")]
 
 
-# Serial protocol checks: (baud, bytes to send, how to judge the reply).
+# Serial protocol checks: (baud, bytes to send, how to judge the reply). The
+# UPS and battery-monitor replies go through the same parsers the daemon uses.
 def _judge_q1(reply: bytes) -> tuple[bool, str]:
-    if reply.startswith(b"(") and len(reply.rstrip(b"\r")) >= 46:
-        return True, "Megatec Q1 UPS answered: " + reply.decode("ascii", "replace").strip()
+    from appliance.power import q1
+
     if reply.strip() == b"Q1":
         return False, "wrong protocol: the device echoed Q1 (it refuses the command: not a Q1 UPS?)"
-    return False, f"wrong protocol: unexpected reply {reply[:40]!r}"
+    try:
+        q1.parse_q1(reply)
+    except q1.Q1Error as e:
+        return False, f"wrong protocol: {e}"
+    return True, "Megatec Q1 UPS answered: " + reply.decode("ascii", "replace").strip()
 
 
 def _judge_vedirect(reply: bytes) -> tuple[bool, str]:
-    if b"\r\n" in reply and b"\t" in reply and (b"Checksum" in reply or b"\r\nV\t" in reply):
-        pid = reply.split(b"PID\t", 1)[1].split(b"\r", 1)[0].decode("ascii", "replace") if b"PID\t" in reply else "?"
-        return True, f"VE.Direct text blocks (PID {pid})"
-    return False, f"wrong protocol: bytes are not VE.Direct text ({reply[:40]!r})"
+    from appliance.power import vedirect
+
+    blocks = vedirect.VeDirectParser().feed(reply)
+    if not blocks:
+        return False, f"wrong protocol: no valid VE.Direct text block ({reply[:40]!r})"
+    pid = next((b["PID"] for b in blocks if "PID" in b), "?")
+    return True, f"VE.Direct text blocks (PID {pid})"
 
 
 def _judge_at(reply: bytes) -> tuple[bool, str]:

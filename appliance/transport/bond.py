@@ -23,12 +23,12 @@ import logging
 import selectors
 import socket
 import statistics
-import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from appliance.transport import srtla
+from appliance.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,10 @@ class Link:
                 "dead_notice_ms": self.notice_ms[-5:]}
 
 
-class Bonder:
+class Bonder(Worker):
     """Call start(); point the SRT caller at ("127.0.0.1", bonder.local_port)."""
+
+    worker_name = "srtla-bond"
 
     def __init__(self, relay: tuple[str, int], sources: dict[str, str], secret: bytes | None = None):
         self.relay = relay
@@ -93,23 +95,15 @@ class Bonder:
         self._reg1_at = -1e9
         self.dropped: dict[str, int] = {}
         self._epoch = time.monotonic()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._init_worker()
         self._changes: deque = deque()
         for name, source in sources.items():
             self._add_link(name, source)
 
     # --- lifecycle (any thread) -----------------------------------------------------------------
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="srtla-bond", daemon=True)
-        self._thread.start()
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
-            self._thread = None
+        super().stop()
         for link in list(self.links.values()):
             link.sock.close()
         self.local.close()
