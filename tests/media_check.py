@@ -78,3 +78,38 @@ def starts_with_parameter_sets(nals: list[int]) -> bool:
 def largest_gap(pts: list[int]) -> int:
     s = sorted(pts)
     return max((b - a for a, b in zip(s, s[1:])), default=0)
+
+
+def ts_continuity_errors(path: Path) -> int:
+    """MPEG-TS continuity-counter breaks, as a broadcast analyser (TR 101 290 1.4) counts them:
+    per PID, a packet carrying payload must have the previous counter + 1 (one repeat allowed)."""
+    data = Path(path).read_bytes()
+    start = data.find(b"\x47")
+    last: dict[int, int] = {}
+    errors = 0
+    for i in range(start, len(data) - 187, 188):
+        if data[i] != 0x47:
+            errors += 1
+            continue
+        pid = ((data[i + 1] & 0x1F) << 8) | data[i + 2]
+        afc, cc = (data[i + 3] >> 4) & 0x3, data[i + 3] & 0xF
+        if pid == 0x1FFF or not afc & 0x1:
+            continue  # null packets and adaptation-only packets do not count
+        discontinuity = afc & 0x2 and data[i + 4] > 0 and data[i + 5] & 0x80
+        if pid in last and not discontinuity and cc not in ((last[pid] + 1) & 0xF, last[pid]):
+            errors += 1
+        last[pid] = cc
+    return errors
+
+
+def frame_duration(pts: list[int]) -> int:
+    s = sorted(pts)
+    steps = [b - a for a, b in zip(s, s[1:])]
+    return max(set(steps), key=steps.count)
+
+
+def missing_frames(pts: list[int]) -> int:
+    """Frames absent between the first and the last one received."""
+    s = sorted(set(pts))
+    step = frame_duration(s)
+    return sum(round((b - a) / step) - 1 for a, b in zip(s, s[1:]) if b - a > step * 1.5)

@@ -96,11 +96,22 @@ def test_a_black_holed_uplink_is_noticed_within_300_ms_and_nothing_is_lost(bench
     assert finish(c, bench, total), "zero loss across the cut"
 
 
+MALFORMED = {
+    "short": [b"", b"\x90"],
+    "bad keepalive": [b"\x90\x00" + bytes(3), b"\x90\x00" + b"\xff" * 8],
+    "bad REG2 length": [b"\x92\x01" + bytes(5)],
+    "REG2 for another sender": [b"\x92\x01" + bytes(256)],
+    "bad SRTLA ACK length": [b"\x91\x00" + bytes(3), b"\x91\x00" + bytes(60)],
+    "unknown SRTLA type": [b"\x9f\xff" + bytes(20), b"\x93\x00"],
+    "short SRT packet": [b"\x80\x02\x00", b"\x00\x00\x00\x01"],
+}
+
+
 def test_malformed_datagrams_at_the_sender_are_dropped_and_counted(bench):
     import os
     import socket as so
 
-    bond = bench[0]
+    bond, path = bench[0], bench[1]
     wait_until(lambda: all(link.state == "up" for link in bond.links.values()), 10, what="both uplinks up")
     stranger = so.socket(so.AF_INET, so.SOCK_DGRAM)
     stranger.bind(("127.0.0.1", 0))
@@ -108,8 +119,14 @@ def test_malformed_datagrams_at_the_sender_are_dropped_and_counted(bench):
         for link in bond.links.values():
             for d in (b"", b"\x90", os.urandom(40), b"\x92\x01" + bytes(5), b"\x91\x00" + bytes(3)):
                 stranger.sendto(d, link.sock.getsockname())
-        wait_until(lambda: bond.dropped.get("not from the relay", 0) >= 10, 3, what="drops counted")
-        assert all(l.state == "up" for l in bond.links.values()), "nothing a stranger sends takes a link down"
+            # and the same kinds of garbage from the relay's own address and port
+            for kind, datagrams in MALFORMED.items():
+                for d in datagrams:
+                    path.sock.sendto(d, link.sock.getsockname())
+        wait_until(lambda: bond.dropped["not from the relay"] >= 10, 3, what="drops counted")
+        for kind, datagrams in MALFORMED.items():
+            wait_until(lambda: bond.dropped[kind] >= 2 * len(datagrams), 3, what=f"{kind} counted")
+        assert all(l.state == "up" for l in bond.links.values()), "nothing malformed takes a link down"
         c = connect(bond)
         total = stream(c, 1)
         assert finish(c, bench, total), "and the stream still flows byte-identical"

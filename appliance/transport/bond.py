@@ -19,12 +19,13 @@ One thread, one selector: no asyncio, no locks on the packet path.
 
 from __future__ import annotations
 
+import errno
 import logging
 import selectors
 import socket
 import statistics
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
 from appliance.transport import srtla
@@ -57,11 +58,14 @@ class Link:
     sent: int = 0
     bytes_sent: int = 0
     died_at: float | None = None
+    last_sent: float = 0.0
     notice_ms: list[float] = field(default_factory=list)  # silence -> declared dead, per failure
+    moved_ms: list[float] = field(default_factory=list)  # silence -> its traffic carried elsewhere
+    dead_range: tuple[float, float] = (DEAD_MIN, DEAD_MAX)
 
     def dead_after(self) -> float:
         rtt = self.srtt if self.srtt is not None else 0.05
-        return min(DEAD_MAX, max(DEAD_MIN, 4 * rtt))
+        return min(self.dead_range[1], max(self.dead_range[0], 4 * rtt))
 
     def score(self) -> float:
         return self.window / (len(self.in_flight) + 1)
@@ -69,7 +73,7 @@ class Link:
     def status(self) -> dict:
         return {"source": self.source, "state": self.state, "rtt_ms": None if self.srtt is None else round(self.srtt * 1000, 1),
                 "window": self.window, "in_flight": len(self.in_flight), "packets": self.sent, "bytes": self.bytes_sent,
-                "dead_notice_ms": self.notice_ms[-5:]}
+                "dead_notice_ms": self.notice_ms[-5:], "moved_ms": self.moved_ms[-5:]}
 
 
 class Bonder(Worker):
@@ -77,8 +81,12 @@ class Bonder(Worker):
 
     worker_name = "srtla-bond"
 
-    def __init__(self, relay: tuple[str, int], sources: dict[str, str], secret: bytes | None = None):
+    def __init__(self, relay: tuple[str, int], sources: dict[str, str], secret: bytes | None = None,
+                 dead_range: tuple[float, float] = (DEAD_MIN, DEAD_MAX), rescue: bool = True):
+        """dead_range and rescue exist for the benchmark, which runs the reference
+        sender's rules (dead after 4 s, no rescue) as its baseline."""
         self.relay = relay
+        self.dead_range, self.rescue = dead_range, rescue
         self.secret = secret
         self.ident = srtla.sender_id(secret)
         self.group: bytes | None = None
@@ -93,7 +101,7 @@ class Bonder(Worker):
         self.flight: OrderedDict[int, tuple[str, bytes]] = OrderedDict()  # seq -> (link, packet)
         self.resent = 0
         self._reg1_at = -1e9
-        self.dropped: dict[str, int] = {}
+        self.dropped: Counter[str] = Counter()
         self._epoch = time.monotonic()
         self._init_worker()
         self._changes: deque = deque()
@@ -137,7 +145,7 @@ class Bonder(Worker):
             log.warning("bond: uplink %s (%s) unusable: %s", name, source, e)
             return
         s.setblocking(False)
-        self.links[name] = Link(name, source, s)
+        self.links[name] = Link(name, source, s, dead_range=self.dead_range)
         self.sel.register(s, selectors.EVENT_READ, name)
         log.info("bond: uplink %s joins from %s", name, source, extra={"LINK": name})
 
@@ -172,7 +180,7 @@ class Bonder(Worker):
                     else:
                         self._from_link(key.data)
                 except OSError as e:
-                    self.dropped[f"socket error: {e.strerror}"] = self.dropped.get(f"socket error: {e.strerror}", 0) + 1
+                    self.dropped[f"socket error: {e.strerror}"] += 1
             now = time.monotonic()
             if now >= next_house:
                 self._apply_changes()
@@ -189,21 +197,38 @@ class Bonder(Worker):
             except BlockingIOError:
                 return
             self.caller = addr
-            link = self._choose()
-            if link is None:
-                self.dropped["no live uplink"] = self.dropped.get("no live uplink", 0) + 1
-                continue
-            self._send_on(link, d)
+            self._send(d)
 
-    def _send_on(self, link: Link, d: bytes) -> None:
+    def _send(self, d: bytes) -> bool:
+        """On the best live link; if that one refuses the packet, the next best tries."""
+        tried: set[str] = set()
+        while (link := self._choose(tried)) is not None:
+            if self._send_on(link, d):
+                return True
+            tried.add(link.name)
+        self.dropped["no live uplink"] += 1
+        return False
+
+    def _send_on(self, link: Link, d: bytes) -> bool:
         try:
             link.sock.sendto(d, self.relay)
-        except OSError:
-            return  # the interface went away under us: its silence will declare it dead
+        except OSError as e:
+            if isinstance(e, BlockingIOError) or e.errno == errno.ENOBUFS:
+                # Its queue is full: congestion, not death. Give it less for a while.
+                link.window = max(WINDOW_MIN, link.window // 2)
+                self.dropped[f"{link.name} queue full"] += 1
+            else:
+                # The interface went down or lost its route: no need to wait for silence.
+                self._declare_dead(link, time.monotonic(), why=f"send failed: {e.strerror}")
+            return False
         link.sent += 1
         link.bytes_sent += len(d)
+        link.last_sent = time.monotonic()
         seq = srtla.srt_seq(d)
         if seq is not None:
+            earlier = self.flight.get(seq)
+            if earlier is not None and earlier[0] != link.name and earlier[0] in self.links:
+                self.links[earlier[0]].in_flight.discard(seq)  # a retransmission: it now flies on this link
             link.in_flight.add(seq)
             self.flight[seq] = (link.name, d)
             self.flight.move_to_end(seq)
@@ -212,10 +237,10 @@ class Bonder(Worker):
                 if lname in self.links:
                     self.links[lname].in_flight.discard(old)
 
-    def _choose(self) -> Link | None:
+    def _choose(self, exclude: set[str] = frozenset()) -> Link | None:
         best = None
         for link in self.links.values():
-            if link.state == "up" and (best is None or link.score() > best.score()):
+            if link.state == "up" and link.name not in exclude and (best is None or link.score() > best.score()):
                 best = link
         return best
 
@@ -229,17 +254,18 @@ class Bonder(Worker):
             except BlockingIOError:
                 return
             if addr[:2] != self.relay:
-                self.dropped["not from the relay"] = self.dropped.get("not from the relay", 0) + 1
+                self.dropped["not from the relay"] += 1
                 continue
             self._handle(link, d, time.monotonic())
 
     def _handle(self, link: Link, d: bytes, now: float) -> None:
+        """One datagram from the relay. Only a well-formed one proves the link alive;
+        anything else is dropped and counted by what was wrong with it."""
         t = srtla.kind(d)
         if t is None:
-            self.dropped["short"] = self.dropped.get("short", 0) + 1
-            return
-        link.last_rx = now
-        if t == srtla.REG_NGP:
+            self.dropped["short"] += 1
+        elif t == srtla.REG_NGP:
+            link.last_rx = now
             if self.group is not None:
                 # The relay forgot us (restarted, or we were silent too long): start over.
                 self.group = None
@@ -248,49 +274,76 @@ class Bonder(Worker):
                 link.sock.sendto(srtla.reg(srtla.REG1, self.ident), self.relay)
         elif t == srtla.REG2:
             gid = srtla.reg_id(d, srtla.REG2)
-            if gid is not None and gid[:128] == self.ident[:128]:
+            if gid is None:
+                self.dropped["bad REG2 length"] += 1
+            elif gid[:128] != self.ident[:128]:
+                self.dropped["REG2 for another sender"] += 1
+            else:
+                link.last_rx = now
                 self.group = gid
                 for other in self.links.values():
                     other.sock.sendto(srtla.reg(srtla.REG2, gid), self.relay)
         elif t == srtla.REG3:
+            link.last_rx = now
             if link.state in ("registering", "dead"):
                 link.state, link.echoes_since_reg = "probation", 0
                 link.rtts.clear()
-        elif t == srtla.REG_ERR:
-            self.dropped["registration refused"] = self.dropped.get("registration refused", 0) + 1
+        elif t in (srtla.REG_ERR, srtla.REG_NAK):
+            self.dropped["registration refused"] += 1
         elif t == srtla.KEEPALIVE:
             sent = srtla.keepalive_timestamp(d)
-            if sent is not None:
-                rtt = max(0.0, (self._ms() - sent) / 1000)
-                link.rtts.append(rtt)
-                link.srtt = rtt if link.srtt is None else 0.875 * link.srtt + 0.125 * rtt
-                link.echoes_since_reg += 1
-                if link.state == "probation" and self._stable(link):
-                    link.state = "up"
-                    log.info("bond: uplink %s up (RTT %.0f ms)", link.name, link.srtt * 1000, extra={"LINK": link.name})
+            if sent is None or sent > self._ms():
+                self.dropped["bad keepalive"] += 1
+                return
+            link.last_rx = now
+            self._echo(link, (self._ms() - sent) / 1000)
         elif t == srtla.ACK:
-            for seq in srtla.parse_srtla_ack(d):
-                if seq in link.in_flight:
-                    link.in_flight.discard(seq)
-                    if len(link.in_flight) * 1000 > link.window:
-                        link.window = min(WINDOW_MAX, link.window + 29)
-            for other in self.links.values():
-                if other.state == "up":
-                    other.window = min(WINDOW_MAX, other.window + 1)
+            seqs = srtla.parse_srtla_ack(d)
+            if not seqs:
+                self.dropped["bad SRTLA ACK length"] += 1
+                return
+            link.last_rx = now
+            self._srtla_ack(link, seqs)
+        elif 0x9000 <= t < 0xA000:
+            self.dropped["unknown SRTLA type"] += 1
+        elif len(d) < srtla.MIN_SRT:
+            self.dropped["short SRT packet"] += 1
         else:
+            link.last_rx = now
             if t == srtla.SRT_ACK:
                 ack = srtla.srt_ack_number(d)
                 if ack is not None:
                     self._acked_below(ack)
             elif t == srtla.SRT_NAK:
-                for first, last in srtla.srt_nak_ranges(d):
-                    for seq in range(first, min(last, first + 256) + 1):
-                        carrier = self.flight.get(seq)
-                        if carrier and carrier[0] in self.links:
-                            lk = self.links[carrier[0]]
-                            lk.window = max(WINDOW_MIN, lk.window - 100)
+                self._naked(srtla.srt_nak_ranges(d))
             if self.caller is not None:
-                self.local.sendto(d, self.caller)
+                self.local.sendto(d, self.caller)  # SRT's own traffic, back to the caller
+
+    def _echo(self, link: Link, rtt: float) -> None:
+        link.rtts.append(rtt)
+        link.srtt = rtt if link.srtt is None else 0.875 * link.srtt + 0.125 * rtt
+        link.echoes_since_reg += 1
+        if link.state == "probation" and self._stable(link):
+            link.state = "up"
+            log.info("bond: uplink %s up (RTT %.0f ms)", link.name, link.srtt * 1000, extra={"LINK": link.name})
+
+    def _srtla_ack(self, link: Link, seqs: list[int]) -> None:
+        for seq in seqs:
+            if seq in link.in_flight:
+                link.in_flight.discard(seq)
+                if len(link.in_flight) * 1000 > link.window:
+                    link.window = min(WINDOW_MAX, link.window + 29)
+        for other in self.links.values():
+            if other.state == "up":
+                other.window = min(WINDOW_MAX, other.window + 1)
+
+    def _naked(self, ranges: list[tuple[int, int]]) -> None:
+        for first, last in ranges:
+            for seq in range(first, min(last, first + 256) + 1):
+                carrier = self.flight.get(seq)
+                if carrier and carrier[0] in self.links:
+                    lk = self.links[carrier[0]]
+                    lk.window = max(WINDOW_MIN, lk.window - 100)
 
     def _stable(self, link: Link) -> bool:
         if link.echoes_since_reg < PROBATION_ECHOES or len(link.rtts) < PROBATION_ECHOES:
@@ -327,30 +380,39 @@ class Bonder(Worker):
             if link.state in ("up", "probation") and link.last_rx and now - link.last_rx > link.dead_after():
                 self._declare_dead(link, now)
 
-    def _declare_dead(self, link: Link, now: float) -> None:
+    def _declare_dead(self, link: Link, now: float, why: str | None = None) -> None:
+        if link.state == "dead":
+            return
         silent = now - link.last_rx
         link.state, link.died_at = "dead", now
         link.notice_ms.append(round(silent * 1000, 1))
         link.window = WINDOW_MIN
-        log.warning("bond: uplink %s dead: nothing back for %.0f ms (limit %.0f ms from its RTT)", link.name,
-                    silent * 1000, link.dead_after() * 1000, extra={"LINK": link.name, "SILENT_MS": round(silent * 1000)})
-        self._rescue(link, now)
+        if why:
+            log.warning("bond: uplink %s dead: %s", link.name, why, extra={"LINK": link.name})
+        else:
+            log.warning("bond: uplink %s dead: nothing back for %.0f ms (limit %.0f ms from its RTT)", link.name,
+                        silent * 1000, link.dead_after() * 1000,
+                        extra={"LINK": link.name, "SILENT_MS": round(silent * 1000)})
+        moved = self._rescue(link, now)
+        # Its traffic has moved once nothing new goes to it (the scores may have turned
+        # away from it before it was declared dead) and what it held was re-sent.
+        link.moved_ms.append(round(((now if moved else max(link.last_rx, link.last_sent)) - link.last_rx) * 1000, 1))
 
-    def _rescue(self, link: Link, now: float) -> None:
+    def _rescue(self, link: Link, now: float) -> int:
         """Re-send what was in flight on a lost link over the healthy ones, now."""
+        if not self.rescue:
+            return 0
         seqs = sorted(link.in_flight)
         link.in_flight.clear()
         moved = 0
         for seq in seqs:
             entry = self.flight.get(seq)
-            target = self._choose()
-            if entry is None or target is None:
-                continue
-            self._send_on(target, entry[1])
-            moved += 1
+            if entry is not None and self._send(entry[1]):
+                moved += 1
         self.resent += moved
         if moved:
             log.info("bond: re-sent %d in-flight packets of %s on the other uplinks", moved, link.name)
+        return moved
 
 
 def _before(a: int, b: int) -> bool:

@@ -1,0 +1,125 @@
+"""The daemon streaming bonded over two real uplinks (veth + tbf + nftables in
+network namespaces) through `appliance relay` to srt-live-transmit; what the
+ingest wrote is decoded as a viewer would."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from conftest import wait_until
+from media_check import decode_files, missing_frames, ts_continuity_errors
+from netns import RELAY_ADDR, NetBench
+
+RELAY_PORT, INGEST_PORT = 5000, 5001
+
+
+@pytest.fixture
+def net(tmp_path):
+    bench = NetBench(rate_mbit=20)
+    try:
+        yield bench
+    finally:
+        bench.close()
+
+
+def bonded_daemon(daemon_factory, net, tmp_path, extra: str = "", bitrate: int = 4000):
+    out = tmp_path / "received.ts"
+    net.start_ingest(out, INGEST_PORT)
+    net.start_relay(RELAY_PORT, INGEST_PORT, tmp_path / "relay.log")
+    d = daemon_factory(prefix=["ip", "netns", "exec", net.app], config_extra=f"""
+[video]
+width = 640
+height = 360
+[encoder]
+bitrate_kbps = {bitrate}
+[stream]
+enabled = true
+url = "srt://{RELAY_ADDR}:{RELAY_PORT}"
+latency_ms = 500
+bond = true
+uplinks = ["up0", "up1"]
+{extra}""").start()
+    d.wait_state("READY", timeout=30)
+    d.request("live")
+    wait_until(lambda: srt(d)["connected"], 15, what="the stream connected through the relay")
+    return d, out
+
+
+def srt(d) -> dict:
+    return d.request("status")["status"]["components"]["media"]["outputs"]["srt"]
+
+
+def links(d) -> dict:
+    return srt(d).get("bond", {}).get("links", {})
+
+
+def run_for(seconds: float, events: dict[float, callable]) -> None:
+    t0 = time.monotonic()
+    pending = sorted(events.items())
+    while time.monotonic() - t0 < seconds:
+        while pending and time.monotonic() - t0 >= pending[0][0]:
+            pending.pop(0)[1]()
+        time.sleep(0.05)
+
+
+def finish(d, net, out, min_seconds: float):
+    d.request("stop")
+    d.wait_state("READY", timeout=15)
+    time.sleep(1.0)  # the ingest delivers after its latency, then flushes on SIGINT
+    net.stop_ingest()
+    rec = decode_files([out])
+    assert len(rec.video_pts) >= min_seconds * 30, f"only {len(rec.video_pts)} frames arrived"
+    return rec
+
+
+def test_sixty_seconds_with_one_uplink_cut_for_twenty_loses_no_frame(daemon_factory, net, tmp_path):
+    d, out = bonded_daemon(daemon_factory, net, tmp_path)
+    run_for(60, {20: lambda: net.blackhole("up0"), 40: lambda: net.clear("up0")})
+    st = links(d)
+    mb = sum(l["bytes"] for l in st.values()) * 8 / 1e6
+    assert mb / 60 >= 3.0, f"the bench carried {mb / 60:.1f} Mb/s, not ~4"
+    assert st["up0"]["dead_notice_ms"] and st["up0"]["dead_notice_ms"][0] <= 300, st["up0"]
+    logged = re.search(r"bond: uplink up0 dead: nothing back for (\d+) ms", d.log())
+    assert logged and int(logged.group(1)) <= 300, "the time to notice is logged"
+    wait_until(lambda: links(d)["up0"]["state"] == "up", 10, what="up0 back after probation")
+    assert st["up0"]["moved_ms"][0] <= 300, "its traffic went to up1 by the time it was declared dead"
+    rec = finish(d, net, out, 55)
+    assert missing_frames(rec.video_pts) == 0
+    assert rec.decode_errors <= 1, "at most the packet the ingest's stop cut in half"
+    assert ts_continuity_errors(out) == 0
+    assert len(rec.audio) == 2
+    assert d.terminate() == 0
+
+
+def test_five_percent_loss_on_one_uplink_loses_no_frame(daemon_factory, net, tmp_path):
+    d, out = bonded_daemon(daemon_factory, net, tmp_path)
+    run_for(60, {2: lambda: net.loss("up1", 5)})
+    st = links(d)
+    assert st["up1"]["packets"] > 1000, "the lossy link kept carrying its share"
+    rec = finish(d, net, out, 55)
+    assert missing_frames(rec.video_pts) == 0
+    assert rec.decode_errors <= 1
+    assert ts_continuity_errors(out) == 0
+    assert d.terminate() == 0
+
+
+def test_an_interface_taken_down_and_brought_back_while_streaming(daemon_factory, net, tmp_path):
+    d, out = bonded_daemon(daemon_factory, net, tmp_path)
+    run_for(5, {})
+    net.link("up1", False)
+    wait_until(lambda: "up1" not in links(d), 5, what="up1 leaves the bond")
+    run_for(5, {})
+    assert srt(d)["connected"], "the stream went on over up0 alone"
+    net.link("up1", True)
+    wait_until(lambda: links(d).get("up1", {}).get("state") == "up", 10, what="up1 rejoins the bond")
+    sent_before = links(d)["up1"]["packets"]
+    run_for(4, {})
+    assert links(d)["up1"]["packets"] > sent_before + 100, "and carries traffic again"
+    assert srt(d)["reconnects"] == 0, "the SRT connection itself never broke"
+    rec = finish(d, net, out, 12)
+    assert missing_frames(rec.video_pts) == 0
+    assert ts_continuity_errors(out) == 0
+    assert d.terminate() == 0
