@@ -49,6 +49,10 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
         from appliance.outputs.srt import SrtOutput
 
         outputs.append(SrtOutput(config.stream, lambda c, a: report(c, a, "srt")))
+    if config.rtmp.enabled:
+        from appliance.outputs.rtmp import RtmpOutput
+
+        outputs.append(RtmpOutput(config.rtmp, lambda c, a: report(c, a, "rtmp")))
     media = MediaPipeline(config, report, run_dir, outputs=outputs, fault=fault)
     power = PowerMonitor(config, service.post, lambda c, a: report(c, a, "power"), media.set_bitrate_cap,
                          sim_dir=run_dir / "sim-serial", recordings=recordings_dir(config))

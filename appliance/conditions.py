@@ -22,6 +22,8 @@ BATTERY_CRITICAL = "battery critical"
 POWER_MONITOR_LOST = "power monitor not answering"
 
 ALL_LINKS_DOWN = "all uplinks down"
+SRT_NOT_CONNECTED = "stream: not connected to the SRT ingest"
+RTMP_NOT_CONNECTED = "stream: not connected to the RTMP server"
 
 
 def audio(track: str, what: str) -> str:

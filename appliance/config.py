@@ -174,6 +174,26 @@ class StreamSection(Section):
         return self
 
 
+class RtmpSection(Section):
+    """A direct push to a platform (YouTube, Twitch) when there is no SRT ingest."""
+
+    enabled: bool = False
+    # rtmp://HOST[:PORT]/APP or rtmps://...  e.g. rtmps://a.rtmps.youtube.com/live2
+    url: str = Field("", pattern=r"^$|^rtmps?://[^\s/?#]+/\S+$")
+    # Appended to url as its last path element; kept out of logs, status and argv.
+    stream_key: SecretStr = SecretStr("")
+
+    @model_validator(mode="after")
+    def _url_when_enabled(self):
+        if self.enabled and not self.url:
+            raise ValueError("rtmp.enabled = true needs rtmp.url (rtmp://HOST/APP or rtmps://...)")
+        return self
+
+    def full_url(self) -> str:
+        key = self.stream_key.get_secret_value()
+        return f"{self.url.rstrip('/')}/{key}" if key else self.url
+
+
 class ApiSection(Section):
     bind: str = "127.0.0.1"
     port: Port = 8080
@@ -215,6 +235,7 @@ class Config(Section):
     thermal: ThermalSection = ThermalSection()
     recording: RecordingSection = RecordingSection()
     stream: StreamSection = StreamSection()
+    rtmp: RtmpSection = RtmpSection()
     api: ApiSection = ApiSection()
     power: PowerSection = PowerSection()
 

@@ -14,6 +14,7 @@ import threading
 import time
 from urllib.parse import parse_qs, urlparse
 
+from appliance import conditions
 from appliance.config import StreamSection
 from appliance.errors import ConfigError
 from appliance.media.encoders import EncodedPacket
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_CHUNKS = 2000  # ~5 s at 4 Mb/s: beyond SRT's own buffer, this is backlog to shed
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 5.0)
-NOT_CONNECTED = "stream: not connected to the SRT ingest"
+NOT_CONNECTED = conditions.SRT_NOT_CONNECTED
 
 
 def parse_srt_url(url: str) -> tuple[str, int, dict]:

@@ -10,9 +10,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="$ROOT/.venv"
 
 # What the daemon needs at run time on any board.
-APT_RUNTIME=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev libportaudio2)
-# What the simulation needs on top (simulated FOH audio through PulseAudio).
-APT_SIM=(pulseaudio pulseaudio-utils libasound2-plugins)
+APT_RUNTIME=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev libportaudio2 libsrt1.5-openssl)
+# What the simulation needs on top (simulated FOH audio through PulseAudio, and
+# srt-live-transmit as the demo's ingest).
+APT_SIM=(pulseaudio pulseaudio-utils libasound2-plugins srt-tools)
 # What the tests need on top of that.
 APT_TEST=(systemd nut-server chromium iproute2 nftables gcc libsrt1.5-openssl libsrt-openssl-dev srt-tools "${APT_SIM[@]}")
 

@@ -1,0 +1,193 @@
+"""The RTMP/RTMPS output: a direct push to a platform (YouTube, Twitch).
+
+Single path, no bonding: RTMP runs over one TCP connection. The media thread
+only queues packets (bounded; on overflow the video is cut cleanly at the next
+keyframe, never mid-GOP). A writer thread muxes them to MPEG-TS into the pipe
+of a child process (appliance.outputs.rtmp_push) that re-muxes to FLV on the
+server. When the child fails (server gone, refused, stalled) it is restarted
+with backoff, starting again on a keyframe. The recording never notices.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from appliance import conditions
+from appliance.config import RtmpSection
+from appliance.media.encoders import EncodedPacket
+from appliance.media.mux import TsMuxer
+from appliance.outputs import Report, Session
+from appliance.supervisor.systemd import child_env
+
+log = logging.getLogger(__name__)
+
+QUEUE_PACKETS = 600  # ~6 s of video and two audio tracks
+BACKOFF = (0.5, 1.0, 2.0, 4.0, 5.0)
+STOP_WAIT = 5.0
+
+
+class RtmpOutput:
+    name = "rtmp"
+
+    def __init__(self, cfg: RtmpSection, report: Report | None = None):
+        self.cfg = cfg
+        self.report = report or (lambda condition, active: None)
+        self._queue: queue.Queue[EncodedPacket | None] = queue.Queue(QUEUE_PACKETS)
+        self._gap = False  # media thread: a packet was dropped, wait for a keyframe
+        self._session: Session | None = None
+        self._thread: threading.Thread | None = None
+        self._child: subprocess.Popen | None = None
+        self._mux: TsMuxer | None = None
+        self.connected = False
+        self.packets_sent = 0
+        self.packets_dropped = 0
+        self.reconnects = 0
+        self.last_error = ""
+        self._reported = False
+        self._ever_connected = False
+
+    def where(self) -> str:
+        return self.cfg.url  # without the key
+
+    # --- media thread -----------------------------------------------------------------------
+
+    def start(self, session: Session) -> None:
+        self._session = session
+        self._queue = queue.Queue(QUEUE_PACKETS)
+        self._gap = False
+        self._thread = threading.Thread(target=self._run, name="rtmp-writer", daemon=True)
+        self._thread.start()
+
+    def packet(self, pkt: EncodedPacket) -> None:
+        if self._gap:
+            if not (pkt.stream == 0 and pkt.key):
+                self.packets_dropped += 1
+                return
+            self._gap = False
+        try:
+            self._queue.put_nowait(pkt)
+        except queue.Full:
+            self.packets_dropped += 1
+            self._gap = True
+
+    def stop(self) -> None:
+        try:
+            self._queue.put(None, timeout=STOP_WAIT)
+        except queue.Full:
+            self._close_child(kill=True)  # the writer is stuck on a stalled server
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._reported:
+            self._reported = False
+            self.report(conditions.RTMP_NOT_CONNECTED, False)
+
+    def status(self) -> dict:
+        return {"url": self.where(), "connected": self.connected, "packets_sent": self.packets_sent,
+                "packets_dropped": self.packets_dropped, "reconnects": self.reconnects,
+                "queued": self._queue.qsize(), **({"last_error": self.last_error} if self.last_error else {})}
+
+    # --- the writer thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        attempt, retry_at = 0, 0.0
+        while True:
+            try:
+                pkt = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                pkt = False
+            if pkt is None:
+                break
+            if self._child is not None and self._child.poll() is not None:
+                self._failed()
+                attempt, retry_at = attempt + 1, time.monotonic() + BACKOFF[min(attempt, len(BACKOFF) - 1)]
+                continue
+            if self.connected and attempt:
+                attempt = 0
+            if not pkt:
+                continue
+            if self._child is None:
+                if time.monotonic() < retry_at or not (pkt.stream == 0 and pkt.key):
+                    continue  # a viewer can only start on a keyframe
+                self._spawn()
+            try:
+                self._mux.mux(pkt)
+                self.packets_sent += 1
+            except Exception:  # noqa: BLE001 - a broken pipe surfaces from PyAV as any of several errors
+                self._failed()
+                attempt, retry_at = attempt + 1, time.monotonic() + BACKOFF[min(attempt, len(BACKOFF) - 1)]
+        self._close_child()
+        self.connected = False
+
+    def _spawn(self) -> None:
+        env = child_env({"APPLIANCE_RTMP_URL": self.cfg.full_url()})
+        self._stderr = tempfile.TemporaryFile()
+        self._child = subprocess.Popen([sys.executable, "-m", "appliance.outputs.rtmp_push"], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, stderr=self._stderr, env=env)
+        threading.Thread(target=self._watch_child, args=(self._child,), name="rtmp-child-out", daemon=True).start()
+        s = self._session
+        self._mux = TsMuxer(self._child.stdin.write, s.video, s.audio_extradata, s.track_names, service_name=s.name)
+
+    def _watch_child(self, child: subprocess.Popen) -> None:
+        for line in child.stdout:
+            if line.strip() == b"connected" and child is self._child:
+                self._connected()
+
+    def _connected(self) -> None:
+        self.connected = True
+        if self._ever_connected:
+            self.reconnects += 1
+            log.info("rtmp: reconnected to %s", self.where(), extra={"OUTPUT": self.name})
+        else:
+            log.info("rtmp: streaming to %s", self.where(), extra={"OUTPUT": self.name})
+        self._ever_connected = True
+        if self._reported:
+            self._reported = False
+            self.report(conditions.RTMP_NOT_CONNECTED, False)
+
+    def _failed(self) -> None:
+        why = self._close_child(kill=True) or "the pusher stopped"
+        was = self.connected
+        self.connected = False
+        self.last_error = why
+        if was:
+            log.warning("rtmp: connection to %s lost (%s): reconnecting", self.where(), why, extra={"OUTPUT": self.name})
+        elif not self._reported:
+            log.warning("rtmp: cannot stream to %s (%s): retrying", self.where(), why, extra={"OUTPUT": self.name})
+        if not self._reported:
+            self._reported = True
+            self.report(conditions.RTMP_NOT_CONNECTED, True)
+
+    def _close_child(self, kill: bool = False) -> str:
+        """Ends the child (EOF first, so it closes the FLV cleanly) and returns its last error line."""
+        child, mux = self._child, self._mux
+        self._child = self._mux = None
+        if child is None:
+            return ""
+        if mux is not None:
+            try:
+                mux.close()
+            except Exception:  # noqa: BLE001 - the pipe is already broken
+                pass
+        try:
+            child.stdin.close()
+        except OSError:
+            pass
+        try:
+            child.wait(0.5 if kill else STOP_WAIT)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+        self._stderr.seek(0)
+        lines = self._stderr.read().decode(errors="replace").strip().splitlines()
+        self._stderr.close()
+        why = lines[-1] if lines else (f"exit status {child.returncode}" if child.returncode else "")
+        key = self.cfg.stream_key.get_secret_value()
+        return why.replace(key, "…") if key else why
