@@ -17,18 +17,12 @@ from typing import Callable
 from appliance.power import q1, vedirect
 from appliance.power.forecast import RuntimeForecast
 from appliance.power.model import PowerState
-from appliance.worker import Worker
+from appliance.polling import Polled, ReplyError, SerialPort
 
 log = logging.getLogger(__name__)
 
-BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
 
-
-class SourceError(Exception):
-    """A bad or missing reply (the line is there, the answer is not)."""
-
-
-class Source(Worker):
+class Source(Polled):
     kind = "source"
 
     def __init__(self, name: str, poll_seconds: float = 2.0, stale_polls: int = 5,
@@ -46,7 +40,6 @@ class Source(Worker):
         self._lock = threading.Lock()
         self.worker_name = f"power-{name}"
         self._init_worker()
-        self._open_ok = False
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -57,34 +50,6 @@ class Source(Worker):
     def status(self) -> dict:
         return {**self.state.as_dict(), "polls": self.polls, "errors": self.errors,
                 **({"last_error": self.last_error} if self.last_error else {})}
-
-    # --- the loop ---------------------------------------------------------------------------
-
-    def _run(self) -> None:
-        attempt = 0
-        while not self._stop.is_set():
-            started = time.monotonic()
-            if not self._open_ok:
-                try:
-                    self._open()
-                    self._open_ok = True
-                    attempt = 0
-                except Exception as e:  # SerialException, OSError, socket errors
-                    self._failed(f"cannot open: {e}")
-                    self._stop.wait(BACKOFF[min(attempt, len(BACKOFF) - 1)])
-                    attempt += 1
-                    continue
-            try:
-                updates = self._poll()
-            except SourceError as e:
-                self._failed(str(e))
-            except Exception as e:  # the port went away under us
-                self._failed(f"I/O error: {e}")
-                self._safe_close()
-            else:
-                if updates is not None:
-                    self._good(updates)
-            self._stop.wait(max(0.0, self.poll_seconds - (time.monotonic() - started)))
 
     def _good(self, updates: dict) -> None:
         now = time.monotonic()
@@ -118,55 +83,12 @@ class Source(Worker):
                         extra={"POWER_SOURCE": self.name})
             self.on_change(self)
 
-    def _safe_close(self) -> None:
-        self._open_ok = False
-        try:
-            self._close()
-        except Exception:
-            pass
 
-    # --- protocol hooks ---------------------------------------------------------------------
-
-    def _open(self) -> None:
-        pass
-
-    def _close(self) -> None:
-        pass
-
-    def _poll(self) -> dict | None:
-        raise NotImplementedError
-
-
-class SerialSource(Source):
-    baud = 9600
-
+class SerialSource(SerialPort, Source):
     def __init__(self, name: str, port: str, **kwargs):
         super().__init__(name, **kwargs)
         self.port_path = port
         self.port = None
-
-    def _open(self) -> None:
-        import serial
-
-        port = serial.Serial(self.port_path, self.baud, timeout=0.1, exclusive=True)
-        try:
-            self._configure_lines(port)
-        except OSError:
-            pass  # ptys and some adapters have no modem-control lines
-        port.reset_input_buffer()
-        self.port = port
-        self._after_open()
-
-    def _configure_lines(self, port) -> None:
-        pass
-
-    def _after_open(self) -> None:
-        pass
-
-    def _close(self) -> None:
-        if self.port is not None:
-            port, self.port = self.port, None
-            port.close()
 
 
 class Q1Ups(SerialSource):
@@ -190,7 +112,7 @@ class Q1Ups(SerialSource):
         for cmd, parse, attr in ((b"F\r", q1.parse_rating, "rating"), (b"I\r", q1.parse_identity, "identity")):
             try:
                 setattr(self, attr, parse(self._ask(cmd)))
-            except (SourceError, q1.Q1Error) as e:
+            except (ReplyError, q1.Q1Error) as e:
                 log.info("power: %s does not answer %s usefully (%s)", self.name, cmd.strip().decode(), e)
         if self.identity:
             self.state.detail = f"{self.identity.company} {self.identity.model} {self.identity.version}".strip()
@@ -199,7 +121,7 @@ class Q1Ups(SerialSource):
         with self._io:
             port = self.port
             if port is None:
-                raise SourceError("port closed")
+                raise ReplyError("port closed")
             port.reset_input_buffer()
             port.write(command)
             reply = bytearray()
@@ -211,7 +133,7 @@ class Q1Ups(SerialSource):
                     if b"\r" in chunk:
                         break
             if not reply:
-                raise SourceError(f"no reply to {command.strip().decode()} within {timeout:g} s")
+                raise ReplyError(f"no reply to {command.strip().decode()} within {timeout:g} s")
             return bytes(reply[: reply.index(b"\r") + 1] if b"\r" in reply else reply)
 
     def _poll(self) -> dict | None:
@@ -219,7 +141,7 @@ class Q1Ups(SerialSource):
             s = q1.parse_q1(self._ask(b"Q1\r"))
         except q1.Q1Error as e:
             self.bad_replies += 1
-            raise SourceError(str(e)) from None
+            raise ReplyError(str(e)) from None
         charge = None
         if s.battery_volts is not None and self.rating and self.rating.battery_volts:
             charge = q1.charge_percent(s.battery_volts, self.rating.battery_volts)
@@ -231,7 +153,7 @@ class Q1Ups(SerialSource):
         """Send a control command (shutdown, cancel, test); True if accepted."""
         try:
             reply = self._ask(cmd, timeout=1.0)
-        except SourceError:
+        except ReplyError:
             reply = b""  # no reply means accepted in this protocol
         return q1.command_accepted(cmd, reply)
 
@@ -263,7 +185,7 @@ class VeDirectMonitor(SerialSource):
             elif not self.port.is_open:
                 raise OSError("port closed")
         if not got:
-            raise SourceError("no valid VE.Direct block")
+            raise ReplyError("no valid VE.Direct block")
         r = vedirect.interpret(self.fields)
         runtime = None if r.minutes_to_go in (None, float("inf")) else r.minutes_to_go * 60
         discharging = r.amps is not None and r.amps < -0.05
@@ -315,9 +237,9 @@ class NutUps(Source):
         self.sock.sendall(f"LIST VAR {self.ups}\n".encode())
         first = self._line()
         if first.startswith("ERR"):
-            raise SourceError(f"upsd: {first[4:]}")
+            raise ReplyError(f"upsd: {first[4:]}")
         if first != f"BEGIN LIST VAR {self.ups}":
-            raise SourceError(f"upsd: unexpected answer {first!r}")
+            raise ReplyError(f"upsd: unexpected answer {first!r}")
         variables: dict[str, str] = {}
         while True:
             line = self._line()
@@ -329,7 +251,7 @@ class NutUps(Source):
         status = variables.get("ups.status", "").split()
         if "OL" not in status and "OB" not in status:
             # WAIT (the driver has not connected yet) and the like: no reading.
-            raise SourceError(f"upsd reports ups.status {' '.join(status) or 'nothing'}")
+            raise ReplyError(f"upsd reports ups.status {' '.join(status) or 'nothing'}")
         num = lambda k: _float(variables.get(k))  # noqa: E731
         runtime = num("battery.runtime")
         alarms = [a for a, flag in (("battery low", "LB"), ("replace battery", "RB"), ("overload", "OVER"))
@@ -351,7 +273,7 @@ class BoardBattery(Source):
 
         b = psutil.sensors_battery()
         if b is None:
-            raise SourceError("no battery exposed by the kernel")
+            raise ReplyError("no battery exposed by the kernel")
         runtime = None if b.secsleft in (psutil.POWER_TIME_UNLIMITED, psutil.POWER_TIME_UNKNOWN) else b.secsleft
         return {"on_mains": bool(b.power_plugged) if b.power_plugged is not None else None,
                 "charge_percent": float(b.percent), "runtime_seconds": runtime,

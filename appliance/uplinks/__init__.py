@@ -1,0 +1,1 @@
+"""Uplink intelligence: modem health, link states and policies, adaptive bitrate, pre-flight."""
