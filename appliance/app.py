@@ -1,14 +1,15 @@
 """Composition: which components the daemon runs, in which order.
 
 Start order (stop is the reverse): control socket (the service adds it first),
-simulated devices (sim profile), panel, media (sources, meters, encoder probes),
+simulated devices (sim profile), panel, power, uplinks (modem, link policy),
+media (sources, meters, encoder probes), the API,
 the sim console. The media pipeline is also the live output; the recorder and
 the network outputs hang off it.
 """
 
 from __future__ import annotations
 
-from appliance.config import Config, recordings_dir, runtime_dir
+from appliance.config import Config, recordings_dir, runtime_dir, state_dir
 from appliance.supervisor.service import Service
 from appliance.supervisor.state import Kind
 
@@ -43,12 +44,14 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
     from appliance.power.monitor import PowerMonitor
 
     outputs = []
+    srt = None
     if config.recording.enabled:
         outputs.append(Recorder(config.recording, recordings_dir(config), lambda c, a: report(c, a, "recorder")))
     if config.stream.enabled:
         from appliance.outputs.srt import SrtOutput
 
-        outputs.append(SrtOutput(config.stream, lambda c, a: report(c, a, "srt")))
+        srt = SrtOutput(config.stream, lambda c, a: report(c, a, "srt"))
+        outputs.append(srt)
     if config.rtmp.enabled:
         from appliance.outputs.rtmp import RtmpOutput
 
@@ -57,6 +60,11 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
     power = PowerMonitor(config, service.post, lambda c, a: report(c, a, "power"), media.set_bitrate_cap,
                          sim_dir=run_dir / "sim-serial", recordings=recordings_dir(config))
     service.components.append(power)
+    from appliance.uplinks.monitor import UplinkMonitor
+
+    uplinks = UplinkMonitor(config, lambda c, a: report(c, a, "uplinks"), srt, sim_dir=run_dir / "sim-serial",
+                            state_dir=state_dir(config))
+    service.components.append(uplinks)
     service.components.append(media)
     service.outputs.append(media)
     service.before_power_off.append(power.before_power_off)
@@ -70,6 +78,8 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
         service.sim_actions["video-unplug"] = lambda req: media.video.unplug()
         service.sim_actions["video-replug"] = lambda req: media.video.replug()
         service.sim_actions["encoder-fail"] = lambda req: media.inject_encoder_fault()
+        for action in ("modem", "modem-unplug", "modem-replug", "modem-reboot"):
+            service.sim_actions[action] = uplinks.sim_action
 
     if sim:
         from appliance.sim.console import SimConsole

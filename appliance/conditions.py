@@ -35,5 +35,9 @@ def link_down(link: str) -> str:
     return f"uplink {link} down"
 
 
+def link_standby(link: str) -> str:
+    return f"uplink {link} standby"
+
+
 def component_failed(name: str) -> str:
     return f"{name} failed"

@@ -194,6 +194,27 @@ class RtmpSection(Section):
         return f"{self.url.rstrip('/')}/{key}" if key else self.url
 
 
+class ModemSection(Section):
+    # "at": our AT client on serial.modem_at; "modemmanager": ask mmcli (when
+    # ModemManager owns the port); "none": no radio figures.
+    source: Literal["at", "modemmanager", "none"] = "at"
+    # The uplink interface whose radio this is ("wwan0"): its health follows the radio.
+    interface: str = ""
+    modemmanager_id: str = "any"
+    poll_seconds: float = Field(2.0, ge=0.2, le=60)
+
+
+class LinksSection(Section):
+    # "bond": every uplink carries traffic by its health; "failover": the primary
+    # carries everything, the others stay registered on standby.
+    policy: Literal["bond", "failover"] = "bond"
+    primary: str = ""
+    # Failover: traffic returns to the primary after it has been healthy this long.
+    hold_seconds: float = Field(30.0, ge=0, le=3600)
+    # Data caps for metered links, in MB: { wwan0 = 20000 }. Reached -> standby.
+    caps_mb: dict[str, Annotated[int, Field(ge=1)]] = {}
+
+
 class ApiSection(Section):
     bind: str = "127.0.0.1"
     port: Port = 8080
@@ -236,6 +257,8 @@ class Config(Section):
     recording: RecordingSection = RecordingSection()
     stream: StreamSection = StreamSection()
     rtmp: RtmpSection = RtmpSection()
+    modem: ModemSection = ModemSection()
+    links: LinksSection = LinksSection()
     api: ApiSection = ApiSection()
     power: PowerSection = PowerSection()
 

@@ -73,6 +73,10 @@ def test_both_uplinks_carry_the_stream_byte_identical(bench):
     c = connect(bond)
     total = stream(c, 3)
     assert all(l.sent > 100 for l in bond.links.values()), {n: l.sent for n, l in bond.links.items()}
+    s = c.stats()
+    carried = sum(l.sent for l in bond.links.values())
+    # SRT's control packets (ACKACKs) ride along: well under 1.5x, never the 2x of sending on both
+    assert carried < 1.5 * s["packets_sent"], ("each packet goes out on one uplink, not on all", carried, s)
     assert finish(c, bench, total), "the ingest got exactly what was sent"
 
 

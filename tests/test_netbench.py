@@ -123,3 +123,75 @@ def test_an_interface_taken_down_and_brought_back_while_streaming(daemon_factory
     assert missing_frames(rec.video_pts) == 0
     assert ts_continuity_errors(out) == 0
     assert d.terminate() == 0
+
+
+# --- uplink intelligence on the bench ----------------------------------------------------------
+
+def packets(d) -> dict[str, int]:
+    return {name: link["packets"] for name, link in links(d).items()}
+
+
+def test_failover_backup_keeps_alive_only_then_carries_the_show_without_loss(daemon_factory, net, tmp_path):
+    d, out = bonded_daemon(daemon_factory, net, tmp_path, extra="""
+[links]
+policy = "failover"
+primary = "up0"
+hold_seconds = 4
+""")
+    run_for(6, {})
+    before = packets(d)
+    assert before["up0"] > 1000 and before["up1"] == 0, f"the backup carried keepalives only: {before}"
+    assert links(d)["up1"]["state"] == "up" and links(d)["up1"]["standby"], "registered and on standby"
+    uplinks = d.request("status")["status"]["components"]["uplinks"]
+    assert uplinks["active"] == "up0"
+    net.blackhole("up0")
+    run_for(6, {})
+    during = packets(d)
+    assert during["up1"] > 1000, f"the backup carries the stream: {during}"
+    assert links(d)["up0"]["dead_notice_ms"][0] <= 300
+    wait_until(lambda: d.request("status")["status"]["components"]["uplinks"]["active"] == "up1", 2,
+               what="the policy follows the transport")
+    net.clear("up0")
+    wait_until(lambda: d.request("status")["status"]["components"]["uplinks"]["active"] == "up0", 15,
+               what="traffic back on the primary after its hold time")
+    back = packets(d)
+    run_for(3, {})
+    after = packets(d)
+    assert after["up0"] - back["up0"] > 500 and after["up1"] - back["up1"] < 50, (back, after)
+    assert "failover: traffic moves up0 -> up1" in d.log() and "failover: traffic moves up1 -> up0" in d.log()
+    rec = finish(d, net, out, 18)
+    assert missing_frames(rec.video_pts) == 0, "zero frames lost across both switches"
+    assert ts_continuity_errors(out) == 0
+    assert d.terminate() == 0
+
+
+def test_a_cellular_link_losing_sinr_gets_less_traffic_before_any_loss(daemon_factory, net, tmp_path):
+    d, out = bonded_daemon(daemon_factory, net, tmp_path, extra="""
+[modem]
+interface = "up1"
+poll_seconds = 0.5
+""")
+    wait_until(lambda: d.request("status")["status"]["components"]["uplinks"]["links"]["up1"].get("radio"), 10,
+               what="the modem's figures on up1")
+
+    def share(seconds: float) -> float:
+        a = packets(d)
+        run_for(seconds, {})
+        b = packets(d)
+        return (b["up1"] - a["up1"]) / max(1, sum(b.values()) - sum(a.values()))
+
+    good = share(4)
+    assert good > 0.2, f"a healthy cellular link carries its share ({good:.2f})"
+    d.request("sim", action="modem", sinr=-3, rsrp=-108)
+    wait_until(lambda: d.request("status")["status"]["components"]["uplinks"]["links"]["up1"]["health"] < 0.3, 5,
+               what="the health score falling with the radio")
+    bad = share(4)
+    assert bad < good / 3, f"traffic moved off the worsening link: {good:.2f} -> {bad:.2f}"
+    assert links(d)["up1"]["naks"] == 0, "before any packet was lost"
+    assert "uplinks: up1 health poor" in d.log()
+    d.request("sim", action="modem", sinr=20, rsrp=-80)
+    wait_until(lambda: d.request("status")["status"]["components"]["uplinks"]["links"]["up1"]["health"] > 0.8, 5,
+               what="health back")
+    assert share(3) > 0.2, "and its share comes back"
+    finish(d, net, out, 10)
+    assert d.terminate() == 0

@@ -66,7 +66,7 @@ def _link_rows(led: str, name: str, label: str) -> list[Row]:
         Row(led, 90, Pattern.SLOW, f"{label} uplink down", f"check the {label} connection; the other link carries the show",
             condition=C.link_down(name)),
         Row(led, 80, Pattern.DOUBLE, f"{label} uplink on standby (backup, or data cap reached)", "nothing, unless you expected it to carry traffic",
-            condition=f"uplink {name} standby"),
+            condition=C.link_standby(name)),
         Row(led, 0, Pattern.OFF, f"{label} uplink not in use", "nothing"),
     ]
 

@@ -62,18 +62,22 @@ class Link:
     notice_ms: list[float] = field(default_factory=list)  # silence -> declared dead, per failure
     moved_ms: list[float] = field(default_factory=list)  # silence -> its traffic carried elsewhere
     dead_range: tuple[float, float] = (DEAD_MIN, DEAD_MAX)
+    weight: float = 1.0  # the link policy's health score: a worsening link gets a smaller share
+    standby: bool = False  # registered and kept alive, carries data only when nothing else can
+    naks: int = 0
 
     def dead_after(self) -> float:
         rtt = self.srtt if self.srtt is not None else 0.05
         return min(self.dead_range[1], max(self.dead_range[0], 4 * rtt))
 
     def score(self) -> float:
-        return self.window / (len(self.in_flight) + 1)
+        return self.weight * self.window / (len(self.in_flight) + 1)
 
     def status(self) -> dict:
         return {"source": self.source, "state": self.state, "rtt_ms": None if self.srtt is None else round(self.srtt * 1000, 1),
                 "window": self.window, "in_flight": len(self.in_flight), "packets": self.sent, "bytes": self.bytes_sent,
-                "dead_notice_ms": self.notice_ms[-5:], "moved_ms": self.moved_ms[-5:]}
+                "dead_notice_ms": self.notice_ms[-5:], "moved_ms": self.moved_ms[-5:], "naks": self.naks,
+                "weight": self.weight, "standby": self.standby}
 
 
 class Bonder(Worker):
@@ -105,6 +109,8 @@ class Bonder(Worker):
         self._epoch = time.monotonic()
         self._init_worker()
         self._changes: deque = deque()
+        self._weights: dict[str, float] = {}
+        self._standby: set[str] = set()
         for name, source in sources.items():
             self._add_link(name, source)
 
@@ -120,6 +126,10 @@ class Bonder(Worker):
     def ready(self) -> bool:
         """At least one uplink is registered and proven."""
         return any(link.state == "up" for link in list(self.links.values()))
+
+    def set_policy(self, weights: dict[str, float], standby: set[str]) -> None:
+        """From the link policy (any thread): per-link shares and the links on standby."""
+        self._changes.append(("policy", dict(weights), set(standby)))
 
     def set_uplinks(self, sources: dict[str, str]) -> None:
         """Live changes: an interface that appears joins, one that vanishes leaves."""
@@ -145,7 +155,8 @@ class Bonder(Worker):
             log.warning("bond: uplink %s (%s) unusable: %s", name, source, e)
             return
         s.setblocking(False)
-        self.links[name] = Link(name, source, s, dead_range=self.dead_range)
+        self.links[name] = link = Link(name, source, s, dead_range=self.dead_range)
+        self._apply_policy(link)
         self.sel.register(s, selectors.EVENT_READ, name)
         log.info("bond: uplink %s joins from %s", name, source, extra={"LINK": name})
 
@@ -161,6 +172,11 @@ class Bonder(Worker):
     def _apply_changes(self) -> None:
         while self._changes:
             wanted = self._changes.popleft()
+            if isinstance(wanted, tuple):
+                _, self._weights, self._standby = wanted
+                for link in self.links.values():
+                    self._apply_policy(link)
+                continue
             for name in list(self.links):
                 if name not in wanted or wanted[name] != self.links[name].source:
                     self._remove_link(name)
@@ -236,13 +252,24 @@ class Bonder(Worker):
                 old, (lname, _) = self.flight.popitem(last=False)
                 if lname in self.links:
                     self.links[lname].in_flight.discard(old)
+        return True
+
+    def _apply_policy(self, link: Link) -> None:
+        link.weight = max(0.01, min(1.0, self._weights.get(link.name, 1.0)))
+        link.standby = link.name in self._standby
 
     def _choose(self, exclude: set[str] = frozenset()) -> Link | None:
-        best = None
+        """The best live link; links on standby only when no other is live (failover)."""
+        best = spare = None
         for link in self.links.values():
-            if link.state == "up" and link.name not in exclude and (best is None or link.score() > best.score()):
+            if link.state != "up" or link.name in exclude:
+                continue
+            if link.standby:
+                if spare is None or link.score() > spare.score():
+                    spare = link
+            elif best is None or link.score() > best.score():
                 best = link
-        return best
+        return best or spare
 
     def _from_link(self, name: str) -> None:
         link = self.links.get(name)
@@ -344,6 +371,7 @@ class Bonder(Worker):
                 if carrier and carrier[0] in self.links:
                     lk = self.links[carrier[0]]
                     lk.window = max(WINDOW_MIN, lk.window - 100)
+                    lk.naks += 1
 
     def _stable(self, link: Link) -> bool:
         if link.echoes_since_reg < PROBATION_ECHOES or len(link.rtts) < PROBATION_ECHOES:

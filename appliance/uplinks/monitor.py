@@ -1,0 +1,267 @@
+"""The uplinks component: link states, health, policy, data usage.
+
+Twice a second it gathers what is known about each uplink (the interface from
+psutil, RTT / NAKs / bytes from the bonding sender while streaming, the radio
+from the modem source), asks the pure policy for weights and the standby set,
+hands them to the bonding sender, and reports conditions for the panel (link
+down, standby, all down). Data usage is counted per link and kept across
+restarts in the state directory, so a data cap holds over a month of shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+from appliance import conditions as C
+from appliance.config import Config
+from appliance.fsutil import atomic_write
+from appliance.uplinks.policy import Decision, FailoverMemory, LinkView, PolicyConfig, decide, health
+
+log = logging.getLogger(__name__)
+
+TICK = 0.5
+SAVE_EVERY = 10.0
+LOSS_WINDOW = 5.0  # seconds of NAK history behind the loss figure
+
+
+class UplinkMonitor:
+    name = "uplinks"
+
+    def __init__(self, config: Config, report: Callable[[str, bool], None], srt_output=None,
+                 sim_dir: Path | None = None, state_dir: Path | None = None, post_event: Callable | None = None):
+        self.config = config
+        self.report = report
+        self.srt = srt_output
+        self.sim_dir = sim_dir
+        self.usage_path = state_dir / "usage.json" if state_dir else None
+        self.modem = None
+        self.modem_sim = None
+        self.memory = FailoverMemory()
+        self.policy = PolicyConfig(config.links.policy, config.links.primary, config.links.hold_seconds)
+        self.caps = {n: mb * 1_000_000 for n, mb in config.links.caps_mb.items()}
+        self.usage: dict[str, int] = {}
+        self.decision: Decision | None = None
+        self.views: dict[str, LinkView] = {}
+        self.scores: dict[str, dict] = {}
+        self._last_bytes: dict[str, int] = {}
+        self._bonder_id = None
+        self._base_rtt: dict[str, float] = {}
+        self._naks: dict[str, list[tuple[float, int, int]]] = {}
+        self._active_conditions: set[str] = set()
+        self._health_band: dict[str, str] = {}
+        self._saved_at = 0.0
+        self._streaming_since: float | None = None
+        self._task: asyncio.Task | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._load_usage()
+        m = self.config.modem
+        if m.source == "at" and self.config.serial.modem_at:
+            from appliance.uplinks.modem import ModemAt
+
+            self.modem = ModemAt("modem", self._modem_port(self.config.serial.modem_at), m.poll_seconds)
+        elif m.source == "modemmanager":
+            from appliance.uplinks.modem import ModemManagerSource
+
+            self.modem = ModemManagerSource("modem", m.modemmanager_id, m.poll_seconds)
+        if self.modem is not None:
+            self.modem.start()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="uplink-policy")
+        log.info("uplinks: policy %s%s, modem %s", self.policy.mode,
+                 f" (primary {self.policy.primary})" if self.policy.mode == "failover" else "",
+                 f"{m.source} for {m.interface or '?'}" if self.modem else "none")
+
+    def _modem_port(self, configured: str) -> str:
+        if configured != "sim":
+            return configured
+        from appliance.sim.modem import ModemSim
+
+        self.sim_dir.mkdir(parents=True, exist_ok=True)
+        self.modem_sim = ModemSim(self.sim_dir / "modem")
+        return self.modem_sim.path
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.modem is not None:
+            await asyncio.to_thread(self.modem.stop)
+        if self.modem_sim is not None:
+            self.modem_sim.close()
+        self._save_usage()
+
+    def status(self) -> dict:
+        d = self.decision
+        links = {}
+        for name, v in self.views.items():
+            links[name] = {"present": v.present, "state": v.state or ("idle" if v.present else "absent"),
+                           "rtt_ms": v.rtt_ms, "loss_percent": round(v.loss * 100, 2),
+                           "used_mb": round(self.usage.get(name, 0) / 1e6, 1),
+                           "cap_mb": None if v.cap_bytes is None else v.cap_bytes // 1_000_000,
+                           **self.scores.get(name, {}),
+                           "standby": bool(d and name in d.standby),
+                           **({"radio": v.radio.as_dict()} if v.radio is not None else {})}
+        return {"policy": self.policy.mode, **({"active": d.active} if d and d.active else {}), "links": links,
+                **({"modem": self.modem.status()} if self.modem is not None else {})}
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                present = await asyncio.to_thread(self._present)
+                self.tick(time.monotonic(), present)
+            except Exception:
+                log.exception("uplink policy tick failed")
+            await asyncio.sleep(TICK)
+
+    def _present(self) -> dict[str, str]:
+        from appliance.transport.uplinks import resolve_uplinks
+
+        return resolve_uplinks(self.config.stream.uplinks)
+
+    def _bonder(self):
+        return getattr(self.srt, "bonder", None) if self.srt is not None else None
+
+    def tick(self, now: float, present: dict[str, str]) -> None:
+        bond = self._bonder()
+        links = bond.status()["links"] if bond is not None else {}
+        if bond is not self._bonder_id:
+            self._bonder_id, self._last_bytes = bond, {}
+        views = {}
+        for name in sorted(set(present) | set(links)):
+            b = links.get(name, {})
+            v = LinkView(name, present=name in present, state=b.get("state"), rtt_ms=b.get("rtt_ms"),
+                         cap_bytes=self.caps.get(name))
+            if v.rtt_ms is not None:
+                self._base_rtt[name] = min(self._base_rtt.get(name, v.rtt_ms), v.rtt_ms)
+                v.base_rtt_ms = self._base_rtt[name]
+            if b:
+                v.loss = self._loss(name, now, b.get("naks", 0), b.get("packets", 0))
+                sent = b.get("bytes", 0)
+                self.usage[name] = self.usage.get(name, 0) + max(0, sent - self._last_bytes.get(name, 0))
+                self._last_bytes[name] = sent
+            v.used_bytes = self.usage.get(name, 0)
+            if self.modem is not None and name == self.config.modem.interface and self.modem.answering:
+                v.radio = self.modem.radio
+                if self.modem.cell_changed_at:
+                    v.since_cell_change = now - self.modem.cell_changed_at
+            views[name] = v
+        self.views = views
+        self.decision = d = decide(list(views.values()), self.policy, self.memory, now)
+        for name, v in views.items():
+            h = health(v)
+            self.scores[name] = {"health": h.score, "why": h.reasons}
+            self._log_health(name, h)
+        for event in d.events:
+            log.warning("uplinks: %s", event, extra={"EVENT": "failover"})
+        for name in d.standby:
+            if name in self.caps and views[name].used_bytes >= self.caps[name] and f"cap:{name}" not in self._active_conditions:
+                self._active_conditions.add(f"cap:{name}")
+                log.warning("uplinks: %s reached its data cap (%d MB): on standby", name, self.caps[name] // 1_000_000,
+                            extra={"EVENT": "data_cap", "LINK": name})
+        if bond is not None:
+            bond.set_policy(d.weights, d.standby)
+        if bond is None:
+            self._streaming_since = None
+        elif self._streaming_since is None:
+            self._streaming_since = now
+        # Links register in the first second of a stream: judge them after that.
+        self._conditions(views, d, streaming=bond is not None and now - self._streaming_since > 3.0)
+        if now - self._saved_at >= SAVE_EVERY:
+            self._saved_at = now
+            self._save_usage()
+
+    def _loss(self, name: str, now: float, naks: int, packets: int) -> float:
+        hist = self._naks.setdefault(name, [])
+        hist.append((now, naks, packets))
+        while hist and now - hist[0][0] > LOSS_WINDOW:
+            hist.pop(0)
+        t0, n0, p0 = hist[0]
+        return (naks - n0) / (packets - p0) if packets - p0 > 50 else 0.0
+
+    def _log_health(self, name: str, h) -> None:
+        band = "good" if h.score >= 0.8 else "fair" if h.score >= 0.4 else "poor"
+        if self._health_band.get(name, "good") != band:
+            (log.info if band == "good" else log.warning)(
+                "uplinks: %s health %s (%.2f)%s", name, band, h.score, f": {', '.join(h.reasons)}" if h.reasons else "",
+                extra={"LINK": name})
+        self._health_band[name] = band
+
+    def _role(self, name: str) -> str:
+        return "cell" if name == self.config.modem.interface else "wired"
+
+    def _conditions(self, views: dict[str, LinkView], d: Decision, streaming: bool) -> None:
+        wanted: set[str] = set()
+        if streaming:
+            for name, v in views.items():
+                if not v.present or v.state == "dead":
+                    wanted.add(C.link_down(self._role(name)))
+                elif name in d.standby and v.cap_bytes is not None and v.used_bytes >= v.cap_bytes:
+                    # A planned failover backup is not a problem; a link that stopped at its cap is.
+                    wanted.add(C.link_standby(self._role(name)))
+            if views and not any(v.state == "up" for v in views.values()):
+                wanted.add(C.ALL_LINKS_DOWN)
+        current = {c for c in self._active_conditions if not c.startswith("cap:")}
+        for c in wanted - current:
+            self.report(c, True)
+        for c in current - wanted:
+            self.report(c, False)
+        self._active_conditions = wanted | {c for c in self._active_conditions if c.startswith("cap:")}
+
+    # --- data usage, kept across restarts ----------------------------------------------------
+
+    def _load_usage(self) -> None:
+        if self.usage_path is None or not self.usage_path.exists():
+            return
+        try:
+            data = json.loads(self.usage_path.read_text())
+            self.usage = {str(k): int(v) for k, v in data.get("bytes", {}).items()}
+        except (OSError, ValueError, AttributeError, TypeError) as e:
+            log.warning("uplinks: %s unreadable (%s): data usage starts from zero", self.usage_path, e)
+
+    def _save_usage(self) -> None:
+        if self.usage_path is None:
+            return
+        try:
+            self.usage_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.usage_path, json.dumps({"bytes": self.usage}).encode())
+        except OSError as e:
+            log.warning("uplinks: cannot save data usage to %s: %s", self.usage_path, e)
+
+    def reset_usage(self, link: str | None = None) -> None:
+        for name in list(self.usage) if link is None else [link]:
+            self.usage[name] = 0
+        self._active_conditions = {c for c in self._active_conditions
+                                   if not (c.startswith("cap:") and (link is None or c == f"cap:{link}"))}
+        self._save_usage()
+
+    # --- sim actions --------------------------------------------------------------------------
+
+    def sim_action(self, req: dict) -> None:
+        sim = self.modem_sim
+        if sim is None:
+            raise ValueError("no simulated modem (serial.modem_at = \"sim\")")
+        action = req["action"]
+        if action == "modem-unplug":
+            sim.unplug()
+        elif action == "modem-replug":
+            sim.replug()
+        elif action == "modem-reboot":
+            sim.reboot()
+        elif action == "modem":
+            for key in ("sinr", "rsrp", "rsrq"):
+                if key in req:
+                    setattr(sim.cell, key, int(req[key]))
+            for key in ("rat", "cell_id", "state"):
+                if key in req:
+                    setattr(sim.cell, key, str(req[key]))
+            if "sim" in req:
+                sim.sim = str(req["sim"])
