@@ -45,6 +45,7 @@ class Group:
     links: dict[tuple, Link] = field(default_factory=dict)
     last_link: tuple | None = None
     transport: asyncio.DatagramTransport | None = None
+    opening: bool = False  # the server-side socket is being made: a second REG2 must not make another
     bytes_in: int = 0
 
 
@@ -154,7 +155,7 @@ class Relay(asyncio.DatagramProtocol):
             group.links[addr] = Link(addr, time.monotonic())
             self.by_addr[addr] = group
             log.info("relay: link %s:%d joined a group (%d links)", *addr, len(group.links))
-            if group.transport is None:
+            if group.transport is None and not group.opening:
                 self._open_server_side(group)
         group.links[addr].last = time.monotonic()
         self._send(srtla.short(srtla.REG3), addr)
@@ -164,10 +165,17 @@ class Relay(asyncio.DatagramProtocol):
 
         async def connect():
             try:
-                group.transport, _ = await loop.create_datagram_endpoint(
+                transport, _ = await loop.create_datagram_endpoint(
                     lambda: _ServerSide(self, group), remote_addr=self.server)
+                if self.groups.get(group.gid) is group:
+                    group.transport = transport
+                else:
+                    transport.close()  # the group expired while its socket was being made
             except OSError as e:
                 log.error("relay: cannot reach the SRT server %s:%d: %s", *self.server, e)
+            finally:
+                group.opening = False
+        group.opening = True
         task = loop.create_task(connect())
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
