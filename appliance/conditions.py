@@ -22,6 +22,7 @@ BATTERY_CRITICAL = "battery critical"
 POWER_MONITOR_LOST = "power monitor not answering"
 
 ALL_LINKS_DOWN = "all uplinks down"
+VOICE_LANE = "stream: voice lane (links too slow for video)"
 SRT_NOT_CONNECTED = "stream: not connected to the SRT ingest"
 RTMP_NOT_CONNECTED = "stream: not connected to the RTMP server"
 

@@ -166,6 +166,9 @@ class StreamSection(Section):
     # every interface that is up with an IPv4 address (loopback excepted).
     uplinks: list[Annotated[str, Field(min_length=1)]] = ["auto"]
     relay_secret: SecretStr = SecretStr("")
+    # Follow the links: the encoder's bitrate moves between encoder.min_bitrate_kbps
+    # and encoder.bitrate_kbps; below the minimum, the voice lane.
+    adaptive_bitrate: bool = True
 
     @model_validator(mode="after")
     def _url_when_enabled(self):

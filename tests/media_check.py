@@ -40,6 +40,9 @@ def decode_files(files: list[Path], luma: bool = False) -> Decoded:
                     out.decode_errors += 1
                     continue
                 for frame in frames:
+                    if frame.pts is None:
+                        out.decode_errors += 1
+                        continue
                     if packet.stream.type == "video":
                         out.video_pts.append(round(frame.pts * frame.time_base * 90000))
                         if luma:

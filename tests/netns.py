@@ -103,11 +103,12 @@ class NetBench:
     # --- impairments --------------------------------------------------------------------------
 
     def set_rate(self, uplink: str, mbit: float) -> None:
-        """tbf on the uplink's way out: a link that carries at most this much."""
+        """tbf on the uplink's way out: a link that carries at most this much, with
+        a 300 ms queue in front (a cellular modem's buffer is that deep or deeper)."""
         verb = "change" if uplink in self.rates else "add"
         burst = max(16, int(mbit * 1000 / 8 / 10))  # ~10 ms worth, in kB
         self.ns(self.app, "tc", "qdisc", verb, "dev", uplink, "root", "tbf", "rate", f"{mbit}mbit",
-                "burst", f"{burst}kb", "latency", "100ms")
+                "burst", f"{burst}kb", "latency", "300ms")
         self.rates[uplink] = mbit
 
     def blackhole(self, uplink: str) -> None:

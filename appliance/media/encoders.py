@@ -14,7 +14,7 @@ import logging
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
@@ -47,6 +47,7 @@ class VideoSettings:
     bitrate_kbps: int
     max_bitrate_kbps: int
     keyframe_seconds: float = 1.0
+    vbv_seconds: float = 1.0  # how big a burst (an IDR) may be, in seconds of the max rate
 
     @property
     def gop(self) -> int:
@@ -103,7 +104,7 @@ def open_video(rung: EncoderRung, s: VideoSettings):
     ctx.gop_size = s.gop
     ctx.max_b_frames = 0
     # Capped VBR with a one-second VBV: what a network link can carry.
-    options = {"maxrate": f"{s.max_bitrate_kbps}k", "bufsize": f"{s.max_bitrate_kbps}k"}
+    options = {"maxrate": f"{s.max_bitrate_kbps}k", "bufsize": f"{int(s.max_bitrate_kbps * s.vbv_seconds)}k"}
     if rung.codec == "libx264":
         # Fixed GOP (segments and late joiners get a keyframe every interval),
         # forced keyframes as IDR, SPS/PPS repeated in-band.
@@ -122,6 +123,7 @@ class VideoEncoder:
         self.name = rung.codec
         self.settings = settings
         self.ctx = open_video(rung, settings)
+        self._opened_kbps = settings.bitrate_kbps
         self.psi = ParameterSetInserter(self.ctx.extradata)
         self.frames_in = 0
         self.packets_out = 0
@@ -133,8 +135,22 @@ class VideoEncoder:
         self._fault = why
 
     def set_bitrate(self, kbps: int) -> None:
-        # libx264 re-reads bit_rate on every frame (FFmpeg's reconfig_encoder).
-        self.ctx.bit_rate = int(kbps) * 1000
+        kbps = int(kbps)
+        if self.rung.codec != "libx264":
+            self.ctx.bit_rate = kbps * 1000
+            return
+        if kbps == self._opened_kbps:
+            return
+        # libx264 does re-read bit_rate on every frame, but its ABR follows over
+        # ~1.5 s while the VBV ceiling stays where it was opened; a link that just
+        # shrank cannot wait that long (the backlog would outgrow the SRT latency).
+        # Reopening costs ~4 ms and one IDR, and the new rate holds from its first frame.
+        # A small VBV keeps that IDR from bursting into a link that is already full.
+        s = replace(self.settings, bitrate_kbps=kbps, max_bitrate_kbps=kbps, vbv_seconds=0.3)
+        self.ctx = open_video(self.rung, s)
+        self.psi = ParameterSetInserter(self.ctx.extradata)
+        self.frames_in = self.packets_out = 0
+        self._opened_kbps = kbps
 
     def encode(self, frame, pts: int) -> list[EncodedPacket]:
         from av.video.frame import PictureType

@@ -275,7 +275,10 @@ class MediaPipeline:
         next_t = time.monotonic()
         while not self._stop.is_set():
             while self._commands:
-                self._commands.popleft()()
+                try:
+                    self._commands.popleft()()
+                except Exception:  # a bad request must not end the show
+                    log.exception("media: a command failed")
             now = time.monotonic()
             if now < next_t:
                 self._stop.wait(next_t - now)

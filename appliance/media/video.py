@@ -211,10 +211,11 @@ class Slate:
     """"NO VIDEO SIGNAL" and the time, at the pipeline's size: keeps the stream
     and the recording on time while the source is away."""
 
-    def __init__(self, width: int, height: int):
+    def __init__(self, width: int, height: int, title: str = "NO VIDEO SIGNAL", subtitle: str = ""):
         import av
 
         self.width, self.height = width, height
+        self.title, self.subtitle = title, subtitle
         self._av = av
         self._scale = max(2, height // 90)
 
@@ -225,8 +226,8 @@ class Slate:
         for plane in frame.planes[1:]:
             np.frombuffer(plane, np.uint8)[:] = 128
         s = self._scale
-        title = "NO VIDEO SIGNAL"
+        title = self.title
         draw_text(y, title, (self.width - text_width(title, s)) // 2, self.height // 2 - 8 * s, s)
-        now = time.strftime("%H:%M:%S")
+        now = f"{self.subtitle}  {time.strftime('%H:%M:%S')}" if self.subtitle else time.strftime("%H:%M:%S")
         draw_text(y, now, (self.width - text_width(now, s // 2 or 1)) // 2, self.height // 2 + 4 * s, s // 2 or 1)
         return frame

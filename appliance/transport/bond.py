@@ -102,7 +102,8 @@ class Bonder(Worker):
         self.sel.register(self.local, selectors.EVENT_READ, None)
         self.caller: tuple | None = None
         self.links: dict[str, Link] = {}
-        self.flight: OrderedDict[int, tuple[str, bytes]] = OrderedDict()  # seq -> (link, packet)
+        self.flight: OrderedDict[int, tuple[str, bytes, float]] = OrderedDict()  # seq -> (link, packet, sent at)
+        self.held = 0  # retransmissions not sent: the original was still on its way
         self.resent = 0
         self._reg1_at = -1e9
         self.dropped: Counter[str] = Counter()
@@ -137,7 +138,7 @@ class Bonder(Worker):
 
     def status(self) -> dict:
         return {"registered": self.group is not None, "links": {n: l.status() for n, l in self.links.items()},
-                "resent": self.resent, "dropped": dict(self.dropped)}
+                "resent": self.resent, "held": self.held, "dropped": dict(self.dropped)}
 
     # --- links ------------------------------------------------------------------------------------
 
@@ -213,7 +214,27 @@ class Bonder(Worker):
             except BlockingIOError:
                 return
             self.caller = addr
+            if self._still_flying(d):
+                continue
             self._send(d)
+
+    def _still_flying(self, d: bytes) -> bool:
+        """A retransmission SRT asked for because packets over two links of different
+        depth arrive out of order, not because one was lost: its original is younger
+        than its link's current RTT. Sending it again would only add load to links
+        that are already queueing (a retransmission storm). If the original was in
+        fact lost, SRT's periodic NAK asks again after an RTT, and then it goes."""
+        seq = srtla.srt_seq(d)
+        entry = self.flight.get(seq) if seq is not None else None
+        if entry is None or entry[0] not in self.links:
+            return False
+        link = self.links[entry[0]]
+        if link.state != "up" or not link.rtts:
+            return False
+        if time.monotonic() - entry[2] < max(link.rtts[-1], link.srtt or 0.0) + 0.01:
+            self.held += 1
+            return True
+        return False
 
     def _send(self, d: bytes) -> bool:
         """On the best live link; if that one refuses the packet, the next best tries."""
@@ -246,10 +267,10 @@ class Bonder(Worker):
             if earlier is not None and earlier[0] != link.name and earlier[0] in self.links:
                 self.links[earlier[0]].in_flight.discard(seq)  # a retransmission: it now flies on this link
             link.in_flight.add(seq)
-            self.flight[seq] = (link.name, d)
+            self.flight[seq] = (link.name, d, link.last_sent)
             self.flight.move_to_end(seq)
             while len(self.flight) > IN_FLIGHT_KEEP:
-                old, (lname, _) = self.flight.popitem(last=False)
+                old, (lname, _, _) = self.flight.popitem(last=False)
                 if lname in self.links:
                     self.links[lname].in_flight.discard(old)
         return True
@@ -385,7 +406,7 @@ class Bonder(Worker):
             seq = next(iter(self.flight))
             if not _before(seq, ack):
                 break
-            lname, _ = self.flight.popitem(last=False)[1]
+            lname = self.flight.popitem(last=False)[1][0]
             if lname in self.links:
                 self.links[lname].in_flight.discard(seq)
 
