@@ -72,6 +72,13 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
                             state_dir=state_dir(config))
     service.components.append(uplinks)
     service.components.append(media)
+    media.session_extras = uplinks.session_record
+
+    def busy() -> str | None:
+        state = service.snapshot.state.value
+        return None if state == "READY" else f"the box is {state}"
+
+    service.commands["preflight"] = lambda req: uplinks.async_preflight(req, busy)
     service.outputs.append(media)
     service.before_power_off.append(power.before_power_off)
     from appliance.api.http import ApiServer

@@ -144,6 +144,21 @@ def media_summary(m: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_preflight(args) -> int:
+    from appliance.supervisor.control import request
+    from appliance.uplinks.preflight import table
+
+    if not args.json:
+        print(f"pre-flight: a {args.seconds:g} s dry stream over each uplink ...", file=sys.stderr)
+    answer = request(_socket(args), "preflight", timeout=args.seconds * 2 + 30, seconds=args.seconds)
+    if not answer.get("ok"):
+        print(f"error: {answer.get('error')}", file=sys.stderr)
+        return 1
+    report = answer["preflight"]
+    print(json.dumps(report, indent=2) if args.json else table(report))
+    return {"go": 0, "marginal": 2}.get(report["verdict"], 3)
+
+
 def cmd_live_stop(args) -> int:
     from appliance.supervisor.control import request
 
@@ -264,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text)
         common(sp, socket=True)
         sp.set_defaults(func=cmd_live_stop)
+
+    sp = sub.add_parser("preflight", help="before the show: test each uplink against the relay/ingest, go or no-go")
+    common(sp, socket=True)
+    sp.add_argument("--seconds", type=float, default=12, help="length of the dry stream, all links together (4-60)")
+    sp.set_defaults(func=cmd_preflight)
 
     sp = sub.add_parser("probe", help="check each hardware part of the profile, starting nothing")
     common(sp)

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 
 import pytest
 
-from conftest import wait_until
+from conftest import APPLIANCE, wait_until
 from media_check import decode_files, missing_frames, only_session, segments, ts_continuity_errors
 from netns import RELAY_ADDR, NetBench
 
@@ -267,4 +268,44 @@ def test_voice_lane_keeps_the_audio_when_the_links_cannot_carry_video(daemon_fac
     rec_dir = only_session(d.dir / "recordings")
     local = decode_files(segments(rec_dir))
     assert missing_frames(local.video_pts) == 0, "the recording kept the full video throughout"
+    assert d.terminate() == 0
+
+
+def test_preflight_go_on_a_clean_link_and_no_go_on_one_capped_below_the_bitrate(daemon_factory, net, tmp_path):
+    net.set_rate("up1", 1.0)  # under the 4 Mb/s the show needs
+    out = tmp_path / "received.ts"
+    net.start_ingest(out, INGEST_PORT, 500)
+    net.start_relay(RELAY_PORT, INGEST_PORT, tmp_path / "relay.log")
+    d = daemon_factory(prefix=["ip", "netns", "exec", net.app], config_extra=f"""
+[stream]
+enabled = true
+url = "srt://{RELAY_ADDR}:{RELAY_PORT}"
+latency_ms = 500
+bond = true
+uplinks = ["up0", "up1"]
+[modem]
+interface = "up1"
+poll_seconds = 0.5
+""").start()
+    d.wait_state("READY", timeout=30)
+    wait_until(lambda: d.request("status")["status"]["components"]["uplinks"]["links"]["up1"].get("radio"), 10,
+               what="the modem's figures")
+    cli = subprocess.run(["ip", "netns", "exec", net.app, *APPLIANCE, "preflight", "--socket", str(d.socket),
+                          "--seconds", "10"], capture_output=True, text=True, timeout=90)
+    print(cli.stdout)
+    rows = {line.split()[0]: line.split()[1] for line in cli.stdout.splitlines()[1:] if line.startswith("up")}
+    assert rows == {"up0": "go", "up1": "no-go"}, cli.stdout + cli.stderr
+    assert "overall: GO" in cli.stdout and "SINR 18" in cli.stdout
+    assert cli.returncode == 0
+    report = json.loads((d.dir / "state" / "preflight.json").read_text())
+    up1 = next(c for c in report["links"] if c["name"] == "up1")
+    assert up1["upload_kbps"] < 1100 and "upload" in up1["why"]
+    d.request("live")  # the session's record carries it
+    wait_until(lambda: list((d.dir / "recordings").glob("*/session.json")), 10, what="a session manifest")
+    refused = d.request("preflight", seconds=5)
+    assert not refused["ok"] and "before the show" in refused["error"], "never while live"
+    d.request("stop")
+    d.wait_state("READY", timeout=15)
+    manifest = json.loads(next((d.dir / "recordings").glob("*/session.json")).read_text())
+    assert manifest["settings"]["preflight"]["verdict"] == "go"
     assert d.terminate() == 0

@@ -167,8 +167,17 @@ class ApiServer:
         return web.json_response(await self.service.handle_command({"cmd": "stop", "source": "web"}))
 
     async def _preflight(self, request):
-        # 409: the request is fine; this box has nothing to pre-flight yet.
-        return _error(409, "pre-flight needs the bonded transport, which this build does not have yet")
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except ValueError:
+            return _error(400, "the body must be JSON: {\"seconds\": 12}")
+        if not isinstance(body, dict):
+            return _error(400, "the body must be a JSON object: {\"seconds\": 12}")
+        answer = await self.service.handle_command({"cmd": "preflight", "seconds": body.get("seconds", 12)})
+        if not answer.get("ok"):
+            # 409: the request is fine, the box is not in a state to run it (live, no stream, running).
+            return _error(409, answer.get("error", "pre-flight refused"))
+        return web.json_response(answer["preflight"])
 
     async def _snapshot(self, request):
         frame = getattr(self.media, "latest_frame", None)

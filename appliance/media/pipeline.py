@@ -79,6 +79,8 @@ class MediaPipeline:
         self.frames_encoded = 0
         self.frames_dropped = 0
         self.slate_frames = 0
+        # What else the session's record carries (the last pre-flight): set by the composition.
+        self.session_extras: Callable[[], dict] = dict
         self.fallbacks: list[str] = []
         self._rate_window: deque = deque()  # (time, bytes) of recent packets
         self._fps_window: deque = deque()
@@ -197,7 +199,8 @@ class MediaPipeline:
             name=name, started=started, video=self.settings, track_names=self.tracks,
             audio_extradata=[a.ctx.extradata for a in self._aencs], encoder=self._venc.name,
             settings={"bitrate_kbps": self.settings.bitrate_kbps, "keyframe_seconds": self.settings.keyframe_seconds,
-                      "audio_bitrate_kbps": self.cfg.encoder.audio_bitrate_kbps, "source": self.video.describe()},
+                      "audio_bitrate_kbps": self.cfg.encoder.audio_bitrate_kbps, "source": self.video.describe(),
+                      **self.session_extras()},
         )
         self._active = []
         for out in self.outputs:

@@ -84,6 +84,8 @@ class Service:
         self.before_power_off: list[Callable[[str], Awaitable[None]]] = []
         # Simulated device faults, registered by the sim components (sim profile only).
         self.sim_actions: dict[str, Callable[[dict], object]] = {}
+        # Commands a component adds (preflight): name -> async handler(request) -> answer.
+        self.commands: dict[str, Callable[[dict], Awaitable[dict]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[Event] | None = None
         self._busy_since: float | None = None
@@ -280,7 +282,10 @@ class Service:
             return {"ok": True, "state": self.snapshot.state.value}
         if cmd == "sim":
             return await self._sim_command(req)
-        return {"ok": False, "error": f"unknown command {cmd!r} (known: status, live, stop{', sim' if self.sim else ''})"}
+        if cmd in self.commands:
+            return await self.commands[cmd](req)
+        known = ", ".join(["status", "live", "stop", *sorted(self.commands), *(["sim"] if self.sim else [])])
+        return {"ok": False, "error": f"unknown command {cmd!r} (known: {known})"}
 
     async def _settle(self) -> None:
         for _ in range(50):

@@ -65,6 +65,7 @@ class Link:
     weight: float = 1.0  # the link policy's health score: a worsening link gets a smaller share
     standby: bool = False  # registered and kept alive, carries data only when nothing else can
     naks: int = 0
+    acked: int = 0  # packets the relay says it received on this link (its SRTLA ACKs)
 
     def dead_after(self) -> float:
         rtt = self.srtt if self.srtt is not None else 0.05
@@ -77,7 +78,7 @@ class Link:
         return {"source": self.source, "state": self.state, "rtt_ms": None if self.srtt is None else round(self.srtt * 1000, 1),
                 "window": self.window, "in_flight": len(self.in_flight), "packets": self.sent, "bytes": self.bytes_sent,
                 "dead_notice_ms": self.notice_ms[-5:], "moved_ms": self.moved_ms[-5:], "naks": self.naks,
-                "weight": self.weight, "standby": self.standby}
+                "weight": self.weight, "standby": self.standby, "acked": self.acked}
 
 
 class Bonder(Worker):
@@ -376,6 +377,7 @@ class Bonder(Worker):
             log.info("bond: uplink %s up (RTT %.0f ms)", link.name, link.srtt * 1000, extra={"LINK": link.name})
 
     def _srtla_ack(self, link: Link, seqs: list[int]) -> None:
+        link.acked += len(seqs)
         for seq in seqs:
             if seq in link.in_flight:
                 link.in_flight.discard(seq)

@@ -39,6 +39,9 @@ class UplinkMonitor:
         self.srt = srt_output
         self.sim_dir = sim_dir
         self.usage_path = state_dir / "usage.json" if state_dir else None
+        self.preflight_path = state_dir / "preflight.json" if state_dir else None
+        self.last_preflight: dict | None = None
+        self._preflight_running = False
         self.modem = None
         self.modem_sim = None
         self.memory = FailoverMemory()
@@ -242,6 +245,58 @@ class UplinkMonitor:
         self._active_conditions = {c for c in self._active_conditions
                                    if not (c.startswith("cap:") and (link is None or c == f"cap:{link}"))}
         self._save_usage()
+
+    # --- pre-flight ----------------------------------------------------------------------------
+
+    async def async_preflight(self, req: dict, busy: Callable[[], str | None]) -> dict:
+        """The control command: refused while a show is on (it would compete with it)."""
+        from appliance.uplinks import preflight
+
+        why = busy()
+        if why:
+            return {"ok": False, "error": f"pre-flight runs before the show: {why}"}
+        if not self.config.stream.enabled:
+            return {"ok": False, "error": "pre-flight needs [stream] enabled with a url (the relay or ingest to test against)"}
+        try:
+            seconds = float(req.get("seconds", 12))
+        except (TypeError, ValueError):
+            return {"ok": False, "error": "preflight: seconds must be a number"}
+        if not 4 <= seconds <= 60:
+            return {"ok": False, "error": "preflight: seconds must be between 4 and 60"}
+        if self._preflight_running:
+            return {"ok": False, "error": "a pre-flight is already running"}
+        self._preflight_running = True
+        try:
+            links = await asyncio.to_thread(self._present)
+            log.info("preflight: %s against %s, %.0f s", ", ".join(links) or "no uplinks", self.config.stream.url, seconds)
+            report = await asyncio.to_thread(preflight.run, self.config, links, seconds, self._radio_of)
+        finally:
+            self._preflight_running = False
+        self.last_preflight = report
+        if self.preflight_path is not None:
+            try:
+                atomic_write(self.preflight_path, json.dumps(report, indent=1).encode())
+            except OSError as e:
+                log.warning("preflight: cannot save to %s: %s", self.preflight_path, e)
+        log.info("preflight: %s", report["verdict"], extra={"EVENT": "preflight", "VERDICT": report["verdict"]})
+        return {"ok": True, "preflight": report}
+
+    def _radio_of(self, name: str) -> dict:
+        if self.modem is not None and name == self.config.modem.interface and self.modem.answering:
+            return self.modem.radio.as_dict()
+        return {}
+
+    def session_record(self) -> dict:
+        """For the session manifest: the last pre-flight, if it was today's."""
+        p = self.last_preflight
+        if p is None and self.preflight_path is not None and self.preflight_path.exists():
+            try:
+                p = json.loads(self.preflight_path.read_text())
+            except (OSError, ValueError):
+                p = None
+        if p and time.time() - p.get("at", 0) < 12 * 3600:
+            return {"preflight": p}
+        return {}
 
     # --- sim actions --------------------------------------------------------------------------
 
