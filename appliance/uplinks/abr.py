@@ -9,8 +9,8 @@ down, slow up) and fixes what BELABOX users meet:
 - the RTT baseline is the minimum of the last 30 s, not of all time, so a
   route that got slower does not pin the bitrate at the floor;
 - after a short hiccup it climbs straight back towards the last bitrate that
-  held, then probes above it in growing steps, once a second: min to max in
-  about 10 s;
+  held, then probes above it in growing steps (15 %, then 40 %) once a second,
+  and a step that proves one too many is undone at once;
 - below the video floor it switches to the voice lane (audio and a still
   slate) and tries the video again with a backoff, instead of sending a video
   no one can watch.
@@ -49,7 +49,8 @@ class Abr:
         self.known_good = limits.max_kbps
         self._rtts: deque[tuple[float, float]] = deque()
         self._samples: deque[tuple[float, int, int]] = deque()  # (t, bytes handed to SRT, bytes in its buffer)
-        self._last_change = -1e9
+        self._last_change = self._last_cut = -1e9
+        self._raised_from: int | None = None  # the bitrate before the last step up
         self._buffer_at_cut = 0.0
         self._delivered_hist: deque[tuple[float, float]] = deque()
         self._clear_since: float | None = None
@@ -87,18 +88,26 @@ class Abr:
         # long before SRT has to drop; every 100 ms of waiting costs a 1/3 overload
         # 33 ms of backlog. So the thresholds follow the link's own RTT, not the latency.
         congested = severe or buffer_ms > max(50.0, 2 * base) or rtt_ms > max(base + 40.0, 1.5 * base)
-        clear = buffer_ms < 40 and rtt_ms < base + 30
+        # SRT's buffer always holds about an RTT of unacknowledged packets: on a 60 ms
+        # cellular link 70 ms of buffer is clear, not congestion.
+        clear = buffer_ms < max(40.0, 1.3 * base + 10) and rtt_ms < base + max(30.0, 0.25 * base)
         self._clear_since = (self._clear_since or now) if clear else None
 
         if self.lane == VOICE:
             return self._in_voice(now, congested)
         if congested:
+            if self._raised_from is not None and now - self._last_change < 2.0:
+                # The last step up was one too many: straight back to where it held.
+                self.bitrate = self.known_good = self._raised_from
+                self._raised_from, self._last_cut, self._last_change = None, now, now
+                self._buffer_at_cut = buffer_bytes
+                return AbrOutput(self.bitrate, VIDEO, f"no room for more (buffer {buffer_ms:.0f} ms, RTT {rtt_ms:.0f} ms)")
             # After a cut the backlog needs time to drain: cut again only if the
             # buffer is still growing, or it got dangerously close to the latency.
             # (in bytes: its span in ms keeps growing while the oldest packet waits for a retransmission)
             growing = buffer_bytes > self._buffer_at_cut * 1.1 + 20_000
-            recent = now - self._last_change < (0.3 if severe else 1.0)
-            if not recent and (growing or severe or now - self._last_change >= 2.0):
+            recent = now - self._last_cut < (0.3 if severe else 1.0)
+            if not recent and (growing or severe or now - self._last_cut >= 2.0):
                 return self._cut(now, delivered, buffer_ms, rtt_ms, buffer_bytes, severe)
             return AbrOutput(self.bitrate, VIDEO)
         # Up once a second at most: every change costs the encoder an IDR.
@@ -109,7 +118,8 @@ class Abr:
                 step = (self.known_good - self.bitrate) / 2  # straight back towards what held before the hiccup
             else:
                 held = now - self._clear_since
-                step = max(100.0, self.bitrate * (0.10 if held < 3 else 0.20))
+                step = max(100.0, self.bitrate * (0.15 if held < 2 else 0.40))
+            self._raised_from, self._buffer_at_cut = self.bitrate, buffer_bytes
             self.bitrate = int(min(l.max_kbps, self.bitrate + max(50.0, step)))
             self._last_change = now
             return AbrOutput(self.bitrate, VIDEO, "the links have room")
@@ -119,8 +129,8 @@ class Abr:
              severe: bool) -> AbrOutput:
         """Down to what the links delivered (the median of the last second: one
         sample in a retransmission burst says too little), with room to drain;
-        at least a fifth (half for the first of an episode, or with the buffer past a
-        third of the latency), at most half in one step.
+        at least a fifth (half for the first of an episode), at most half in one step,
+        unless the buffer is past a third of the latency: then down to drain it.
         The voice lane only from the floor."""
         l = self.l
         was = self.bitrate
@@ -129,11 +139,17 @@ class Abr:
         fit = capacity * 0.85 - l.audio_kbps if capacity is not None else was * 0.7
         # The first cut of an episode halves: nothing yet says how much the links lost,
         # and every 100 ms of overload now costs SRT a retransmission round later.
-        first = now - self._last_change > 5.0
-        target = int(max(was * 0.5, min(was * (0.5 if first or severe else 0.8), fit)))
+        first = now - self._last_cut > 5.0
+        target = int(max(was * 0.5, min(was * (0.5 if first else 0.8), fit)))
         if was <= self.known_good * 1.05:
             self.known_good = int(min(self.known_good, was * 0.9))
-        self._last_change, self._buffer_at_cut = now, buffer_bytes
+        if severe:
+            # The backlog is a third of the latency: drain it now (belacoder drops to the
+            # floor here too), then climb straight back to what the links carry.
+            target = int(min(target, max(fit, 0) * 0.5))
+            self.known_good = int(max(l.min_kbps, min(self.known_good, fit)))
+        self._last_change = self._last_cut = now
+        self._buffer_at_cut, self._raised_from = buffer_bytes, None
         if target < l.min_kbps:
             if was <= l.min_kbps:
                 return self._to_voice(now, f"the links carry {capacity or 0:.0f} kb/s, under the video floor")

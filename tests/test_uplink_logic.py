@@ -1,0 +1,183 @@
+"""The pure parts of uplink intelligence: link health, the link policies and the
+adaptive-bitrate controller, driven with made-up measurements (no I/O)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from appliance.uplinks.abr import VIDEO, VOICE, Abr, AbrLimits
+from appliance.uplinks.at import Radio
+from appliance.uplinks.policy import FailoverMemory, LinkView, PolicyConfig, decide, health
+
+# --- health -------------------------------------------------------------------------------------
+
+
+def test_radio_worsening_lowers_health_before_any_loss():
+    good = LinkView("wwan0", state="up", rtt_ms=40, base_rtt_ms=40, radio=Radio(sim="READY", registered=True,
+                                                                                 sinr=18, rsrp=-85))
+    assert health(good).score == 1.0
+    scores = []
+    for sinr in (15, 10, 5, 0, -5):
+        v = LinkView("wwan0", state="up", rtt_ms=40, base_rtt_ms=40, loss=0.0,
+                     radio=Radio(sim="READY", registered=True, sinr=sinr, rsrp=-85))
+        scores.append(health(v).score)
+    assert scores == sorted(scores, reverse=True) and scores[-1] < 0.2, scores
+    assert "SINR -5 dB" in health(v).reasons
+
+
+@pytest.mark.parametrize("view, reason", [
+    (LinkView("x", present=False), "interface down"),
+    (LinkView("x", state="dead"), "no replies"),
+    (LinkView("x", state="up", radio=Radio(sim="absent")), "modem: SIM absent"),
+    (LinkView("x", state="up", radio=Radio(sim="READY", registered=False)), "modem: not registered"),
+])
+def test_unusable_links_score_zero(view, reason):
+    h = health(view)
+    assert h.score == 0 and h.reasons == [reason]
+
+
+def test_a_cell_change_halves_health_for_a_few_seconds():
+    r = Radio(sim="READY", registered=True, sinr=20, rsrp=-80)
+    assert health(LinkView("c", state="up", radio=r, since_cell_change=1.0)).score == 0.5
+    assert health(LinkView("c", state="up", radio=r, since_cell_change=9.0)).score == 1.0
+
+
+def test_loss_and_rtt_growth_lower_health():
+    assert health(LinkView("e", state="up", rtt_ms=200, base_rtt_ms=20)).score < 0.5
+    assert health(LinkView("e", state="up", loss=0.08)).score < 0.5
+    assert health(LinkView("e", state="up", rtt_ms=30, base_rtt_ms=20, loss=0.001)).score == 1.0
+
+
+# --- policies -----------------------------------------------------------------------------------
+
+def links(**states) -> list[LinkView]:
+    return [LinkView(n, present=s != "absent", state=None if s == "absent" else s) for n, s in states.items()]
+
+
+def test_bond_uses_every_link_by_health():
+    d = decide(links(eth0="up", wwan0="up"), PolicyConfig("bond"), FailoverMemory(), 0)
+    assert d.standby == set() and d.weights == {"eth0": 1.0, "wwan0": 1.0}
+
+
+def test_failover_walks_through_cut_and_return_after_the_hold_time():
+    cfg, mem = PolicyConfig("failover", "eth0", hold_seconds=10), FailoverMemory()
+    d = decide(links(eth0="up", wwan0="up"), cfg, mem, 0)
+    assert (d.active, d.standby) == ("eth0", {"wwan0"}) and not d.events
+    d = decide(links(eth0="dead", wwan0="up"), cfg, mem, 1)
+    assert (d.active, d.standby) == ("wwan0", {"eth0"})
+    assert d.events == ["failover: traffic moves eth0 -> wwan0 (eth0 is down)"]
+    for t in (2, 5, 11):  # back, but not yet stable for 10 s
+        d = decide(links(eth0="up", wwan0="up"), cfg, mem, t)
+        assert d.active == "wwan0", t
+    d = decide(links(eth0="up", wwan0="up"), cfg, mem, 12.5)
+    assert d.active == "eth0" and d.events == ["failover: traffic moves wwan0 -> eth0 (eth0 healthy for 10 s)"]
+
+
+def test_failover_flapping_primary_restarts_its_hold():
+    cfg, mem = PolicyConfig("failover", "eth0", hold_seconds=10), FailoverMemory()
+    decide(links(eth0="dead", wwan0="up"), cfg, mem, 0)
+    decide(links(eth0="up", wwan0="up"), cfg, mem, 1)
+    decide(links(eth0="dead", wwan0="up"), cfg, mem, 8)
+    assert decide(links(eth0="up", wwan0="up"), cfg, mem, 12).active == "wwan0", "the hold starts again at 8 s"
+    assert decide(links(eth0="up", wwan0="up"), cfg, mem, 22.5).active == "eth0"
+
+
+def test_backup_down_too_keeps_the_primary():
+    cfg, mem = PolicyConfig("failover", "eth0"), FailoverMemory()
+    assert decide(links(eth0="up", wwan0="absent"), cfg, mem, 0).active == "eth0"
+
+
+@pytest.mark.parametrize("mode", ["bond", "failover"])
+def test_a_capped_link_goes_on_standby_in_either_mode(mode):
+    views = [LinkView("eth0", state="up"), LinkView("wwan0", state="up", used_bytes=5_000_000, cap_bytes=5_000_000)]
+    d = decide(views, PolicyConfig(mode, "wwan0"), FailoverMemory(), 0)
+    assert "wwan0" in d.standby
+    if mode == "failover":
+        assert d.active == "eth0", "a primary at its cap hands over"
+
+
+def test_every_combination_of_link_states_gives_a_consistent_decision():
+    states = ("up", "dead", "absent", "registering", "probation")
+    for a, b in itertools.product(states, repeat=2):
+        for mode in ("bond", "failover"):
+            d = decide(links(eth0=a, wwan0=b), PolicyConfig(mode, "eth0", 5), FailoverMemory(), 0)
+            assert set(d.weights) == {"eth0", "wwan0"} and all(0 < w <= 1 for w in d.weights.values())
+            if mode == "failover":
+                assert d.active in ("eth0", "wwan0") and d.standby == {"eth0", "wwan0"} - {d.active}
+
+
+# --- the ABR controller ---------------------------------------------------------------------------
+
+LIMITS = AbrLimits(min_kbps=800, max_kbps=4000, latency_ms=1000, audio_kbps=300)
+
+
+class Link:
+    """A bottleneck with a queue: what the controller would see from SRT."""
+
+    def __init__(self, capacity_kbps: float, base_rtt=20.0):
+        self.capacity, self.base_rtt = capacity_kbps, base_rtt
+        self.queue_bits = 0.0
+        self.sent_bytes = 0
+
+    def step(self, kbps_in: float, dt: float) -> tuple[float, float, int]:
+        self.sent_bytes += int(kbps_in * 1000 * dt / 8)
+        self.queue_bits = max(0.0, self.queue_bits + (kbps_in - self.capacity) * 1000 * dt)
+        queue_ms = self.queue_bits / (self.capacity * 1000) * 1000
+        return self.base_rtt + queue_ms, queue_ms + self.base_rtt / 2, int(self.queue_bits / 8)
+
+
+def drive(abr: Abr, link: Link, seconds: float, t0: float, events=None) -> tuple[float, list]:
+    t, trace = t0, []
+    while t < t0 + seconds:
+        if events:
+            for at, cap in list(events):
+                if t >= at:
+                    link.capacity = cap
+                    events.remove((at, cap))
+        kbps = (abr.bitrate if abr.lane == VIDEO else 0) + LIMITS.audio_kbps
+        rtt, buf_ms, buf_bytes = link.step(kbps, 0.1)
+        out = abr.update(t, rtt, buf_ms, link.sent_bytes, buf_bytes)
+        trace.append((round(t, 1), out.bitrate_kbps, out.lane, round(buf_ms)))
+        t += 0.1
+    return t, trace
+
+
+def test_abr_falls_fast_under_a_cap_and_the_buffer_stays_under_the_latency():
+    abr, link = Abr(LIMITS), Link(10000)
+    t, _ = drive(abr, link, 5, 0)
+    assert abr.bitrate == 4000
+    t, trace = drive(abr, link, 15, t, events=[(t, 2500)])
+    fell = next(tt for tt, b, lane, _ in trace if b + 300 <= 2500) - trace[0][0]
+    assert fell <= 2.0, trace[:30]
+    assert max(buf for *_, buf in trace) < 1000 / 3, "never near the latency"
+    assert all(lane == VIDEO for _, _, lane, _ in trace), "2.5 Mb/s carries video"
+
+
+def test_abr_climbs_back_after_a_short_hiccup():
+    abr, link = Abr(LIMITS), Link(10000)
+    t, _ = drive(abr, link, 5, 0)
+    t, _ = drive(abr, link, 2, t, events=[(t, 1500)])  # two seconds of a bad patch
+    assert abr.bitrate < 2000
+    link.capacity = 10000
+    t, trace = drive(abr, link, 20, t)
+    back = next((tt for tt, b, *_ in trace if b == 4000), None)
+    assert back is not None and back - trace[0][0] <= 10, trace
+
+
+def test_abr_voice_lane_below_the_floor_and_back():
+    abr, link = Abr(LIMITS), Link(10000)
+    t, _ = drive(abr, link, 3, 0)
+    t, trace = drive(abr, link, 10, t, events=[(t, 700)])
+    assert abr.lane == VOICE, trace[-5:]
+    t, trace = drive(abr, link, 30, t, events=[(t, 10000)])
+    assert abr.lane == VIDEO and abr.bitrate == 4000, trace[-5:]
+
+
+def test_abr_rtt_baseline_forgets_after_a_route_change():
+    abr, link = Abr(LIMITS), Link(10000, base_rtt=20)
+    t, _ = drive(abr, link, 5, 0)
+    link.base_rtt = 120  # a slower route, not congestion
+    t, trace = drive(abr, link, 60, t)
+    assert abr.bitrate == 4000, "it does not stay pinned low for ever (a BELABOX complaint)"
