@@ -69,7 +69,7 @@ def test_status_and_live_stop_over_http(box):
     assert status == 200
     box.wait_state("READY")
     status, _, body = http(box.base + "/api/preflight", "POST")
-    assert status == 409 and "transport" in json.loads(body)["error"]
+    assert status == 409 and "needs [stream] enabled" in json.loads(body)["error"], "no stream: nothing to pre-flight"
     assert_no_secret(box.log().encode())
     assert box.terminate() == 0
 
@@ -92,7 +92,8 @@ def test_metrics_parse_and_carry_the_series(box):
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
     for name in ("appliance_state", "appliance_video_frames_encoded", "appliance_video_bitrate_bps",
                  "appliance_audio_peak_dbfs", "appliance_recording_bytes", "appliance_power_charge_percent",
-                 "appliance_link_up", "appliance_link_sent_bytes"):
+                 "appliance_link_up", "appliance_link_sent_bytes", "appliance_uplink_health",
+                 "appliance_uplink_used_bytes"):
         assert name in families, name
     live = {s.labels["state"]: s.value for s in families["appliance_state"].samples}
     assert live["LIVE"] + live["DEGRADED"] == 1

@@ -88,6 +88,29 @@ class _StatusCollector:
         yield up
         yield sent
         yield recv
+        uplinks = comps.get("uplinks", {})
+        if uplinks.get("state") == "running":
+            g = {k: GaugeMetricFamily(f"appliance_uplink_{k}", h, labels=["link"]) for k, h in (
+                ("health", "health score 0..1 (RTT, loss, radio): the link's share of traffic"),
+                ("rtt_seconds", "RTT measured by the bonding sender"), ("loss_ratio", "share of packets NAKed, last 5 s"),
+                ("used_bytes", "data sent, kept across restarts (for data caps)"),
+                ("standby", "1 when on standby (failover backup, or data cap reached)"),
+                ("rsrp_dbm", "cellular RSRP"), ("sinr_db", "cellular SINR"))}
+            for name, l in uplinks["links"].items():
+                radio = l.get("radio", {})
+                for k, v in (("health", l.get("health")), ("rtt_seconds", None if l["rtt_ms"] is None else l["rtt_ms"] / 1000),
+                             ("loss_ratio", l["loss_percent"] / 100), ("used_bytes", l["used_mb"] * 1e6),
+                             ("standby", float(l["standby"])), ("rsrp_dbm", radio.get("rsrp")),
+                             ("sinr_db", radio.get("sinr"))):
+                    if v is not None:
+                        g[k].add_metric([name], float(v))
+            yield from g.values()
+        srt = media.get("outputs", {}).get("srt", {}) if media.get("state") == "running" else {}
+        if "abr" in srt:
+            yield GaugeMetricFamily("appliance_stream_abr_bitrate_bps", "the adaptive bitrate's video target",
+                                    value=srt["abr"]["bitrate_kbps"] * 1000)
+            yield GaugeMetricFamily("appliance_stream_voice_lane", "1 while only audio and a slate go out",
+                                    value=float(srt["lane"] == "voice"))
 
 
 def render_metrics(status: dict) -> tuple[bytes, str]:

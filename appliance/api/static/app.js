@@ -70,11 +70,15 @@ function render(s) {
               [`powering off in ${power.shutdown_in_seconds.toFixed(0)} s unless mains return`] : []),
     "no power monitor");
   }
-  const links = (s.components.transport || {}).links || {};
-  list($("links"), Object.entries(links).map(([n, l]) =>
-    `${n}: ${l.state}${l.rtt_ms !== undefined ? ` · ${l.rtt_ms} ms` : ""}` +
-    `${l.signal_bars !== undefined ? " · " + "▮".repeat(l.signal_bars) + "▯".repeat(4 - l.signal_bars) : ""}` +
-    `${l.kbps !== undefined ? ` · ${l.kbps} kb/s` : ""}`), "no uplink data");
+  const uplinks = s.components.uplinks || {};
+  list($("links"), Object.entries(uplinks.links || {}).map(([n, l]) => {
+    const parts = [l.standby ? "standby" : l.state];
+    if (l.rtt_ms !== null && l.rtt_ms !== undefined) parts.push(`${l.rtt_ms} ms`);
+    if (l.health !== undefined) parts.push(`health ${(l.health * 100).toFixed(0)} %`);
+    if (l.radio && l.radio.sinr !== undefined) parts.push(`${l.radio.rat || ""} SINR ${l.radio.sinr} dB`);
+    if (l.used_mb) parts.push(`${l.used_mb} MB` + (l.cap_mb ? ` of ${l.cap_mb}` : ""));
+    return `${n}: ${parts.join(" · ")}`;
+  }), "no uplink data");
 }
 
 async function post(path, body) {
