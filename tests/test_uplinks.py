@@ -1,0 +1,64 @@
+"""The uplinks component in the daemon, on loopback: data caps and usage kept
+across restarts, and the simulated modem's figures on the cellular uplink."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from conftest import wait_until
+from netsim import RelayThread
+
+
+def test_a_metered_link_stops_at_its_cap_and_the_count_survives_a_restart(daemon_factory, ingest):
+    ingest.start("&latency=500")
+    relay = RelayThread()
+    relay.relay.server = ("127.0.0.1", ingest.port)
+    try:
+        config = f"""
+[stream]
+enabled = true
+url = "srt://127.0.0.1:{relay.addr[1]}"
+latency_ms = 500
+bond = true
+uplinks = ["wired@127.0.0.2", "cell@127.0.0.3"]
+[modem]
+interface = "cell"
+[links]
+caps_mb = {{ cell = 1 }}
+"""
+        d = daemon_factory(config_extra=config).start()
+        d.wait_state("READY", timeout=20)
+
+        def uplinks():
+            return d.request("status")["status"]["components"]["uplinks"]
+
+        wait_until(lambda: uplinks()["links"].get("cell", {}).get("radio", {}).get("rat"), 10,
+                   what="the simulated modem's figures on the cell uplink")
+        d.request("live")
+        wait_until(lambda: uplinks()["links"]["cell"]["standby"], 30, what="the cap reached")
+        assert "uplink cell standby" in d.request("status")["status"]["conditions"]
+        assert "uplinks: cell reached its data cap (1 MB): on standby" in d.log()
+        bond = d.request("status")["status"]["components"]["media"]["outputs"]["srt"]["bond"]["links"]
+        sent = bond["cell"]["packets"]
+        time.sleep(2)
+        bond = d.request("status")["status"]["components"]["media"]["outputs"]["srt"]["bond"]["links"]
+        assert bond["cell"]["packets"] - sent < 20, "no more traffic on the capped link"
+        assert bond["cell"]["state"] == "up", "still registered, as a last resort"
+        used = uplinks()["links"]["cell"]["used_mb"]
+        assert used >= 1.0
+        d.request("stop")
+        d.wait_state("READY")
+        assert d.terminate() == 0
+        saved = json.loads((d.dir / "state" / "usage.json").read_text())["bytes"]
+        assert saved["cell"] >= 1_000_000
+        d.start()  # the count, and so the cap, survive a restart
+        d.wait_state("READY", timeout=20)
+        assert uplinks()["links"]["cell"]["used_mb"] >= used
+        d.request("live")
+        wait_until(lambda: uplinks()["links"]["cell"]["standby"], 5, what="standby at once after the restart")
+        d.request("stop")
+        d.wait_state("READY")
+        assert d.terminate() == 0
+    finally:
+        relay.close()
