@@ -13,7 +13,14 @@ wire format:
 - the packets still in flight on a dead link are re-sent at once on the healthy
   links (SRT drops the duplicates) instead of waiting for SRT's NAKs;
 - a returning link must prove itself (REG3, then stable keepalive RTTs) before it
-  carries traffic again.
+  carries traffic again;
+- a link whose socket refuses a packet (interface down) is dead at once, and the
+  packet goes out on another;
+- a retransmission whose original is younger than its link's RTT is held: over
+  links of different depth SRT NAKs what is merely late, and re-sending it would
+  feed a retransmission storm on links that are already queueing;
+- the link policy (uplinks/) weighs each link's share by its health, and can put
+  a link on standby (failover backup, data cap): registered, keepalives only.
 One thread, one selector: no asyncio, no locks on the packet path.
 """
 

@@ -139,7 +139,9 @@ class UplinkMonitor:
         if bond is not self._bonder_id:
             self._bonder_id, self._last_bytes = bond, {}
         views = {}
-        for name in sorted(set(present) | set(links)):
+        # A named uplink that is missing altogether (the modem re-enumerating) is down, not absent from view.
+        configured = {e.partition("@")[0] for e in self.config.stream.uplinks if e != "auto"}
+        for name in sorted(set(present) | set(links) | configured):
             b = links.get(name, {})
             v = LinkView(name, present=name in present, state=b.get("state"), rtt_ms=b.get("rtt_ms"),
                          cap_bytes=self.caps.get(name))
