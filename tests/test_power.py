@@ -378,7 +378,9 @@ def test_critical_battery_stops_live_and_finalizes_before_the_shutdown_command(d
     assert d.request("sim", action="mains-fail")["ok"]
     wait_until(lambda: "on battery" in d.request("status")["status"]["conditions"], 2 * 0.3 + 1, what="on battery")
     assert d.request("sim", action="battery", percent=8)["ok"]
-    wait_until(lambda: out.with_suffix(".at").exists(), 15, what="the shutdown command")
+    # the shell creates the file before `date` writes into it: wait for the whole line
+    wait_until(lambda: out.with_suffix(".at").exists() and out.with_suffix(".at").read_text().endswith("\n"), 15,
+               what="the shutdown command")
     ran_at = float(out.with_suffix(".at").read_text())
     manifest = json.loads(out.with_suffix(".json").read_text())
     assert manifest["complete"] and manifest["open_segment"] is None, "finalized before the command ran"
