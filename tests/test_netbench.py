@@ -155,8 +155,12 @@ hold_seconds = 4
     wait_until(lambda: d.request("status")["status"]["components"]["uplinks"]["active"] == "up1", 2,
                what="the policy follows the transport")
     net.clear("up0")
-    wait_until(lambda: d.request("status")["status"]["components"]["uplinks"]["active"] == "up0", 15,
-               what="traffic back on the primary after its hold time")
+    try:
+        wait_until(lambda: d.request("status")["status"]["components"]["uplinks"]["active"] == "up0", 15,
+                   what="traffic back on the primary after its hold time")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nbond: {srt(d)['bond']}\nnft: {net.ns(net.relay_ns, 'nft', 'list', 'ruleset').stdout}"
+                             f"{net.ns(net.app, 'nft', 'list', 'ruleset').stdout}") from None
     back = packets(d)
     run_for(3, {})
     after = packets(d)

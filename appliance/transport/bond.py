@@ -342,6 +342,8 @@ class Bonder(Worker):
         elif t == srtla.REG3:
             link.last_rx = now
             if link.state in ("registering", "dead"):
+                if link.state == "dead":
+                    log.info("bond: uplink %s answers again: on probation", link.name, extra={"LINK": link.name})
                 link.state, link.echoes_since_reg = "probation", 0
                 link.rtts.clear()
         elif t in (srtla.REG_ERR, srtla.REG_NAK):

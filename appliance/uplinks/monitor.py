@@ -146,7 +146,9 @@ class UplinkMonitor:
             v = LinkView(name, present=name in present, state=b.get("state"), rtt_ms=b.get("rtt_ms"),
                          cap_bytes=self.caps.get(name))
             if v.rtt_ms is not None:
-                self._base_rtt[name] = min(self._base_rtt.get(name, v.rtt_ms), v.rtt_ms)
+                # The best RTT creeps up 1 %/s, so a route that got slower is not held
+                # against the link for ever (belacoder's rtt_min does the same).
+                self._base_rtt[name] = min(self._base_rtt.get(name, v.rtt_ms) * 1.005, v.rtt_ms)
                 v.base_rtt_ms = self._base_rtt[name]
             if b:
                 v.loss = self._loss(name, now, b.get("naks", 0), b.get("packets", 0))
