@@ -201,7 +201,7 @@ class SrtOutput:
                          passphrase=c.passphrase.get_secret_value())
 
     def _send_loop(self) -> None:
-        attempt, last_stats, last_watch, waiting_since = 0, 0.0, 0.0, time.monotonic()
+        attempt, last_stats, waiting_since = 0, 0.0, time.monotonic()
         while not self._stop.is_set():
             if not self.connected and self.bonder is not None and not self.bonder.ready():
                 # No uplink has registered with the relay yet: connecting now would only fail.
@@ -234,9 +234,6 @@ class SrtOutput:
                 if now - last_stats >= ABR_EVERY:
                     self.stats, last_stats = self.caller.stats(), now
                     self._adapt(now)
-                    if now - last_watch >= 1.0:
-                        last_watch = now
-                        self._watch_uplinks()
             except SrtError as e:
                 self._broken(str(e))
         if self.caller is not None:
@@ -268,13 +265,11 @@ class SrtOutput:
                 log.info("stream: bitrate %d -> %d kb/s: %s", before_kbps, out.bitrate_kbps, out.reason,
                          extra={"OUTPUT": self.name})
 
-    def _watch_uplinks(self) -> None:
-        """Interfaces come and go (a modem re-attaching): the bond follows, live."""
+    def set_uplinks(self, now: dict[str, str]) -> None:
+        """Interfaces come and go (a modem re-attaching): the bond follows, live.
+        The uplinks component, which watches the interfaces, calls this (any thread)."""
         if self.bonder is None:
             return
-        from appliance.transport.uplinks import resolve_uplinks
-
-        now = resolve_uplinks(self.cfg.uplinks)
         if now != self._last_uplinks:
             log.info("stream: uplinks changed: %s", ", ".join(f"{n} {a}" for n, a in now.items()) or "none")
             self._last_uplinks = now

@@ -1,8 +1,9 @@
 """The uplinks component: link states, health, policy, data usage.
 
 Twice a second it gathers what is known about each uplink (the interface from
-psutil, RTT / NAKs / bytes from the bonding sender while streaming, the radio
-from the modem source), asks the pure policy for weights and the standby set,
+psutil, also handed to the bonding sender so that uplinks join and leave live;
+RTT / NAKs / bytes from the bonding sender while streaming; the radio from the
+modem source), asks the pure policy for weights and the standby set,
 hands them to the bonding sender, and reports conditions for the panel (link
 down, standby, all down). Data usage is counted per link and kept across
 restarts in the state directory, so a data cap holds over a month of shows.
@@ -135,6 +136,8 @@ class UplinkMonitor:
 
     def tick(self, now: float, present: dict[str, str]) -> None:
         bond = self._bonder()
+        if bond is not None:
+            self.srt.set_uplinks(present)  # the one place the interfaces are watched
         links = bond.status()["links"] if bond is not None else {}
         if bond is not self._bonder_id:
             self._bonder_id, self._last_bytes = bond, {}
