@@ -171,20 +171,11 @@ def outer(seconds: float) -> None:
     bench = NetBench(rate_mbit=20)
     work = Path(f"/tmp/abr-bench-{os.getpid()}")
     work.mkdir(exist_ok=True)
-    results = {}
     try:
-        bench.start_relay(5000, 5001, work / "relay.log")
-        for which in ("belacoder", "ours"):
-            bench.start_ingest(work / f"{which}.ts", 5001, LATENCY_MS)
-            time.sleep(0.3)
-            p = subprocess.run(["ip", "netns", "exec", bench.app, sys.executable, __file__, "--inner", which,
-                                "--seconds", str(seconds)], capture_output=True, text=True, cwd=ROOT)
-            bench.stop_ingest()
-            if p.returncode:
-                raise SystemExit(f"{which} failed:\n{p.stderr}")
-            results[which] = json.loads(p.stdout.strip().splitlines()[-1])
+        runs = bench.compare(__file__, ("belacoder", "ours"), ["--seconds", str(seconds)], work, LATENCY_MS)
     finally:
         bench.close()
+    results = {which: r for which, (r, _) in runs.items()}
     print(f"ABR step: {MAX_KBPS} kb/s max, uplink capped to {CAP_MBIT} Mb/s at {seconds / 5:.0f} s, "
           f"lifted at {seconds / 2:.0f} s; SRT latency {LATENCY_MS} ms")
     print(f"{'controller':<12} {'fall (s)':>9} {'recover (s)':>12} {'peak buffer (ms)':>17} {'dropped':>8} "

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -93,25 +92,17 @@ def outer(seconds: float) -> None:
     work.mkdir(exist_ok=True)
     results = {}
     try:
-        bench.start_relay(5000, 5001, work / "relay.log")
-        for mode in ("reference", "ours"):
-            out = work / f"{mode}.ts"
-            bench.start_ingest(out, 5001)
-            time.sleep(0.3)
-            p = subprocess.run(["ip", "netns", "exec", bench.app, sys.executable, __file__, "--inner", mode,
-                                "--seconds", str(seconds), "--relay-ns", bench.relay_ns], capture_output=True, text=True, cwd=ROOT)
-            bench.stop_ingest()
-            if p.returncode:
-                raise SystemExit(f"{mode} run failed:\n{p.stderr}")
-            r = json.loads(p.stdout.strip().splitlines()[-1])
-            data = out.read_bytes()
-            got = {int.from_bytes(data[i + 1:i + 5], "big") for i in range(0, len(data) - 1315, 1316)}
-            lost = set(range(r["sent"])) - got
-            r["messages_lost"] = len(lost)
-            r["frames_lost"] = len({int(i / PER_FRAME) for i in lost})
-            results[mode] = r
+        runs = bench.compare(__file__, ("reference", "ours"), ["--seconds", str(seconds), "--relay-ns", bench.relay_ns],
+                             work)
     finally:
         bench.close()
+    for mode, (r, out) in runs.items():
+        data = out.read_bytes()
+        got = {int.from_bytes(data[i + 1:i + 5], "big") for i in range(0, len(data) - 1315, 1316)}
+        lost = set(range(r["sent"])) - got
+        r["messages_lost"] = len(lost)
+        r["frames_lost"] = len({int(i / PER_FRAME) for i in lost})
+        results[mode] = r
     print(f"link cut after {seconds / 3:.0f} s of {seconds:.0f} s at 4 Mb/s, two uplinks, SRT latency 500 ms")
     print(f"{'sender':<10} {'frames lost':>12} {'notice (ms)':>12} {'moved (ms)':>11} {'re-sent':>8}")
     for mode, r in results.items():

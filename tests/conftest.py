@@ -135,6 +135,13 @@ class Daemon:
     def request(self, cmd: str, **args) -> dict:
         return control.request(self.socket, cmd, **args)
 
+    def component(self, name: str) -> dict:
+        return self.request("status")["status"]["components"][name]
+
+    def output(self, name: str) -> dict:
+        """One of the media pipeline's outputs (recorder, srt, rtmp), as status shows it."""
+        return self.component("media")["outputs"][name]
+
     def state(self) -> str | None:
         try:
             return self.request("status")["status"]["state"]

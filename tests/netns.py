@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -166,6 +167,27 @@ class NetBench:
             assert p.poll() is None, f"relay exited: {Path(log).read_text()}"
             time.sleep(0.05)
         raise AssertionError("relay never listened")
+
+    def compare(self, script: str, variants: tuple[str, ...], args: list[str], workdir: Path,
+                latency_ms: int = 500) -> dict[str, tuple[dict, Path]]:
+        """For the benchmarks: one relay; for each variant a fresh ingest and
+        `python SCRIPT --inner VARIANT ARGS...` in the appliance namespace, whose
+        last stdout line is its JSON result. -> {variant: (result, received TS)}."""
+        import json
+
+        self.start_relay(5000, 5001, workdir / "relay.log")
+        results = {}
+        for variant in variants:
+            out = workdir / f"{variant}.ts"
+            self.start_ingest(out, 5001, latency_ms)
+            time.sleep(0.3)
+            p = subprocess.run(["ip", "netns", "exec", self.app, sys.executable, script, "--inner", variant, *args],
+                               capture_output=True, text=True, cwd=Path(script).resolve().parent.parent)
+            self.stop_ingest()
+            if p.returncode:
+                raise SystemExit(f"{variant} failed:\n{p.stderr}")
+            results[variant] = (json.loads(p.stdout.strip().splitlines()[-1]), out)
+        return results
 
     def close(self) -> None:
         for p in reversed(self.procs):

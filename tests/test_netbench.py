@@ -47,16 +47,13 @@ uplinks = {json.dumps(list(uplinks))}
 {extra}""").start()
     d.wait_state("READY", timeout=30)
     d.request("live")
-    wait_until(lambda: srt(d)["connected"], 15, what="the stream connected through the relay")
+    wait_until(lambda: d.output("srt")["connected"], 15, what="the stream connected through the relay")
     return d, out
 
 
-def srt(d) -> dict:
-    return d.request("status")["status"]["components"]["media"]["outputs"]["srt"]
-
 
 def links(d) -> dict:
-    return srt(d).get("bond", {}).get("links", {})
+    return d.output("srt").get("bond", {}).get("links", {})
 
 
 def run_for(seconds: float, events: dict[float, callable]) -> None:
@@ -115,13 +112,13 @@ def test_an_interface_taken_down_and_brought_back_while_streaming(daemon_factory
     net.link("up1", False)
     wait_until(lambda: "up1" not in links(d), 5, what="up1 leaves the bond")
     run_for(5, {})
-    assert srt(d)["connected"], "the stream went on over up0 alone"
+    assert d.output("srt")["connected"], "the stream went on over up0 alone"
     net.link("up1", True)
     wait_until(lambda: links(d).get("up1", {}).get("state") == "up", 10, what="up1 rejoins the bond")
     sent_before = links(d)["up1"]["packets"]
     run_for(4, {})
     assert links(d)["up1"]["packets"] > sent_before + 100, "and carries traffic again"
-    assert srt(d)["reconnects"] == 0, "the SRT connection itself never broke"
+    assert d.output("srt")["reconnects"] == 0, "the SRT connection itself never broke"
     rec = finish(d, net, out, 12)
     assert missing_frames(rec.video_pts) == 0
     assert ts_continuity_errors(out) == 0
@@ -145,21 +142,21 @@ hold_seconds = 4
     before = packets(d)
     assert before["up0"] > 1000 and before["up1"] == 0, f"the backup carried keepalives only: {before}"
     assert links(d)["up1"]["state"] == "up" and links(d)["up1"]["standby"], "registered and on standby"
-    uplinks = d.request("status")["status"]["components"]["uplinks"]
+    uplinks = d.component("uplinks")
     assert uplinks["active"] == "up0"
     net.blackhole("up0")
     run_for(6, {})
     during = packets(d)
     assert during["up1"] > 1000, f"the backup carries the stream: {during}"
     assert links(d)["up0"]["dead_notice_ms"][0] <= 300
-    wait_until(lambda: d.request("status")["status"]["components"]["uplinks"]["active"] == "up1", 2,
+    wait_until(lambda: d.component("uplinks")["active"] == "up1", 2,
                what="the policy follows the transport")
     net.clear("up0")
     try:
-        wait_until(lambda: d.request("status")["status"]["components"]["uplinks"]["active"] == "up0", 15,
+        wait_until(lambda: d.component("uplinks")["active"] == "up0", 15,
                    what="traffic back on the primary after its hold time")
     except AssertionError as e:
-        raise AssertionError(f"{e}\nbond: {srt(d)['bond']}\nnft: {net.ns(net.relay_ns, 'nft', 'list', 'ruleset').stdout}"
+        raise AssertionError(f"{e}\nbond: {d.output('srt')['bond']}\nnft: {net.ns(net.relay_ns, 'nft', 'list', 'ruleset').stdout}"
                              f"{net.ns(net.app, 'nft', 'list', 'ruleset').stdout}") from None
     back = packets(d)
     run_for(3, {})
@@ -178,7 +175,7 @@ def test_a_cellular_link_losing_sinr_gets_less_traffic_before_any_loss(daemon_fa
 interface = "up1"
 poll_seconds = 0.5
 """)
-    wait_until(lambda: d.request("status")["status"]["components"]["uplinks"]["links"]["up1"].get("radio"), 10,
+    wait_until(lambda: d.component("uplinks")["links"]["up1"].get("radio"), 10,
                what="the modem's figures on up1")
 
     def share(seconds: float) -> float:
@@ -190,14 +187,14 @@ poll_seconds = 0.5
     good = share(4)
     assert good > 0.2, f"a healthy cellular link carries its share ({good:.2f})"
     d.request("sim", action="modem", sinr=-3, rsrp=-108)
-    wait_until(lambda: d.request("status")["status"]["components"]["uplinks"]["links"]["up1"]["health"] < 0.3, 5,
+    wait_until(lambda: d.component("uplinks")["links"]["up1"]["health"] < 0.3, 5,
                what="the health score falling with the radio")
     bad = share(4)
     assert bad < good / 3, f"traffic moved off the worsening link: {good:.2f} -> {bad:.2f}"
     assert links(d)["up1"]["naks"] == 0, "before any packet was lost"
     assert "uplinks: up1 health poor" in d.log()
     d.request("sim", action="modem", sinr=20, rsrp=-80)
-    wait_until(lambda: d.request("status")["status"]["components"]["uplinks"]["links"]["up1"]["health"] > 0.8, 5,
+    wait_until(lambda: d.component("uplinks")["links"]["up1"]["health"] > 0.8, 5,
                what="health back")
     assert share(3) > 0.2, "and its share comes back"
     finish(d, net, out, 10)
@@ -205,7 +202,7 @@ poll_seconds = 0.5
 
 
 def abr(d) -> dict:
-    return srt(d)["abr"]
+    return d.output("srt")["abr"]
 
 
 def test_adaptive_bitrate_falls_within_2_s_under_a_cap_and_climbs_back_within_20_s(daemon_factory, net, tmp_path):
@@ -220,12 +217,12 @@ def test_adaptive_bitrate_falls_within_2_s_under_a_cap_and_climbs_back_within_20
     fell = next(t for t, kbps, lane, why in abr(d)["changes"] if t >= capped_at and kbps < 4000) - capped_at
     assert fell <= 2.0, f"fell {fell:.2f} s after the cap"
     run_for(8, {})
-    assert srt(d)["srt"]["send_buffer_ms"] < 1000, "the send buffer stays under the latency"
+    assert d.output("srt")["srt"]["send_buffer_ms"] < 1000, "the send buffer stays under the latency"
     lifted_at = time.monotonic()
     net.set_rate("up0", 20)
     wait_until(lambda: abr(d)["bitrate_kbps"] == 4000, 20, interval=0.1, what="back at the maximum within 20 s")
     climbed = time.monotonic() - lifted_at
-    wait_until(lambda: d.request("status")["status"]["components"]["media"]["target_bitrate_kbps"] == 4000, 2,
+    wait_until(lambda: d.component("media")["target_bitrate_kbps"] == 4000, 2,
                what="the encoder following")
     rec = finish(d, net, out, 12)
     assert missing_frames(rec.video_pts) == 0, "no loss at the receiver"
@@ -244,13 +241,13 @@ def test_voice_lane_keeps_the_audio_when_the_links_cannot_carry_video(daemon_fac
     wait_until(lambda: abr(d)["bitrate_kbps"] <= 1600, 5, interval=0.05, what="the bitrate following the first step")
     for up in ("up0", "up1"):
         net.set_rate(up, 0.35)
-    wait_until(lambda: srt(d)["lane"] == "voice", 8, interval=0.1, what="the voice lane")
+    wait_until(lambda: d.output("srt")["lane"] == "voice", 8, interval=0.1, what="the voice lane")
     assert "stream: voice lane (links too slow for video)" in d.request("status")["status"]["conditions"]
     run_for(8, {})
     for up in ("up0", "up1"):
         net.set_rate(up, 20)
     # (a probe of the video under the cap may just have failed: wait for one that holds and climbs)
-    wait_until(lambda: srt(d)["lane"] == "video" and abr(d)["bitrate_kbps"] >= 2000, 30, interval=0.1,
+    wait_until(lambda: d.output("srt")["lane"] == "video" and abr(d)["bitrate_kbps"] >= 2000, 30, interval=0.1,
                what="the video back")
     run_for(4, {})
     rec = finish(d, net, out, 8)  # video frames: the slate ran at 5 a second
@@ -292,7 +289,7 @@ interface = "up1"
 poll_seconds = 0.5
 """).start()
     d.wait_state("READY", timeout=30)
-    wait_until(lambda: d.request("status")["status"]["components"]["uplinks"]["links"]["up1"].get("radio"), 10,
+    wait_until(lambda: d.component("uplinks")["links"]["up1"].get("radio"), 10,
                what="the modem's figures")
     cli = subprocess.run(["ip", "netns", "exec", net.app, *APPLIANCE, "preflight", "--socket", str(d.socket),
                           "--seconds", "10"], capture_output=True, text=True, timeout=90)

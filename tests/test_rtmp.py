@@ -20,16 +20,13 @@ def server(tmp_path):
     s.stop()
 
 
-def rtmp(d) -> dict:
-    return d.request("status")["status"]["components"]["media"]["outputs"]["rtmp"]
-
 
 def test_rtmp_reconnects_after_the_server_restarts_and_the_recording_is_untouched(daemon_factory, server):
     first = server.start()
     d = daemon_factory(config_extra=f'[rtmp]\nenabled = true\nurl = "{server.url}"\nstream_key = "secret-key"\n').start()
     d.wait_state("READY", timeout=20)
     d.request("live")
-    wait_until(lambda: rtmp(d)["connected"], 15, what="streaming to the RTMP server")
+    wait_until(lambda: d.output("rtmp")["connected"], 15, what="streaming to the RTMP server")
     time.sleep(4)
     assert "secret-key" not in str(d.request("status")), "the stream key never shows"
     server.stop()  # the platform drops us ...
@@ -37,10 +34,10 @@ def test_rtmp_reconnects_after_the_server_restarts_and_the_recording_is_untouche
                what="the loss noticed")
     assert d.state() == "DEGRADED"
     second = server.start()  # ... and takes us back
-    wait_until(lambda: rtmp(d)["connected"], 20, what="reconnected")
+    wait_until(lambda: d.output("rtmp")["connected"], 20, what="reconnected")
     wait_until(lambda: d.state() == "LIVE", 5, what="LIVE again")
     time.sleep(4)
-    st = rtmp(d)
+    st = d.output("rtmp")
     assert st["reconnects"] == 1, st
     d.request("stop")
     d.wait_state("READY")

@@ -13,9 +13,6 @@ from media_check import decode_files, largest_gap, only_session, segments, start
 FRAME = 3000
 
 
-def srt_status(d):
-    return d.request("status")["status"]["components"]["media"]["outputs"]["srt"]
-
 
 def test_stream_reaches_the_ingest_and_decodes(daemon_factory, ingest):
     first = ingest.start()
@@ -23,9 +20,9 @@ def test_stream_reaches_the_ingest_and_decodes(daemon_factory, ingest):
     d.wait_state("READY", timeout=20)
     d.request("live")
     d.wait_state(("LIVE", "DEGRADED"))
-    wait_until(lambda: srt_status(d)["connected"], 5, what="connected")
+    wait_until(lambda: d.output("srt")["connected"], 5, what="connected")
     time.sleep(6)
-    st = srt_status(d)
+    st = d.output("srt")
     assert st["chunks_sent"] > 1000 and st["chunks_dropped"] == 0 and st["srt"]["packets_sent"] > 0
     d.request("stop")
     d.wait_state("READY")
@@ -44,7 +41,7 @@ def test_reconnects_after_the_ingest_restarts_and_the_recording_is_untouched(dae
     d = daemon_factory(config_extra=f'[stream]\nenabled = true\nurl = "srt://127.0.0.1:{ingest.port}"\nlatency_ms = 200\n').start()
     d.wait_state("READY", timeout=20)
     d.request("live")
-    wait_until(lambda: srt_status(d)["connected"], 10, what="connected")
+    wait_until(lambda: d.output("srt")["connected"], 10, what="connected")
     time.sleep(2)
     ingest.stop()  # the ingest goes away ...
     wait_until(lambda: "stream: not connected to the SRT ingest" in d.request("status")["status"]["conditions"], 10,
@@ -52,10 +49,10 @@ def test_reconnects_after_the_ingest_restarts_and_the_recording_is_untouched(dae
     assert d.state() == "DEGRADED"
     time.sleep(1)
     second = ingest.start()  # ... and comes back
-    wait_until(lambda: srt_status(d)["connected"], 15, what="reconnected")
+    wait_until(lambda: d.output("srt")["connected"], 15, what="reconnected")
     wait_until(lambda: d.state() == "LIVE", 5, what="LIVE again")
     time.sleep(4)
-    assert srt_status(d)["reconnects"] >= 1
+    assert d.output("srt")["reconnects"] >= 1
     d.request("stop")
     d.wait_state("READY")
     ingest.stop()
@@ -75,7 +72,7 @@ def test_no_ingest_at_all_degrades_but_records(daemon_factory):
     wait_until(lambda: "stream: not connected to the SRT ingest" in d.request("status")["status"]["conditions"], 10,
                what="the condition")
     time.sleep(1)
-    rec = d.request("status")["status"]["components"]["media"]["outputs"]["recorder"]
+    rec = d.output("recorder")
     assert rec["recording"] and rec["bytes"] > 0
     d.request("stop")
     d.wait_state("READY")
@@ -105,9 +102,9 @@ relay_secret = "a-shared-secret-for-the-relay"
 """).start()
         d.wait_state("READY", timeout=20)
         d.request("live")
-        wait_until(lambda: srt_status(d)["connected"], 15, what="connected through the bond")
+        wait_until(lambda: d.output("srt")["connected"], 15, what="connected through the bond")
         time.sleep(5)
-        links = srt_status(d)["bond"]["links"]
+        links = d.output("srt")["bond"]["links"]
         assert set(links) == {"wired", "cell"} and all(l["state"] == "up" for l in links.values())
         assert all(l["packets"] > 100 for l in links.values()), links
         assert "a-shared-secret" not in json.dumps(d.request("status"))

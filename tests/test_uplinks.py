@@ -31,7 +31,7 @@ caps_mb = {{ cell = 1 }}
         d.wait_state("READY", timeout=20)
 
         def uplinks():
-            return d.request("status")["status"]["components"]["uplinks"]
+            return d.component("uplinks")
 
         wait_until(lambda: uplinks()["links"].get("cell", {}).get("radio", {}).get("rat"), 10,
                    what="the simulated modem's figures on the cell uplink")
@@ -39,10 +39,10 @@ caps_mb = {{ cell = 1 }}
         wait_until(lambda: uplinks()["links"]["cell"]["standby"], 30, what="the cap reached")
         assert "uplink cell standby" in d.request("status")["status"]["conditions"]
         assert "uplinks: cell reached its data cap (1 MB): on standby" in d.log()
-        bond = d.request("status")["status"]["components"]["media"]["outputs"]["srt"]["bond"]["links"]
+        bond = d.output("srt")["bond"]["links"]
         sent = bond["cell"]["packets"]
         time.sleep(2)
-        bond = d.request("status")["status"]["components"]["media"]["outputs"]["srt"]["bond"]["links"]
+        bond = d.output("srt")["bond"]["links"]
         assert bond["cell"]["packets"] - sent < 20, "no more traffic on the capped link"
         assert bond["cell"]["state"] == "up", "still registered, as a last resort"
         used = uplinks()["links"]["cell"]["used_mb"]
