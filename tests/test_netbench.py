@@ -98,7 +98,9 @@ def test_five_percent_loss_on_one_uplink_loses_no_frame(daemon_factory, net, tmp
     d, out = bonded_daemon(daemon_factory, net, tmp_path)
     run_for(60, {2: lambda: net.loss("up1", 5)})
     st = links(d)
-    assert st["up1"]["packets"] > 1000, "the lossy link kept carrying its share"
+    # The premise: the loss really hit the stream. The link policy gives a lossy link a
+    # smaller share (by design), so what it carries varies; that it lost packets does not.
+    assert st["up1"]["packets"] > 300 and st["up1"]["naks"] > 10, f"the lossy link carried traffic and lost some: {st['up1']}"
     rec = finish(d, net, out, 55)
     assert missing_frames(rec.video_pts) == 0
     assert rec.decode_errors <= 1
