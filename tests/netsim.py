@@ -91,7 +91,8 @@ class RelayThread:
 class Impairer:
     """Stands between the bonding sender and the relay: one upstream socket per
     sender source address (so the relay sees one peer per uplink), with per-link
-    black-hole and random loss, both directions."""
+    black-hole, random loss and hold (a queue that stops draining, then delivers
+    all it held, in order), both directions."""
 
     def __init__(self, upstream: tuple[str, int]):
         self.upstream = upstream
@@ -103,6 +104,8 @@ class Impairer:
         self.routes: dict[tuple, socket.socket] = {}
         self.blackholed: set[str] = set()  # source IPs
         self.loss: dict[str, float] = {}
+        self.held: set[str] = set()  # source IPs
+        self._holding: dict[str, list] = {}
         self.forwarded: dict[str, int] = {}
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="test-impairer")
@@ -113,7 +116,10 @@ class Impairer:
 
     def _run(self):
         while not self._stop.is_set():
-            for key, _ in self.sel.select(0.05):
+            for ip in [ip for ip in self._holding if ip not in self.held]:
+                for send, d, to in self._holding.pop(ip):
+                    send(d, to)
+            for key, _ in self.sel.select(0.005 if self.held else 0.05):
                 if key.data is None:
                     d, src = self.sock.recvfrom(4096)
                     if self._cut(src[0]):
@@ -125,12 +131,18 @@ class Impairer:
                         self.routes[src] = up
                         self.sel.register(up, selectors.EVENT_READ, src)
                     self.forwarded[src[0]] = self.forwarded.get(src[0], 0) + 1
-                    up.sendto(d, self.upstream)
+                    self._deliver(src[0], up.sendto, d, self.upstream)
                 else:
                     src = key.data
                     d, _ = key.fileobj.recvfrom(4096)
                     if not self._cut(src[0]):
-                        self.sock.sendto(d, src)
+                        self._deliver(src[0], self.sock.sendto, d, src)
+
+    def _deliver(self, ip: str, send, d: bytes, to) -> None:
+        if ip in self.held or ip in self._holding:
+            self._holding.setdefault(ip, []).append((send, d, to))
+        else:
+            send(d, to)
 
     def close(self):
         self._stop.set()

@@ -100,6 +100,27 @@ def test_a_black_holed_uplink_is_noticed_within_300_ms_and_nothing_is_lost(bench
     assert finish(c, bench, total), "zero loss across the cut"
 
 
+def test_when_every_uplink_goes_quiet_the_last_one_is_kept_and_nothing_is_lost(bench):
+    """Both paths stop draining for 0.4 s and then deliver what they held (the queues
+    behind a sudden fall in capacity look like this): one link is declared dead, the
+    last is kept, and no packet is turned away."""
+    bond, path = bench[0], bench[1]
+    c = connect(bond)
+
+    def impair(t):
+        if 1.0 < t < 1.4:
+            path.held.update((A, B))
+        elif t >= 1.4:
+            path.held.difference_update((A, B))
+
+    total = stream(c, 4, during=impair)
+    states = {n: (l.state, bool(l.notice_ms)) for n, l in bond.links.items()}
+    assert sum(noticed for _, noticed in states.values()) == 1, f"one declared dead, the last kept: {states}"
+    assert bond.dropped["no live uplink"] == 0, dict(bond.dropped)
+    wait_until(lambda: all(l.state == "up" for l in bond.links.values()), 10, what="both uplinks back")
+    assert finish(c, bench, total), "zero loss across the stall"
+
+
 MALFORMED = {
     "short": [b"", b"\x90"],
     "bad keepalive": [b"\x90\x00" + bytes(3), b"\x90\x00" + b"\xff" * 8],

@@ -70,6 +70,7 @@ class Link:
     moved_ms: list[float] = field(default_factory=list)  # silence -> its traffic carried elsewhere
     dead_range: tuple[float, float] = (DEAD_MIN, DEAD_MAX)
     weight: float = 1.0  # the link policy's health score: a worsening link gets a smaller share
+    kept: bool = False  # silent past its dead time, but the last link up
     standby: bool = False  # registered and kept alive, carries data only when nothing else can
     naks: int = 0
     acked: int = 0  # packets the relay says it received on this link (its SRTLA ACKs)
@@ -438,13 +439,25 @@ class Bonder(Worker):
                 except OSError:
                     pass
             if link.state in ("up", "probation") and link.last_rx and now - link.last_rx > link.dead_after():
+                if link.state == "up" and not any(o.state == "up" for o in self.links.values() if o is not link):
+                    # Every link went quiet: a queue filling behind a fall in capacity, far more
+                    # often than every link cut at once. Declared dead, the last one would only
+                    # turn SRT's packets away; kept, they wait in that queue and arrive.
+                    if not link.kept:
+                        link.kept = True
+                        log.warning("bond: uplink %s silent for %.0f ms, but it is the last one: kept", link.name,
+                                    (now - link.last_rx) * 1000, extra={"LINK": link.name})
+                    continue
                 self._declare_dead(link, now)
+            elif link.kept and now - link.last_rx <= link.dead_after():
+                link.kept = False
+                log.info("bond: uplink %s answers again", link.name, extra={"LINK": link.name})
 
     def _declare_dead(self, link: Link, now: float, why: str | None = None) -> None:
         if link.state == "dead":
             return
         silent = now - link.last_rx
-        link.state, link.died_at = "dead", now
+        link.state, link.died_at, link.kept = "dead", now, False
         link.notice_ms.append(round(silent * 1000, 1))
         link.window = WINDOW_MIN
         if why:
