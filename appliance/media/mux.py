@@ -42,6 +42,9 @@ class TsMuxer:
             # Every packet goes out as soon as it is muxed: a network output
             # sees it at once, and a kill -9 leaves it in the file.
             "flush_packets": "1",
+            # and is not held back to interleave by DTS: the default holds audio for up
+            # to 10 s while no video comes (the video shed for a slow link, or paused).
+            "max_interleave_delta": "1",
         }, buffer_size=TS_PACKET * 7 * 8)
         self.container.metadata["service_name"] = service_name
         v = self.container.add_stream("h264", rate=video.fps)
