@@ -118,10 +118,10 @@ def test_an_interface_taken_down_and_brought_back_while_streaming(daemon_factory
     net.link("up1", True)
     wait_until(lambda: links(d).get("up1", {}).get("state") == "up", 10, what="up1 rejoins the bond")
     sent_before = links(d)["up1"]["packets"]
-    run_for(4, {})
-    assert links(d)["up1"]["packets"] > sent_before + 100, "and carries traffic again"
+    # Its share grows with its window as the relay acknowledges it (slower on a loaded machine).
+    wait_until(lambda: links(d)["up1"]["packets"] > sent_before + 100, 15, what="up1 carrying traffic again")
     assert d.output("srt")["reconnects"] == 0, "the SRT connection itself never broke"
-    rec = finish(d, net, out, 12)
+    rec = finish(d, net, out, 10)
     assert missing_frames(rec.video_pts) == 0
     assert ts_continuity_errors(out) == 0
     assert d.terminate() == 0
@@ -236,12 +236,7 @@ def test_adaptive_bitrate_falls_within_2_s_under_a_cap_and_climbs_back_within_20
 def test_voice_lane_keeps_the_audio_when_the_links_cannot_carry_video(daemon_factory, net, tmp_path):
     d, out = bonded_daemon(daemon_factory, net, tmp_path, latency=1000)
     run_for(4, {})
-    # The links fade in two steps, as a cell edge does: the controller follows the
-    # first, and the second takes them under the 800 kb/s video floor plus audio.
-    for up in ("up0", "up1"):
-        net.set_rate(up, 1.0)
-    wait_until(lambda: abr(d)["bitrate_kbps"] <= 1600, 5, interval=0.05, what="the bitrate following the first step")
-    for up in ("up0", "up1"):
+    for up in ("up0", "up1"):  # together 0.7 Mb/s, at once: under the 800 kb/s video floor plus audio
         net.set_rate(up, 0.35)
     wait_until(lambda: d.output("srt")["lane"] == "voice", 8, interval=0.1, what="the voice lane")
     assert "stream: voice lane (links too slow for video)" in d.request("status")["status"]["conditions"]
@@ -252,22 +247,27 @@ def test_voice_lane_keeps_the_audio_when_the_links_cannot_carry_video(daemon_fac
     wait_until(lambda: d.output("srt")["lane"] == "video" and abr(d)["bitrate_kbps"] >= 2000, 30, interval=0.1,
                what="the video back")
     run_for(4, {})
+    assert d.output("srt")["video_shed"] > 0, "the premise: the links fell behind the video"
     rec = finish(d, net, out, 8)  # video frames: the slate ran at 5 a second
     video = decode_files([out], luma=True)
     slate = [pts / 90000 for pts, y in zip(video.video_pts, video.video_luma) if y < 30]  # white text on black
     assert len(slate) >= 5 * 5, f"the slate was sent ({len(slate)} frames)"
     assert video.video_luma[-1] > 30, "full video at the end"
-    lane = (min(slate) + 1.0, max(slate))
-    worst = {}
+    # The audio, from before the cap to after the lift. What left at 4 Mb/s in the moment
+    # before the sender could see the links shrink 57-fold fills their queues, and some of
+    # it arrives too late for the latency: a short gap as they fall. From the lane's first
+    # second on, none.
+    lane = (min(slate), max(slate))
     for stream, frames in rec.audio.items():
         starts = sorted(t for t, _ in frames)
-        gaps = [(b - a, a) for a, b in zip(starts, starts[1:])]
-        in_lane = [g for g, t in gaps if lane[0] <= t <= lane[1]]
-        assert in_lane and max(in_lane) <= 0.1, f"audio track {stream} in the voice lane: a {max(in_lane) * 1000:.0f} ms gap"
-        worst[stream] = max(g for g, _ in gaps)
-        # Entering the lane, what SRT had already queued for the old rate can arrive too late.
-        assert worst[stream] <= 0.5, f"audio track {stream}: a {worst[stream] * 1000:.0f} ms gap entering the lane"
-    print(f"voice lane: {lane[1] - lane[0]:.1f} s of slate; worst audio gap entering it {max(worst.values()) * 1000:.0f} ms")
+        assert starts[0] < lane[0] - 3 and starts[-1] > lane[1] + 3, "the audio spans the whole episode"
+        gaps = sorted(((b - a, a) for a, b in zip(starts, starts[1:])), reverse=True)
+        print(f"audio track {stream}: largest gaps (ms, s from the slate)",
+              [(round(g * 1000), round(t - lane[0], 1)) for g, t in gaps[:3]])
+        assert gaps[0][0] <= 0.3, f"audio track {stream}: a {gaps[0][0] * 1000:.0f} ms gap"
+        in_lane = max(g for g, t in gaps if lane[0] + 1.0 <= t <= lane[1])
+        assert in_lane <= 0.1, f"audio track {stream}: a {in_lane * 1000:.0f} ms gap in the voice lane"
+    print(f"voice lane: {lane[1] - lane[0]:.1f} s of slate")
     rec_dir = only_session(d.dir / "recordings")
     local = decode_files(segments(rec_dir))
     assert missing_frames(local.video_pts) == 0, "the recording kept the full video throughout"

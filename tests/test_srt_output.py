@@ -23,7 +23,7 @@ def test_stream_reaches_the_ingest_and_decodes(daemon_factory, ingest):
     wait_until(lambda: d.output("srt")["connected"], 5, what="connected")
     time.sleep(6)
     st = d.output("srt")
-    assert st["chunks_sent"] > 1000 and st["chunks_dropped"] == 0 and st["srt"]["packets_sent"] > 0
+    assert st["chunks_sent"] > 1000 and st["frames_dropped"] == 0 and st["srt"]["packets_sent"] > 0
     d.request("stop")
     d.wait_state("READY")
     ingest.stop()

@@ -1,15 +1,20 @@
 """The SRT output: the MPEG-TS in 1316-byte messages to an SRT listener.
 
-The media thread only muxes and queues (bounded; on overflow whole chunks are
-dropped and counted, never partial ones). A sender thread owns the libsrt
-socket: it connects, sends, and when the connection breaks reconnects with
-backoff. The recording never notices.
+The media thread only queues the encoded frames (bounded). A sender thread
+owns the muxer and the libsrt socket: it connects, sends, and when the
+connection breaks reconnects with backoff. The recording never notices.
+
+The backlog stays in our hands, not in SRT's: a frame is muxed and handed to
+SRT only while SRT holds less than the links clear in a share of the latency.
+What SRT holds it sends or drops as a whole, audio and video alike; in our
+queue the video can be shed (whole frames, up to the next keyframe) and the
+audio goes on. So when the links collapse, the audio is never what waits
+behind a backlog or is dropped first.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import deque
@@ -23,17 +28,23 @@ from appliance.media.encoders import EncodedPacket
 from appliance.media.mux import TsMuxer
 from appliance.outputs import Report, Session
 from appliance.transport.libsrt import LIVE_PAYLOAD, SrtCaller, SrtError
-from appliance.uplinks.abr import VIDEO, VOICE, Abr, AbrLimits
+from appliance.uplinks.abr import VIDEO, VOICE, Abr, AbrLimits, DeliveryMeter
 
 log = logging.getLogger(__name__)
 
-QUEUE_CHUNKS = 2000  # ~5 s at 4 Mb/s: beyond SRT's own buffer, this is backlog to shed
-# Above this fill the video waits for its next keyframe and the audio goes first.
-VIDEO_YIELDS_AT = QUEUE_CHUNKS // 4
+QUEUE_FRAMES = 1000  # ~8 s of frames (30 video + 2 x 47 audio a second): beyond it, backlog to shed
+# SRT may hold what the links deliver in this share of the latency, and always a frame or two.
+SRT_ROOM_OF_LATENCY = 0.25
+SRT_ROOM_MIN = 24_000
+SRT_STALL = 0.2  # s: SRT's buffer full and not draining for this long: it needs a nudge
+# The oldest queued frame waited this long (s): the video is shed up to its next keyframe.
+# (our queue does not count against SRT's latency, which starts when SRT gets a packet)
+SHED_AFTER_MIN, SHED_AFTER_OF_LATENCY = 1.0, 1.0
 ABR_EVERY = 0.1
 SLATE_FPS = 5
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 5.0)
 NOT_CONNECTED = conditions.SRT_NOT_CONNECTED
+_END = object()
 
 
 def parse_srt_url(url: str) -> tuple[str, int, dict]:
@@ -57,19 +68,28 @@ class SrtOutput:
         self._slate_on = False  # media thread: the stream's video is the slate
         self._slate_enc = None
         self._slate_next = 0
-        self._video_gap = False
-        self.video_yielded = 0
         self.host, self.port, self.query = parse_srt_url(cfg.url)
+        self.latency_ms = int(self.query.get("latency", cfg.latency_ms))
         self.report = report or (lambda condition, active: None)
-        self._queue: queue.Queue[bytes | None] = queue.Queue(QUEUE_CHUNKS)
+        # media thread -> sender thread: (monotonic time queued, frame), or _END
+        self._frames: deque = deque()
+        self._queued_bytes = 0
+        self._cv = threading.Condition()
+        self._accepting = False
+        self._need_key = True  # sender thread: video resumes on a keyframe
         self._pending = bytearray()
         self._mux: TsMuxer | None = None
+        self._meter = DeliveryMeter()
+        self._full_since: float | None = None  # sender thread: SRT's buffer at its limit since
+        self._full_held = 0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.caller: SrtCaller | None = None
         self.connected = False
         self.chunks_sent = 0
-        self.chunks_dropped = 0
+        self.frames_dropped = 0  # queue overflow, and stale on reconnect
+        self.video_shed = 0  # video frames not sent so that the audio goes on
+        self._shedding: int | None = None  # sender thread: video_shed when the shedding began
         self.reconnects = 0
         self.last_error = ""
         self.stats: dict = {}
@@ -83,11 +103,13 @@ class SrtOutput:
     # --- media thread -----------------------------------------------------------------------
 
     def start(self, session: Session) -> None:
-        self._queue = queue.Queue(QUEUE_CHUNKS)
+        self._frames.clear()
+        self._queued_bytes = 0
         self._pending = bytearray()
         self._session = session
-        self.lane, self._slate_on, self._video_gap = VIDEO, False, False
+        self.lane, self._slate_on, self._need_key, self._shedding = VIDEO, False, True, None
         self.abr = Abr(self.abr_limits) if self.abr_limits else None
+        self._meter = self.abr.meter if self.abr else DeliveryMeter()
         self._mux = TsMuxer(self._bytes, session.video, session.audio_extradata, session.track_names,
                             service_name=session.name)
         self._stop.clear()
@@ -99,24 +121,29 @@ class SrtOutput:
             secret = self.cfg.relay_secret.get_secret_value().encode() or None
             self.bonder = Bonder((self.host, self.port), self._last_uplinks, secret)
             self.bonder.start()
-        self._thread = threading.Thread(target=self._send_loop, name="srt-sender", daemon=True)
+        self._accepting = True
+        self._thread = threading.Thread(target=self._sender, name="srt-sender", daemon=True)
         self._thread.start()
 
     def packet(self, pkt: EncodedPacket) -> None:
-        if self._mux is None:
+        if not self._accepting:
             return
         if pkt.stream == 0:
             if self.lane == VOICE or (self._slate_on and not pkt.key):
                 self._slate(pkt)  # the voice lane; or back to video, which resumes on its next keyframe
                 return
             self._slate_on = False
-            # The audio goes first: with a backlog the video waits for its next keyframe.
-            if self._queue.qsize() > VIDEO_YIELDS_AT or (self._video_gap and not pkt.key):
-                self._video_gap = True
-                self.video_yielded += 1
-                return
-            self._video_gap = False
-        self._mux.mux(pkt)
+        self._put(pkt)
+
+    def _put(self, item) -> None:
+        with self._cv:
+            if item is not _END:
+                if len(self._frames) >= QUEUE_FRAMES:
+                    self.frames_dropped += 1
+                    return
+                self._queued_bytes += len(item.data)
+            self._frames.append((time.monotonic(), item))
+            self._cv.notify()
 
     def _slate(self, pkt: EncodedPacket) -> None:
         """A still slate at a few frames a second in place of the video, on the video's clock."""
@@ -136,37 +163,23 @@ class SrtOutput:
             self._slate_src = Slate(s.width, s.height, "VIDEO PAUSED", "AUDIO CONTINUES")
         self._slate_next = pkt.pts + 90000 // SLATE_FPS
         for out in self._slate_enc.encode(self._slate_src.frame(), pkt.pts):
-            self._mux.mux(out)
-
-    def _bytes(self, data: bytes) -> None:
-        self._pending += data
-        while len(self._pending) >= LIVE_PAYLOAD:
-            chunk = bytes(self._pending[:LIVE_PAYLOAD])
-            del self._pending[:LIVE_PAYLOAD]
-            self._enqueue(chunk)
-
-    def _enqueue(self, chunk: bytes) -> None:
-        try:
-            self._queue.put_nowait(chunk)
-        except queue.Full:
-            self.chunks_dropped += 1
+            self._put(out)
 
     def stop(self) -> None:
-        if self._mux is not None:
-            mux, self._mux = self._mux, None
-            mux.close()
-        if self._pending:
-            self._enqueue(bytes(self._pending))  # a whole number of TS packets
-            self._pending = bytearray()
-        try:
-            self._queue.put(None, timeout=1)
-        except queue.Full:
-            self._stop.set()
+        if not self._accepting:
+            return
+        self._accepting = False
+        self._put(_END)  # the sender sends what is queued, then the muxer's last bytes
         if self._thread is not None:
             self._thread.join(timeout=3)
             self._stop.set()
+            with self._cv:
+                self._cv.notify()
             self._thread.join()
             self._thread = None
+        if self._mux is not None:  # the sender never got to the end (not connected)
+            self._mux.close()
+            self._mux = None
         if self.bonder is not None:
             self.bonder.stop()
             self.bonder = None
@@ -181,10 +194,10 @@ class SrtOutput:
 
     def status(self) -> dict:
         return {"url": self.where(), "connected": self.connected, "chunks_sent": self.chunks_sent,
-                "chunks_dropped": self.chunks_dropped, "reconnects": self.reconnects, "queued": self._queue.qsize(),
+                "frames_dropped": self.frames_dropped, "reconnects": self.reconnects, "queued": len(self._frames),
                 **({"last_error": self.last_error} if self.last_error else {}), "srt": self.stats,
                 **({"bond": self.bonder.status()} if self.bonder is not None else {}),
-                "lane": self.lane, "video_yielded": self.video_yielded,
+                "lane": self.lane, "video_shed": self.video_shed,
                 **({"abr": {"bitrate_kbps": self.abr.bitrate, "delivered_kbps": None if self.abr.delivered_kbps is None
                             else round(self.abr.delivered_kbps), "changes": list(self.abr_changes)[-10:]}}
                    if self.abr is not None else {})}
@@ -196,9 +209,21 @@ class SrtOutput:
         host, port = self.host, self.port
         if self.bonder is not None:
             host, port = "127.0.0.1", self.bonder.local_port  # the bond carries it to the relay
-        return SrtCaller(host, port, latency_ms=int(self.query.get("latency", c.latency_ms)),
+        return SrtCaller(host, port, latency_ms=self.latency_ms,
                          stream_id=self.query.get("streamid", c.stream_id.get_secret_value()),
                          passphrase=c.passphrase.get_secret_value())
+
+    def _sender(self) -> None:
+        try:
+            self._send_loop()
+        except Exception as e:  # a bug of ours: the stream stops, loudly; the recording goes on
+            log.exception("stream: the sender failed: %s", e, extra={"OUTPUT": self.name})
+            self.connected, self.last_error = False, f"sender failed: {e}"
+            if not self._reported:
+                self._reported = True
+                self.report(NOT_CONNECTED, True)
+            if self.caller is not None:
+                self.caller.close()
 
     def _send_loop(self) -> None:
         attempt, last_stats, waiting_since = 0, 0.0, time.monotonic()
@@ -221,33 +246,115 @@ class SrtOutput:
                 attempt = 0
                 self._connected()
             try:
-                chunk = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                chunk = b""
-            if chunk is None:
-                break
-            try:
-                if chunk:
-                    self.caller.send(chunk)
-                    self.chunks_sent += 1
                 now = time.monotonic()
                 if now - last_stats >= ABR_EVERY:
                     self.stats, last_stats = self.caller.stats(), now
                     self._adapt(now)
+                self._shed(now)
+                if not self._srt_has_room(now):
+                    self._stop.wait(0.005)
+                    continue
+                item = self._take()
+                if item is _END:
+                    self._finish()
+                    break
+                if item is not None:
+                    self._send_frame(item)
             except SrtError as e:
                 self._broken(str(e))
         if self.caller is not None:
             self.caller.close()
         self.connected = False
 
+    def _take(self):
+        with self._cv:
+            if not self._frames:
+                self._cv.wait(0.05)
+            if not self._frames:
+                return None
+            _, item = self._frames.popleft()
+            if item is not _END:
+                self._queued_bytes -= len(item.data)
+            return item
+
+    def _srt_has_room(self, now: float) -> bool:
+        rate = self._meter.kbps
+        if rate is None:
+            return True
+        rate = min(rate, self._meter.kbps_now)  # a sudden fall shows here first
+        room = rate * 1000 / 8 * self.latency_ms / 1000 * SRT_ROOM_OF_LATENCY
+        held = self.caller.buffered()
+        if held < max(SRT_ROOM_MIN, room):
+            self._full_since = None
+            return True
+        if self._full_since is None or held < self._full_held:
+            self._full_since, self._full_held = now, held  # (still draining)
+            return False
+        # Nothing drained for a while: in live mode SRT re-sends only what the receiver
+        # reports missing, and drops what is too late only when given more; a packet lost
+        # at the tail is reported only when a later one arrives. So one more frame goes.
+        if now - self._full_since >= SRT_STALL:
+            self._full_since = None
+            return True
+        return False
+
+    def _shed(self, now: float) -> None:
+        """The links fell behind: the queued video goes (up to its next keyframe), the audio stays."""
+        with self._cv:
+            if not self._frames or now - self._frames[0][0] < max(SHED_AFTER_MIN, self.latency_ms / 1000 * SHED_AFTER_OF_LATENCY):
+                return
+            kept = deque(item for item in self._frames if item[1] is _END or item[1].stream != 0)
+            shed = len(self._frames) - len(kept)
+            if shed:
+                self._queued_bytes = sum(len(p.data) for _, p in kept if p is not _END)
+                self._frames = kept
+                self.video_shed += shed
+                self._need_key = True
+        if shed and self._shedding is None:
+            self._shedding = self.video_shed - shed
+            log.info("stream: the links fell behind: video shed until they catch up, the audio goes on",
+                     extra={"OUTPUT": self.name})
+
+    def _send_frame(self, pkt: EncodedPacket) -> None:
+        if pkt.stream == 0:
+            if self._need_key and not pkt.key:
+                if self._shedding is not None:  # (not the wait for the first keyframe of a connection)
+                    self.video_shed += 1
+                return
+            self._need_key = False
+            if self._shedding is not None:
+                log.info("stream: video resumes (%d frames shed)", self.video_shed - self._shedding,
+                         extra={"OUTPUT": self.name})
+                self._shedding = None
+        self._mux.mux(pkt)
+        while len(self._pending) >= LIVE_PAYLOAD:
+            chunk = bytes(self._pending[:LIVE_PAYLOAD])
+            del self._pending[:LIVE_PAYLOAD]
+            self.caller.send(chunk)
+            self.chunks_sent += 1
+
+    def _bytes(self, data: bytes) -> None:
+        self._pending += data
+
+    def _finish(self) -> None:
+        mux, self._mux = self._mux, None
+        mux.close()
+        while self._pending:  # whole TS packets, at most a message at a time
+            self.caller.send(bytes(self._pending[:LIVE_PAYLOAD]))
+            del self._pending[:LIVE_PAYLOAD]
+
     def _adapt(self, now: float) -> None:
         """The adaptive bitrate: SRT's view of the links drives the encoder and the lane."""
-        if self.abr is None:
-            return
         st = self.stats
+        sent = self.chunks_sent * LIVE_PAYLOAD
+        if self.abr is None:
+            self._meter.update(now, sent, st["send_buffer_bytes"])
+            return
+        with self._cv:
+            waited_ms = (now - self._frames[0][0]) * 1000 if self._frames else 0.0
+            queued = self._queued_bytes
         before_kbps, before_lane = self.abr.bitrate, self.abr.lane
-        out = self.abr.update(now, st["rtt_ms"], st["send_buffer_ms"], self.chunks_sent * LIVE_PAYLOAD,
-                              st["send_buffer_bytes"])
+        out = self.abr.update(now, st["rtt_ms"], st["send_buffer_ms"] + waited_ms, sent, st["send_buffer_bytes"], queued)
         if out.lane != before_lane:
             self.lane = out.lane
             if out.lane == VOICE:
@@ -276,21 +383,20 @@ class SrtOutput:
             self.bonder.set_uplinks(now)
 
     def _connected(self) -> None:
-        # What queued while we were away is stale for a live viewer: start fresh.
-        stale = 0
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                self._queue.put_nowait(None)
-                break
-            stale += 1
-        self.chunks_dropped += stale
+        # What queued while we were away is stale for a live viewer: start fresh, on a keyframe.
+        with self._cv:
+            ended = any(item is _END for _, item in self._frames)
+            stale = len(self._frames) - ended
+            self._frames.clear()
+            self._queued_bytes = 0
+            if ended:
+                self._frames.append((time.monotonic(), _END))
+            self.frames_dropped += stale
+        self._pending.clear()  # a partial chunk of the old connection: the new one starts on a TS packet
+        self._need_key = True
         self.connected = True
         if self.reconnects or self._reported:
-            log.info("stream: reconnected to %s (%d stale chunks dropped)", self.where(), stale,
+            log.info("stream: reconnected to %s (%d stale frames dropped)", self.where(), stale,
                      extra={"OUTPUT": self.name})
         else:
             log.info("stream: connected to %s", self.where(), extra={"OUTPUT": self.name})

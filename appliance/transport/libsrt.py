@@ -114,6 +114,7 @@ def library():
         lib.srt_sendmsg2.argtypes = [ctypes.c_int32, ctypes.c_char_p, _I, ctypes.c_void_p]
         lib.srt_bstats.argtypes = [ctypes.c_int32, ctypes.POINTER(TraceBStats), _I]
         lib.srt_close.argtypes = [ctypes.c_int32]
+        lib.srt_getsndbuffer.argtypes = [ctypes.c_int32, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
         lib.srt_getlasterror_str.restype = ctypes.c_char_p
         lib.srt_getlasterror.argtypes = [ctypes.POINTER(_I)]
         lib.srt_getsockstate.argtypes = [ctypes.c_int32]
@@ -216,6 +217,15 @@ class SrtCaller:
             "packets_retransmitted": s.pktRetransTotal, "packets_dropped": s.pktSndDropTotal,
             "bytes_sent": s.byteSentTotal, "flight_size": s.pktFlightSize,
         }
+
+    def buffered(self) -> int:
+        """Bytes in the send buffer (sent and not yet acknowledged, or not yet sent):
+        cheaper than stats(), for asking before every frame."""
+        if self.sock is None:
+            raise SrtError("not connected")
+        blocks, nbytes = ctypes.c_size_t(), ctypes.c_size_t()
+        self._check(self.lib.srt_getsndbuffer(self.sock, ctypes.byref(blocks), ctypes.byref(nbytes)), "send buffer")
+        return nbytes.value
 
     def close(self) -> None:
         if self.sock is not None:

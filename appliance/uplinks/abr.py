@@ -41,6 +41,30 @@ class AbrOutput:
     reason: str = ""
 
 
+class DeliveryMeter:
+    """What the links delivered, in kb/s over the last half second: the bytes handed
+    to SRT minus the growth of its send buffer."""
+
+    def __init__(self):
+        self._samples: deque[tuple[float, int, int]] = deque()  # (t, bytes handed to SRT, bytes in its buffer)
+        self.kbps: float | None = None
+        self.kbps_now = float("inf")  # since the last sample: noisy, but without the window's lag
+
+    def update(self, now: float, sent_bytes: int, buffer_bytes: int) -> float | None:
+        self._samples.append((now, sent_bytes, buffer_bytes))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW:
+            self._samples.popleft()
+        self.kbps = None if now - self._samples[0][0] < 0.2 else self._rate(self._samples[0], now, sent_bytes, buffer_bytes)
+        if len(self._samples) > 1:
+            self.kbps_now = self._rate(self._samples[-2], now, sent_bytes, buffer_bytes)
+        return self.kbps
+
+    @staticmethod
+    def _rate(since: tuple[float, int, int], now: float, sent_bytes: int, buffer_bytes: int) -> float:
+        t0, s0, b0 = since
+        return max(0.0, ((sent_bytes - s0) - (buffer_bytes - b0)) * 8 / 1000 / max(1e-3, now - t0))
+
+
 class Abr:
     def __init__(self, limits: AbrLimits):
         self.l = limits
@@ -48,7 +72,7 @@ class Abr:
         self.lane = VIDEO
         self.known_good = limits.max_kbps
         self._rtts: deque[tuple[float, float]] = deque()
-        self._samples: deque[tuple[float, int, int]] = deque()  # (t, bytes handed to SRT, bytes in its buffer)
+        self.meter = DeliveryMeter()
         self._last_change = self._last_cut = -1e9
         self._raised_from: int | None = None  # the bitrate before the last step up
         self._buffer_at_cut = 0.0
@@ -57,7 +81,6 @@ class Abr:
         self._voice_backoff = 2.0
         self._voice_since = 0.0
         self._probe_until = 0.0
-        self.delivered_kbps: float | None = None
 
     def _base_rtt(self, now: float, rtt: float) -> float:
         self._rtts.append((now, rtt))
@@ -65,20 +88,18 @@ class Abr:
             self._rtts.popleft()
         return min(r for _, r in self._rtts)
 
-    def _delivered(self, now: float, sent_bytes: int, buffer_bytes: int) -> float | None:
-        self._samples.append((now, sent_bytes, buffer_bytes))
-        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW:
-            self._samples.popleft()
-        t0, s0, b0 = self._samples[0]
-        if now - t0 < 0.2:
-            return None
-        return max(0.0, ((sent_bytes - s0) - (buffer_bytes - b0)) * 8 / 1000 / (now - t0))
+    @property
+    def delivered_kbps(self) -> float | None:
+        return self.meter.kbps
 
-    def update(self, now: float, rtt_ms: float, buffer_ms: float, sent_bytes: int, buffer_bytes: int) -> AbrOutput:
+    def update(self, now: float, rtt_ms: float, buffer_ms: float, sent_bytes: int, buffer_bytes: int,
+               queued_bytes: int = 0) -> AbrOutput:
+        """buffer_ms: how long the oldest byte not yet delivered has waited, in SRT's
+        send buffer or before it (queued_bytes: the sender's own backlog, not yet handed to SRT)."""
         l = self.l
         base = self._base_rtt(now, rtt_ms)
-        delivered = self._delivered(now, sent_bytes, buffer_bytes)
-        self.delivered_kbps = delivered
+        delivered = self.meter.update(now, sent_bytes, buffer_bytes)
+        buffer_bytes += queued_bytes  # from here on: the whole backlog
         if delivered is not None:
             self._delivered_hist.append((now, delivered))
             while now - self._delivered_hist[0][0] > 2.0:
