@@ -97,6 +97,9 @@ def test_a_black_holed_uplink_is_noticed_within_300_ms_and_nothing_is_lost(bench
     assert wired.notice_ms, "the cut was noticed"
     assert wired.notice_ms[0] <= 300, wired.notice_ms
     wait_until(lambda: wired.state == "up", 10, what="the returning uplink proves itself")
+    before = wired.sent
+    total = stream(c, 2, start=total)
+    assert wired.sent - before > 0.2 * 2 * CHUNKS_PER_SECOND, "and then carries its share again"
     assert finish(c, bench, total), "zero loss across the cut"
 
 

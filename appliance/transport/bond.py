@@ -383,7 +383,10 @@ class Bonder(Worker):
         link.srtt = rtt if link.srtt is None else 0.875 * link.srtt + 0.125 * rtt
         link.echoes_since_reg += 1
         if link.state == "probation" and self._stable(link):
-            link.state = "up"
+            # It proved itself: a full starting window, as a new link gets. Left at the
+            # minimum it was cut to when it died, it would never win a packet again
+            # on a path fast enough that the other link's in-flight stays small.
+            link.state, link.window = "up", max(link.window, WINDOW_START)
             log.info("bond: uplink %s up (RTT %.0f ms)", link.name, link.srtt * 1000, extra={"LINK": link.name})
 
     def _srtla_ack(self, link: Link, seqs: list[int]) -> None:
