@@ -100,7 +100,9 @@ def test_five_percent_loss_on_one_uplink_loses_no_frame(daemon_factory, net, tmp
     st = links(d)
     # The premise: the loss really hit the stream. The link policy gives a lossy link a
     # smaller share (by design), so what it carries varies; that it lost packets does not.
-    assert st["up1"]["packets"] > 300 and st["up1"]["naks"] > 10, f"the lossy link carried traffic and lost some: {st['up1']}"
+    assert st["up1"]["packets"] > 300 and st["up1"]["naks"] > 10, \
+        f"the lossy link carried traffic and lost some: {st['up1']}\n" + "\n".join(
+            line for line in d.log().splitlines() if "bond:" in line)
     rec = finish(d, net, out, 55)
     assert missing_frames(rec.video_pts) == 0
     assert rec.decode_errors <= 1

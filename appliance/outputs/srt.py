@@ -140,6 +140,8 @@ class SrtOutput:
             if item is not _END:
                 if len(self._frames) >= QUEUE_FRAMES:
                     self.frames_dropped += 1
+                    if item.stream == 0:
+                        self._need_key = True  # what follows referred to it
                     return
                 self._queued_bytes += len(item.data)
             self._frames.append((time.monotonic(), item))
@@ -166,10 +168,9 @@ class SrtOutput:
             self._put(out)
 
     def stop(self) -> None:
-        if not self._accepting:
-            return
-        self._accepting = False
-        self._put(_END)  # the sender sends what is queued, then the muxer's last bytes
+        if self._accepting:
+            self._accepting = False
+            self._put(_END)  # the sender sends what is queued, then the muxer's last bytes
         if self._thread is not None:
             self._thread.join(timeout=3)
             self._stop.set()
