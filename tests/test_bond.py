@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from appliance.transport import srtla
 from appliance.transport.bond import Bonder
 from appliance.transport.libsrt import SrtCaller
 from conftest import free_port, wait_until
@@ -124,6 +125,22 @@ def test_when_every_uplink_goes_quiet_the_last_one_is_kept_and_nothing_is_lost(b
     assert finish(c, bench, total), "zero loss across the stall"
 
 
+def test_a_restarted_relay_that_forgot_the_group_is_registered_with_again(bench):
+    """The relay restarts: it answers "no such group", and the bond starts over with
+    REG1 and a new group on every link (a stale "no such group" must not do this: above)."""
+    bond, path, relay = bench[0], bench[1], bench[2]
+    wait_until(lambda: all(link.state == "up" for link in bond.links.values()), 10, what="both uplinks up")
+    first = bond.group
+    fresh = RelayThread()
+    try:
+        path.upstream = fresh.addr  # the old one's state is gone with it
+        wait_until(lambda: bond.group not in (None, first) and all(l.state == "up" for l in bond.links.values()),
+                   15, what="a new group, every link up in it")
+        assert len(fresh.relay.groups) == 1 and len(next(iter(fresh.relay.groups.values())).links) == 2
+    finally:
+        fresh.close()
+
+
 MALFORMED = {
     "short": [b"", b"\x90"],
     "bad keepalive": [b"\x90\x00" + bytes(3), b"\x90\x00" + b"\xff" * 8],
@@ -151,7 +168,11 @@ def test_malformed_datagrams_at_the_sender_are_dropped_and_counted(bench):
             for kind, datagrams in MALFORMED.items():
                 for d in datagrams:
                     path.sock.sendto(d, link.sock.getsockname())
+            # "no such group", while the other link is carrying the group: stale, not a restart
+            path.sock.sendto(srtla.short(srtla.REG_NGP), link.sock.getsockname())
         wait_until(lambda: bond.dropped["not from the relay"] >= 10, 3, what="drops counted")
+        wait_until(lambda: bond.dropped["stale REG_NGP"] >= 2, 3, what="stale REG_NGPs counted")
+        assert bond.status()["registered"], "the working group is kept"
         for kind, datagrams in MALFORMED.items():
             wait_until(lambda: bond.dropped[kind] >= 2 * len(datagrams), 3, what=f"{kind} counted")
         assert all(l.state == "up" for l in bond.links.values()), "nothing malformed takes a link down"

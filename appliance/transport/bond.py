@@ -71,6 +71,8 @@ class Link:
     dead_range: tuple[float, float] = (DEAD_MIN, DEAD_MAX)
     weight: float = 1.0  # the link policy's health score: a worsening link gets a smaller share
     kept: bool = False  # silent past its dead time, but the last link up
+    reg_sent: bytes = b""  # the id in the last REG2 sent on it, and since when
+    reg_group_since: float = 0.0
     standby: bool = False  # registered and kept alive, carries data only when nothing else can
     naks: int = 0
     acked: int = 0  # packets the relay says it received on this link (its SRTLA ACKs)
@@ -323,6 +325,16 @@ class Bonder(Worker):
             self.dropped["short"] += 1
         elif t == srtla.REG_NGP:
             link.last_rx = now
+            if self.group is not None and (
+                    link.reg_sent != self.group or now - link.reg_group_since < 1.0 or any(
+                        o is not link and o.state == "up" and now - o.last_rx <= o.dead_after()
+                        for o in self.links.values())):
+                # It answers an older REG2 (sent with our id while the group was being made:
+                # links race at start), or another link is carrying the group right now.
+                # Starting over would throw away a working group, and the relay refuses
+                # REG1 from addresses it still holds in it: the links could never return.
+                self.dropped["stale REG_NGP"] += 1
+                return
             if self.group is not None:
                 # The relay forgot us (restarted, or we were silent too long): start over.
                 self.group = None
@@ -339,7 +351,7 @@ class Bonder(Worker):
                 link.last_rx = now
                 self.group = gid
                 for other in self.links.values():
-                    other.sock.sendto(srtla.reg(srtla.REG2, gid), self.relay)
+                    self._reg2(other, now)
         elif t == srtla.REG3:
             link.last_rx = now
             if link.state in ("registering", "dead"):
@@ -431,10 +443,7 @@ class Bonder(Worker):
         for link in list(self.links.values()):
             if link.state in ("registering", "dead") and now - link.last_reg >= REGISTER_EVERY:
                 link.last_reg = now
-                try:
-                    link.sock.sendto(srtla.reg(srtla.REG2, self.group or self.ident), self.relay)
-                except OSError:
-                    pass
+                self._reg2(link, now)
             if link.state != "registering" and now - link.last_keepalive >= KEEPALIVE_EVERY:
                 link.last_keepalive = now
                 try:
@@ -455,6 +464,15 @@ class Bonder(Worker):
             elif link.kept and now - link.last_rx <= link.dead_after():
                 link.kept = False
                 log.info("bond: uplink %s answers again", link.name, extra={"LINK": link.name})
+
+    def _reg2(self, link: Link, now: float) -> None:
+        what = self.group or self.ident
+        if what != link.reg_sent:
+            link.reg_sent, link.reg_group_since = what, now
+        try:
+            link.sock.sendto(srtla.reg(srtla.REG2, what), self.relay)
+        except OSError:
+            pass  # an uplink that cannot send is found dead by its silence, or by its next data packet
 
     def _declare_dead(self, link: Link, now: float, why: str | None = None) -> None:
         if link.state == "dead":
