@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from appliance.uplinks.abr import VIDEO, VOICE, Abr, AbrLimits
+from appliance.uplinks.abr import VIDEO, VOICE, Abr, AbrLimits, DeliveryMeter
 from appliance.uplinks.at import Radio
 from appliance.uplinks.policy import FailoverMemory, LinkView, PolicyConfig, decide, health
 
@@ -181,3 +181,16 @@ def test_abr_rtt_baseline_forgets_after_a_route_change():
     link.base_rtt = 120  # a slower route, not congestion
     t, trace = drive(abr, link, 60, t)
     assert abr.bitrate == 4000, "it does not stay pinned low for ever (a BELABOX complaint)"
+
+
+def test_the_delivery_meter_sees_a_sudden_fall_in_one_sample_while_its_window_lags():
+    m, sent, buffered = DeliveryMeter(), 0, 0
+    for i in range(10):  # 4 Mb/s handed to SRT and delivered: its buffer stays flat
+        sent += 50_000
+        m.update(i * 0.1, sent, buffered)
+    assert round(m.kbps) == 4000 and round(m.kbps_now) == 4000
+    sent += 50_000
+    buffered += 45_000  # the links fall to 0.4 Mb/s: the rest stays in SRT's buffer
+    m.update(1.0, sent, buffered)
+    assert round(m.kbps_now) == 400, "the last sample shows it at once"
+    assert m.kbps > 3000, "the half-second window still remembers the old rate"
