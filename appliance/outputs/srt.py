@@ -263,6 +263,8 @@ class SrtOutput:
                     self._send_frame(item)
             except SrtError as e:
                 self._broken(str(e))
+                if self._mux is None:
+                    break  # it broke while sending the last bytes: there is nothing left to reconnect for
         if self.caller is not None:
             self.caller.close()
         self.connected = False
