@@ -128,7 +128,7 @@ def test_when_every_uplink_goes_quiet_the_last_one_is_kept_and_nothing_is_lost(b
 def test_a_restarted_relay_that_forgot_the_group_is_registered_with_again(bench):
     """The relay restarts: it answers "no such group", and the bond starts over with
     REG1 and a new group on every link (a stale "no such group" must not do this: above)."""
-    bond, path, relay = bench[0], bench[1], bench[2]
+    bond, path = bench[0], bench[1]
     wait_until(lambda: all(link.state == "up" for link in bond.links.values()), 10, what="both uplinks up")
     first = bond.group
     fresh = RelayThread()
