@@ -118,3 +118,35 @@ relay_secret = "a-shared-secret-for-the-relay"
         assert d.terminate() == 0
     finally:
         stop_gracefully(relay)
+
+
+def test_a_slow_handshake_loses_no_frame(daemon_factory, ingest):
+    """Frames that queue while the handshake is held up are fresh, not stale: they all go."""
+    from netsim import Impairer
+
+    first = ingest.start()
+    path = Impairer(("127.0.0.1", ingest.port))
+    try:
+        d = daemon_factory(config_extra=f'[stream]\nenabled = true\nurl = "srt://127.0.0.1:{path.addr[1]}"\n'
+                                        'latency_ms = 200\n').start()
+        d.wait_state("READY", timeout=20)
+        path.held.add("127.0.0.1")  # the handshake waits, as behind a slow cellular attach
+        d.request("live")
+        time.sleep(0.5)
+        assert not d.output("srt")["connected"]
+        path.held.clear()
+        wait_until(lambda: d.output("srt")["connected"], 5, what="connected")
+        time.sleep(3)
+        st = d.output("srt")
+        d.request("stop")
+        d.wait_state("READY")
+        ingest.stop()
+        assert st["frames_dropped"] == 0, st
+        rec = decode_files([first])
+        assert starts_with_parameter_sets(rec.first_video_nals[0]), "the stream starts on a keyframe with SPS/PPS"
+        assert largest_gap(rec.video_pts) == FRAME, "no frame lost on the way"
+        assert len(rec.video_pts) >= 3 * 30, len(rec.video_pts)
+        assert rec.video_pts[0] == 0, "the viewer sees the show from its first frame"
+        assert d.terminate() == 0
+    finally:
+        path.close()

@@ -304,7 +304,7 @@ class SrtOutput:
     def _shed(self, now: float) -> None:
         """The links fell behind: the queued video goes (up to its next keyframe), the audio stays."""
         with self._cv:
-            if not self._frames or now - self._frames[0][0] < max(SHED_AFTER_MIN, self.latency_ms / 1000 * SHED_AFTER_OF_LATENCY):
+            if not self._frames or now - self._frames[0][0] < self._stale_after():
                 return
             kept = deque(item for item in self._frames if item[1] is _END or item[1].stream != 0)
             shed = len(self._frames) - len(kept)
@@ -317,6 +317,10 @@ class SrtOutput:
             self._shedding = self.video_shed - shed
             log.info("stream: the links fell behind: video shed until they catch up, the audio goes on",
                      extra={"OUTPUT": self.name})
+
+    def _stale_after(self) -> float:
+        """How long a frame may wait in the queue and still be worth sending to a live viewer."""
+        return max(SHED_AFTER_MIN, self.latency_ms / 1000 * SHED_AFTER_OF_LATENCY)
 
     def _send_frame(self, pkt: EncodedPacket) -> None:
         if pkt.stream == 0:
@@ -386,14 +390,14 @@ class SrtOutput:
             self.bonder.set_uplinks(now)
 
     def _connected(self) -> None:
-        # What queued while we were away is stale for a live viewer: start fresh, on a keyframe.
+        # What queued while we were away is stale for a live viewer: it goes, and the video
+        # starts on a keyframe. What queued during the handshake alone is fresh and is sent.
         with self._cv:
-            ended = any(item is _END for _, item in self._frames)
-            stale = len(self._frames) - ended
-            self._frames.clear()
-            self._queued_bytes = 0
-            if ended:
-                self._frames.append((time.monotonic(), _END))
+            since = time.monotonic() - self._stale_after()
+            fresh = deque(item for item in self._frames if item[1] is _END or item[0] >= since)
+            stale = len(self._frames) - len(fresh)
+            self._frames = fresh
+            self._queued_bytes = sum(len(p.data) for _, p in fresh if p is not _END)
             self.frames_dropped += stale
         self._pending.clear()  # a partial chunk of the old connection: the new one starts on a TS packet
         self._need_key = True
