@@ -194,3 +194,17 @@ def test_the_delivery_meter_sees_a_sudden_fall_in_one_sample_while_its_window_la
     m.update(1.0, sent, buffered)
     assert round(m.kbps_now) == 400, "the last sample shows it at once"
     assert m.kbps > 3000, "the half-second window still remembers the old rate"
+
+
+def test_abr_does_not_judge_the_handshake_burst_and_judges_what_follows():
+    abr = Abr(LIMITS)
+    # The first samples of a connection: frames queued during the handshake, under
+    # SRT's initial 100 ms RTT guess (what CI's run saw: "buffer 526 ms, RTT 100 ms").
+    for t in (0.0, 0.1):
+        assert abr.update(t, 100, 526, 250_000, 200_000).bitrate_kbps == 4000
+    # The same backlog once the meter has a rate is congestion, and is cut.
+    sent, outs = 250_000, []
+    for t in (0.2, 0.3, 0.4):
+        sent += 10_000
+        outs.append(abr.update(t, 100, 526, sent, 200_000))
+    assert abr.bitrate < 4000 and any("congestion" in o.reason for o in outs), outs

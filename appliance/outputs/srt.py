@@ -237,6 +237,7 @@ class SrtOutput:
                 continue
             if not self.connected:
                 try:
+                    began = time.monotonic()
                     self.caller = self.caller or self._caller()
                     self.caller.connect()
                 except SrtError as e:
@@ -245,7 +246,7 @@ class SrtOutput:
                     attempt += 1
                     continue
                 attempt = 0
-                self._connected()
+                self._connected(began)
             try:
                 now = time.monotonic()
                 if now - last_stats >= ABR_EVERY:
@@ -389,11 +390,13 @@ class SrtOutput:
             self._last_uplinks = now
             self.bonder.set_uplinks(now)
 
-    def _connected(self) -> None:
-        # What queued while we were away is stale for a live viewer: it goes, and the video
-        # starts on a keyframe. What queued during the handshake alone is fresh and is sent.
+    def _connected(self, handshake_began: float) -> None:
+        # What queued while we were away (backing off, or waiting for the relay) is stale
+        # for a live viewer: it goes, and the video starts on a keyframe. What queued
+        # during the handshake alone is fresh and is sent: a burst of a few round trips,
+        # not a backlog for the bitrate controller to mistake for congestion.
         with self._cv:
-            since = time.monotonic() - self._stale_after()
+            since = max(handshake_began, time.monotonic() - self._stale_after())
             fresh = deque(item for item in self._frames if item[1] is _END or item[0] >= since)
             stale = len(self._frames) - len(fresh)
             self._frames = fresh

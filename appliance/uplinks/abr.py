@@ -114,6 +114,10 @@ class Abr:
         clear = buffer_ms < max(40.0, 1.3 * base + 10) and rtt_ms < base + max(30.0, 0.25 * base)
         self._clear_since = (self._clear_since or now) if clear else None
 
+        if delivered is None:
+            # The first moments of a connection carry what queued during its handshake,
+            # under SRT's initial RTT guess: nothing there says what the links carry.
+            return AbrOutput(self.bitrate, self.lane)
         if self.lane == VOICE:
             return self._in_voice(now, congested)
         if congested:
