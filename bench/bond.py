@@ -87,7 +87,6 @@ def run(mbps: float, seconds: float) -> tuple[float, float, float]:
             delay = t0 + i / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-        wall = time.monotonic() - t0
         b1, r1, f1 = thread_cpu("srtla-bond"), thread_cpu("test-relay"), thread_cpu("bench-forwarder")
         caller.close()
         mb = i * 1316 * 8 / 1e6

@@ -68,7 +68,7 @@ def run_pipeline(cfg: Config, frames: list, seconds: float, workdir: Path) -> tu
         await pipe.start()
         await asyncio.sleep(1.0)  # let the source settle
         await pipe.start_live()
-        cpu0, t0 = time.process_time(), time.monotonic()
+        cpu0 = time.process_time()
         await asyncio.sleep(seconds)
         encoded = pipe.frames_encoded
         cpu = time.process_time() - cpu0

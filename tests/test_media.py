@@ -222,7 +222,7 @@ def test_a_filling_disk_deletes_old_sessions_then_stops_recording_cleanly(daemon
         old.mkdir(parents=True)
         (old / "seg-00001.ts").write_bytes(os.urandom(4 * 1024 * 1024))
         os.utime(old, (1_000_000 + i, 1_000_000 + i))
-    d = daemon_factory(config_extra=f"""
+    d = daemon_factory(config_extra="""
 [recording]
 segment_seconds = 1
 min_free_mb = 5

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import struct
-import threading
 import time
 import tracemalloc
 
@@ -15,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.transport import srtla
-from appliance.transport.relay import Relay
 from conftest import ROOT, wait_until
 from netsim import RelayThread
 

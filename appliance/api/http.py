@@ -23,7 +23,6 @@ from aiohttp import web
 
 from appliance.api.metrics import render_metrics
 from appliance.errors import ComponentError
-from appliance.supervisor.state import Kind
 
 log = logging.getLogger(__name__)
 

@@ -172,8 +172,8 @@ def card_svg() -> str:
     height = 40 + row_h * len(rows)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + strip_w + 20}" height="{height}" '
            f'font-family="sans-serif" font-size="12">',
-           f'<rect width="100%" height="100%" fill="#1b1b1b"/>',
-           f'<text x="10" y="22" fill="#eee" font-size="14">Front panel: every LED pattern (2 s shown)</text>']
+           '<rect width="100%" height="100%" fill="#1b1b1b"/>',
+           '<text x="10" y="22" fill="#eee" font-size="14">Front panel: every LED pattern (2 s shown)</text>']
     colours = {"status": "#4caf50", "live": "#f44336", "audio": "#ffc107", "link_wired": "#2196f3",
                "link_cell": "#00bcd4", "power": "#ff9800"}
     y = 40

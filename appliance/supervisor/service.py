@@ -24,7 +24,7 @@ from appliance.config import Config, runtime_dir, state_dir
 from appliance.errors import AlreadyRunning
 from appliance.supervisor.control import SOCKET_NAME, ControlServer
 from appliance.supervisor.persist import StateStore
-from appliance.supervisor.state import Action, Event, Kind, Snapshot, State, step
+from appliance.supervisor.state import Action, Event, Kind, Snapshot, step
 from appliance.supervisor.systemd import Notifier, child_env
 
 log = logging.getLogger(__name__)
