@@ -98,3 +98,25 @@ def test_passphrase_and_stream_id_reach_the_listener(ingest):
     wrong.close()
     ingest.stop()
     assert out.read_bytes() == bytes([0x47]) * 1316, "the right key got through, decrypted"
+
+
+def test_send_buffer_bytes_and_span_while_the_path_holds_everything(ingest):
+    from netsim import Impairer
+
+    ingest.start()
+    path = Impairer(("127.0.0.1", ingest.port))
+    c = libsrt.SrtCaller("127.0.0.1", path.addr[1], latency_ms=120)
+    try:
+        c.connect()
+        assert c.buffered() == (0, 0)
+        path.held.add("127.0.0.1")  # nothing is acknowledged
+        c.send(b"\x47" * 1316)
+        time.sleep(0.3)
+        c.send(b"\x47" * 1316)
+        held, span = c.buffered()
+        assert held == 2 * 1316 and 280 <= span <= 400, (held, span)
+        path.held.clear()
+        wait_until(lambda: c.buffered() == (0, 0), 5, what="acknowledged and emptied")
+    finally:
+        c.close()
+        path.close()

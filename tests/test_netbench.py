@@ -255,10 +255,7 @@ def test_voice_lane_keeps_the_audio_when_the_links_cannot_carry_video(daemon_fac
     slate = [pts / 90000 for pts, y in zip(video.video_pts, video.video_luma) if y < 30]  # white text on black
     assert len(slate) >= 5 * 5, f"the slate was sent ({len(slate)} frames)"
     assert video.video_luma[-1] > 30, "full video at the end"
-    # The audio, from before the cap to after the lift. What left at 4 Mb/s in the moment
-    # before the sender could see the links shrink 57-fold fills their queues, and some of
-    # it arrives too late for the latency: a short gap as they fall. From the lane's first
-    # second on, none.
+    # The audio, from before the cap, through the fall, the lane and the return, to after the lift.
     lane = (min(slate), max(slate))
     for stream, frames in rec.audio.items():
         starts = sorted(t for t, _ in frames)
@@ -266,9 +263,7 @@ def test_voice_lane_keeps_the_audio_when_the_links_cannot_carry_video(daemon_fac
         gaps = sorted(((b - a, a) for a, b in zip(starts, starts[1:])), reverse=True)
         print(f"audio track {stream}: largest gaps (ms, s from the slate)",
               [(round(g * 1000), round(t - lane[0], 1)) for g, t in gaps[:3]])
-        assert gaps[0][0] <= 0.3, f"audio track {stream}: a {gaps[0][0] * 1000:.0f} ms gap"
-        in_lane = max(g for g, t in gaps if lane[0] + 1.0 <= t <= lane[1])
-        assert in_lane <= 0.1, f"audio track {stream}: a {in_lane * 1000:.0f} ms gap in the voice lane"
+        assert gaps[0][0] <= 0.1, f"audio track {stream}: a {gaps[0][0] * 1000:.0f} ms gap"
     print(f"voice lane: {lane[1] - lane[0]:.1f} s of slate")
     rec_dir = only_session(d.dir / "recordings")
     local = decode_files(segments(rec_dir))

@@ -41,6 +41,19 @@ class AbrOutput:
     reason: str = ""
 
 
+class RttFloor:
+    """The lowest RTT of the last BASE_RTT_WINDOW seconds: the path without its queues."""
+
+    def __init__(self):
+        self._rtts: deque[tuple[float, float]] = deque()
+
+    def update(self, now: float, rtt_ms: float) -> float:
+        self._rtts.append((now, rtt_ms))
+        while now - self._rtts[0][0] > BASE_RTT_WINDOW:
+            self._rtts.popleft()
+        return min(r for _, r in self._rtts)
+
+
 class DeliveryMeter:
     """What the links delivered, in kb/s over the last half second: the bytes handed
     to SRT minus the growth of its send buffer."""
@@ -71,7 +84,7 @@ class Abr:
         self.bitrate = limits.max_kbps
         self.lane = VIDEO
         self.known_good = limits.max_kbps
-        self._rtts: deque[tuple[float, float]] = deque()
+        self._rtt_floor = RttFloor()
         self.meter = DeliveryMeter()
         self._last_change = self._last_cut = -1e9
         self._raised_from: int | None = None  # the bitrate before the last step up
@@ -82,12 +95,6 @@ class Abr:
         self._voice_since = 0.0
         self._probe_until = 0.0
 
-    def _base_rtt(self, now: float, rtt: float) -> float:
-        self._rtts.append((now, rtt))
-        while self._rtts and now - self._rtts[0][0] > BASE_RTT_WINDOW:
-            self._rtts.popleft()
-        return min(r for _, r in self._rtts)
-
     @property
     def delivered_kbps(self) -> float | None:
         return self.meter.kbps
@@ -97,7 +104,7 @@ class Abr:
         """buffer_ms: how long the oldest byte not yet delivered has waited, in SRT's
         send buffer or before it (queued_bytes: the sender's own backlog, not yet handed to SRT)."""
         l = self.l
-        base = self._base_rtt(now, rtt_ms)
+        base = self._rtt_floor.update(now, rtt_ms)
         delivered = self.meter.update(now, sent_bytes, buffer_bytes)
         buffer_bytes += queued_bytes  # from here on: the whole backlog
         if delivered is not None:
