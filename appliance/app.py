@@ -79,6 +79,7 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
         return None if state == "READY" else f"the box is {state}"
 
     service.commands["preflight"] = lambda req: uplinks.async_preflight(req, busy)
+    service.commands["usage-reset"] = uplinks.async_reset_usage
     service.outputs.append(media)
     service.before_power_off.append(power.before_power_off)
     from appliance.api.http import ApiServer

@@ -159,6 +159,21 @@ def cmd_preflight(args) -> int:
     return {"go": 0, "marginal": 2}.get(report["verdict"], 3)
 
 
+def cmd_usage_reset(args) -> int:
+    from appliance.supervisor.control import request
+
+    answer = request(_socket(args), "usage-reset", **({"link": args.link} if args.link else {}))
+    if not answer.get("ok"):
+        print(f"error: {answer.get('error')}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(answer["reset_mb"], indent=2))
+    else:
+        for name, mb in answer["reset_mb"].items():
+            print(f"{name}: {mb} MB -> 0")
+    return 0
+
+
 def cmd_live_stop(args) -> int:
     from appliance.supervisor.control import request
 
@@ -284,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, socket=True)
     sp.add_argument("--seconds", type=float, default=12, help="length of the dry stream, all links together (4-60)")
     sp.set_defaults(func=cmd_preflight)
+
+    sp = sub.add_parser("usage-reset", help="a new billing period: zero an uplink's data count (all without LINK)")
+    common(sp, socket=True)
+    sp.add_argument("link", nargs="?", help="the uplink's name, as in status")
+    sp.set_defaults(func=cmd_usage_reset)
 
     sp = sub.add_parser("probe", help="check each hardware part of the profile, starting nothing")
     common(sp)

@@ -70,6 +70,14 @@ def test_status_and_live_stop_over_http(box):
     box.wait_state("READY")
     status, _, body = http(box.base + "/api/preflight", "POST")
     assert status == 409 and "needs [stream] enabled" in json.loads(body)["error"], "no stream: nothing to pre-flight"
+    status, _, body = http(box.base + "/api/usage/reset", "POST", {"link": "wwan0"})
+    assert status == 404 and json.loads(body)["error"].startswith("no uplink 'wwan0' (known: ")
+    status, _, body = http(box.base + "/api/usage/reset", "POST", {"link": 5})
+    assert status == 400 and "link must be an uplink's name" in json.loads(body)["error"]
+    status, _, body = http(box.base + "/api/usage/reset", "POST", [])
+    assert status == 400 and "JSON object" in json.loads(body)["error"]
+    status, _, body = http(box.base + "/api/usage/reset", "POST")
+    assert status == 200 and all(isinstance(mb, (int, float)) for mb in json.loads(body).values()), body
     assert_no_secret(box.log().encode())
     assert box.terminate() == 0
 

@@ -4,9 +4,10 @@ across restarts, and the simulated modem's figures on the cellular uplink."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
-from conftest import wait_until
+from conftest import APPLIANCE, wait_until
 from netsim import RelayThread
 
 
@@ -57,6 +58,20 @@ caps_mb = {{ cell = 1 }}
         assert uplinks()["links"]["cell"]["used_mb"] >= used
         d.request("live")
         wait_until(lambda: uplinks()["links"]["cell"]["standby"], 5, what="standby at once after the restart")
+        # A new billing period: the tech zeroes the count, and the link carries traffic again.
+        typo = subprocess.run([*APPLIANCE, "usage-reset", "cel", "--socket", str(d.socket)],
+                              capture_output=True, text=True, timeout=30)
+        assert typo.returncode == 1 and "no uplink 'cel'; did you mean 'cell'?" in typo.stderr, typo.stderr
+        assert uplinks()["links"]["cell"]["used_mb"] >= used, "a wrong name resets nothing"
+        reset = subprocess.run([*APPLIANCE, "usage-reset", "cell", "--socket", str(d.socket)],
+                               capture_output=True, text=True, timeout=30)
+        assert reset.returncode == 0 and reset.stdout.startswith("cell: ") and "MB -> 0" in reset.stdout, reset
+        wait_until(lambda: not uplinks()["links"]["cell"]["standby"], 5, what="the cell link back from standby")
+        sent = d.output("srt")["bond"]["links"]["cell"]["packets"]
+        wait_until(lambda: d.output("srt")["bond"]["links"]["cell"]["packets"] - sent > 100, 10,
+                   what="traffic on the cell link again")
+        assert "uplinks: data usage reset: cell (was " in d.log()
+        assert "uplink cell standby" not in d.request("status")["status"]["conditions"]
         d.request("stop")
         d.wait_state("READY")
         assert d.terminate() == 0

@@ -68,6 +68,7 @@ class ApiServer:
             web.post("/api/live", self._live),
             web.post("/api/stop", self._stop),
             web.post("/api/preflight", self._preflight),
+            web.post("/api/usage/reset", self._usage_reset),
             web.post("/api/login", self._login),
             web.get("/api/events", self._events),
             web.get("/api/snapshot.jpg", self._snapshot),
@@ -177,6 +178,18 @@ class ApiServer:
             # 409: the request is fine, the box is not in a state to run it (live, no stream, running).
             return _error(409, answer.get("error", "pre-flight refused"))
         return web.json_response(answer["preflight"])
+
+    async def _usage_reset(self, request):
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except ValueError:
+            return _error(400, "the body must be JSON: {\"link\": \"wwan0\"}, or empty for every uplink")
+        if not isinstance(body, dict):
+            return _error(400, "the body must be a JSON object: {\"link\": \"wwan0\"}, or empty for every uplink")
+        answer = await self.service.handle_command({"cmd": "usage-reset", **({"link": body["link"]} if "link" in body else {})})
+        if not answer.get("ok"):
+            return _error(404 if "no uplink" in answer.get("error", "") else 400, answer.get("error", "refused"))
+        return web.json_response(answer["reset_mb"])
 
     async def _snapshot(self, request):
         frame = getattr(self.media, "latest_frame", None)

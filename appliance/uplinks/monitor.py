@@ -12,6 +12,7 @@ restarts in the state directory, so a data cap holds over a month of shows.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import json
 import logging
 import time
@@ -252,6 +253,23 @@ class UplinkMonitor:
         self._active_conditions = {c for c in self._active_conditions
                                    if not (c.startswith("cap:") and (link is None or c == f"cap:{link}"))}
         self._save_usage()
+
+    async def async_reset_usage(self, req: dict) -> dict:
+        """The control command: a new billing period on a metered SIM. A link that
+        stopped at its cap carries traffic again at the next tick."""
+        link = req.get("link")
+        known = sorted(set(self.usage) | set(self.caps) | set(self.views))
+        if link is not None and not isinstance(link, str):
+            return {"ok": False, "error": f"link must be an uplink's name, not {link!r}"}
+        if link is not None and link not in known:
+            hint = difflib.get_close_matches(link, known, n=1)
+            return {"ok": False, "error": f"no uplink {link!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                    + f" (known: {', '.join(known) or 'none'})"}
+        was = {name: round(self.usage.get(name, 0) / 1e6, 1) for name in ([link] if link else known)}
+        self.reset_usage(link)
+        log.warning("uplinks: data usage reset: %s", ", ".join(f"{n} (was {mb} MB)" for n, mb in was.items()) or "none",
+                    extra={"EVENT": "usage_reset"})
+        return {"ok": True, "reset_mb": was}
 
     # --- pre-flight ----------------------------------------------------------------------------
 
