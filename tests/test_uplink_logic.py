@@ -9,7 +9,7 @@ import pytest
 
 from appliance.uplinks.abr import VIDEO, VOICE, Abr, AbrLimits, DeliveryMeter
 from appliance.uplinks.at import Radio
-from appliance.uplinks.policy import FailoverMemory, LinkView, PolicyConfig, decide, health
+from appliance.uplinks.policy import FailoverMemory, HealthBands, LinkView, PolicyConfig, decide, health
 
 # --- health -------------------------------------------------------------------------------------
 
@@ -208,3 +208,39 @@ def test_abr_does_not_judge_the_handshake_burst_and_judges_what_follows():
         sent += 10_000
         outs.append(abr.update(t, 100, 526, sent, 200_000))
     assert abr.bitrate < 4000 and any("congestion" in o.reason for o in outs), outs
+
+
+def test_health_bands_ignore_a_wobble_across_an_edge_and_follow_a_real_change():
+    bands, t, changes = HealthBands(), 0.0, []
+
+    def feed(scores, dt=0.5):
+        nonlocal t
+        for s in scores:
+            band = bands.update("up1", s, t)
+            if band:
+                changes.append((t, band))
+            t += dt
+
+    feed([0.82, 0.78, 0.81, 0.77, 0.79, 0.83] * 5)  # steady 5 % loss: the loss figure wobbles round 0.8
+    assert changes == [], "inside the margin: no band change, no log line"
+    feed([0.70, 0.82, 0.70, 0.84])  # clear of the edge, but never for 2 s
+    assert changes == []
+    feed([0.6] * 6)  # a real fall
+    assert changes == [(changes[0][0], "fair")] and changes[0][0] - (t - 6 * 0.5) >= 2.0
+    feed([0.2] * 6)  # and further
+    assert changes[-1][1] == "poor"
+    feed([0.95] * 6)  # recovered: straight from poor to good
+    assert [b for _, b in changes] == ["fair", "poor", "good"]
+    assert bands.band == {"up1": "good"}
+
+
+@pytest.mark.parametrize("was,score,moves", [
+    ("good", 0.76, False), ("good", 0.74, True), ("fair", 0.83, False), ("fair", 0.86, True),
+    ("fair", 0.37, False), ("fair", 0.34, True), ("poor", 0.43, False), ("poor", 0.46, True),
+    ("poor", 1.0, True), ("good", 0.0, True),
+])
+def test_health_band_margin_at_every_edge(was, score, moves):
+    bands = HealthBands()
+    bands.band["x"] = was
+    out = [bands.update("x", score, t) for t in (0.0, 1.0, 2.0, 3.0)]
+    assert (any(out)) == moves, out

@@ -22,7 +22,7 @@ from typing import Callable
 from appliance import conditions as C
 from appliance.config import Config
 from appliance.fsutil import atomic_write
-from appliance.uplinks.policy import Decision, FailoverMemory, LinkView, PolicyConfig, decide, health
+from appliance.uplinks.policy import Decision, FailoverMemory, HealthBands, LinkView, PolicyConfig, decide, health
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class UplinkMonitor:
         self._base_rtt: dict[str, float] = {}
         self._naks: dict[str, list[tuple[float, int, int]]] = {}
         self._active_conditions: set[str] = set()
-        self._health_band: dict[str, str] = {}
+        self._health_bands = HealthBands()
         self._saved_at = 0.0
         self._streaming_since: float | None = None
         self._task: asyncio.Task | None = None
@@ -170,7 +170,7 @@ class UplinkMonitor:
         for name, v in views.items():
             h = health(v)
             self.scores[name] = {"health": h.score, "why": h.reasons}
-            self._log_health(name, h)
+            self._log_health(name, h, now)
         for event in d.events:
             log.warning("uplinks: %s", event, extra={"EVENT": "failover"})
         for name in d.standby:
@@ -198,13 +198,12 @@ class UplinkMonitor:
         t0, n0, p0 = hist[0]
         return (naks - n0) / (packets - p0) if packets - p0 > 50 else 0.0
 
-    def _log_health(self, name: str, h) -> None:
-        band = "good" if h.score >= 0.8 else "fair" if h.score >= 0.4 else "poor"
-        if self._health_band.get(name, "good") != band:
+    def _log_health(self, name: str, h, now: float) -> None:
+        band = self._health_bands.update(name, h.score, now)
+        if band is not None:
             (log.info if band == "good" else log.warning)(
                 "uplinks: %s health %s (%.2f)%s", name, band, h.score, f": {', '.join(h.reasons)}" if h.reasons else "",
                 extra={"LINK": name})
-        self._health_band[name] = band
 
     def _role(self, name: str) -> str:
         return "cell" if name == self.config.modem.interface else "wired"

@@ -89,6 +89,48 @@ def health(link: LinkView) -> Health:
     return Health(round(score, 3), why)
 
 
+BANDS = (("good", 0.8), ("fair", 0.4), ("poor", 0.0))
+BAND_MARGIN = 0.05  # a score must clear a band's edge by this much to change band
+BAND_HOLD_S = 2.0  # and stay in the new band this long: a log line per change, not per wobble
+
+
+def _band(score: float) -> str:
+    return next(name for name, low in BANDS if score >= low)
+
+
+class HealthBands:
+    """The band (good / fair / poor) each link is reported in. A loss figure taken
+    over a few seconds wobbles across an edge under steady random loss; the band
+    moves only when the score is clear of the edge and stays there."""
+
+    def __init__(self):
+        self.band: dict[str, str] = {}
+        self._pending: dict[str, tuple[str, float]] = {}
+
+    def update(self, name: str, score: float, now: float) -> str | None:
+        """The new band if the link has just changed band, else None."""
+        was = self.band.get(name, "good")
+        order = [b for b, _ in BANDS]
+        raw = _band(score)
+        if raw == was:
+            self._pending.pop(name, None)
+            return None
+        better = order.index(raw) < order.index(was)
+        clear = _band(score - BAND_MARGIN if better else min(1.0, score + BAND_MARGIN))
+        if clear == was:
+            self._pending.pop(name, None)
+            return None
+        pending = self._pending.get(name)
+        if pending is None or pending[0] != clear:
+            self._pending[name] = (clear, now)
+            return None
+        if now - pending[1] < BAND_HOLD_S:
+            return None
+        del self._pending[name]
+        self.band[name] = clear
+        return clear
+
+
 @dataclass
 class PolicyConfig:
     mode: str = "bond"  # bond | failover
