@@ -28,7 +28,7 @@ from appliance.media.encoders import EncodedPacket
 from appliance.media.mux import TsMuxer
 from appliance.outputs import Report, Session
 from appliance.transport.libsrt import LIVE_PAYLOAD, SrtCaller, SrtError
-from appliance.uplinks.abr import VIDEO, VOICE, Abr, AbrLimits, DeliveryMeter, RttFloor
+from appliance.uplinks.abr import VIDEO, VOICE, Abr, AbrLimits, DeliveryMeter
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ QUEUE_FRAMES = 1000  # ~8 s of frames (30 video + 2 x 47 audio a second): beyond
 # and its oldest packet may have waited a few round trips (a loss and its repair), no more.
 SRT_ROOM_OF_LATENCY = 0.25
 SRT_ROOM_MIN = 24_000
-SRT_SPAN_MIN, SRT_SPAN_OF_RTT, SRT_SPAN_SLACK = 60.0, 3.0, 30.0  # ms, x the RTT floor, ms
+SRT_SPAN_MIN, SRT_SPAN_OF_RTT, SRT_SPAN_SLACK = 60.0, 3.0, 30.0  # ms, x SRT's RTT, ms
 SRT_STALL = 0.2  # s: SRT's buffer full and not draining for this long: it needs a nudge
 # The oldest queued frame waited this long (s): the video is shed up to its next keyframe.
 # (our queue does not count against SRT's latency, which starts when SRT gets a packet)
@@ -112,7 +112,6 @@ class SrtOutput:
         self.lane, self._slate_on, self._need_key, self._shedding = VIDEO, False, True, None
         self.abr = Abr(self.abr_limits) if self.abr_limits else None
         self._meter = self.abr.meter if self.abr else DeliveryMeter()
-        self._rtt_floors, self._rtt_floor = RttFloor(), 100.0  # (SRT's own first guess)
         self._mux = TsMuxer(self._bytes, session.video, session.audio_extradata, session.track_names,
                             service_name=session.name)
         self._stop.clear()
@@ -254,7 +253,6 @@ class SrtOutput:
                 now = time.monotonic()
                 if now - last_stats >= ABR_EVERY:
                     self.stats, last_stats = self.caller.stats(), now
-                    self._rtt_floor = self._rtt_floors.update(now, self.stats["rtt_ms"])
                     self._adapt(now)
                 self._shed(now)
                 if not self._srt_has_room(now):
@@ -294,8 +292,10 @@ class SrtOutput:
         # The rate is measured ten times a second; the span is there at every frame. When
         # the links fall, what goes out before the fall is seen fills their queues and is
         # lost there, and its repair comes too late: the span stops it within a few round trips.
+        # (SRT's smoothed RTT, not the path's best: a standing queue under a moderate cap
+        # raises it, so the gate does not throttle links that are merely busy.)
         span_limit = min(self.latency_ms * SRT_ROOM_OF_LATENCY,
-                         max(SRT_SPAN_MIN, SRT_SPAN_OF_RTT * self._rtt_floor + SRT_SPAN_SLACK))
+                         max(SRT_SPAN_MIN, SRT_SPAN_OF_RTT * self.stats.get("rtt_ms", 100.0) + SRT_SPAN_SLACK))
         held, span = self.caller.buffered()
         if held < SRT_ROOM_MIN or (held < room and span < span_limit):
             self._full_since = None
