@@ -167,12 +167,9 @@ class ApiServer:
         return web.json_response(await self.service.handle_command({"cmd": "stop", "source": "web"}))
 
     async def _preflight(self, request):
-        try:
-            body = await request.json() if request.can_read_body else {}
-        except ValueError:
-            return _error(400, "the body must be JSON: {\"seconds\": 12}")
-        if not isinstance(body, dict):
-            return _error(400, "the body must be a JSON object: {\"seconds\": 12}")
+        body = await _json_object(request, '{"seconds": 12}')
+        if isinstance(body, web.Response):
+            return body
         answer = await self.service.handle_command({"cmd": "preflight", "seconds": body.get("seconds", 12)})
         if not answer.get("ok"):
             # 409: the request is fine, the box is not in a state to run it (live, no stream, running).
@@ -180,12 +177,9 @@ class ApiServer:
         return web.json_response(answer["preflight"])
 
     async def _usage_reset(self, request):
-        try:
-            body = await request.json() if request.can_read_body else {}
-        except ValueError:
-            return _error(400, "the body must be JSON: {\"link\": \"wwan0\"}, or empty for every uplink")
-        if not isinstance(body, dict):
-            return _error(400, "the body must be a JSON object: {\"link\": \"wwan0\"}, or empty for every uplink")
+        body = await _json_object(request, '{"link": "wwan0"}, or empty for every uplink')
+        if isinstance(body, web.Response):
+            return body
         answer = await self.service.handle_command({"cmd": "usage-reset", **({"link": body["link"]} if "link" in body else {})})
         if not answer.get("ok"):
             return _error(404 if "no uplink" in answer.get("error", "") else 400, answer.get("error", "refused"))
@@ -231,6 +225,17 @@ class ApiServer:
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"ok": False, "error": message}, status=status)
+
+
+async def _json_object(request, example: str) -> dict | web.Response:
+    """The request's body as a JSON object (empty: {}), or the 400 that says what was expected."""
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError:
+        return _error(400, f"the body must be JSON: {example}")
+    if not isinstance(body, dict):
+        return _error(400, f"the body must be a JSON object: {example}")
+    return body
 
 
 def _jpeg(frame, width: int = 640) -> bytes:
