@@ -119,7 +119,7 @@ class Link:
     def __init__(self, capacity_kbps: float, base_rtt=20.0):
         self.capacity, self.base_rtt = capacity_kbps, base_rtt
         self.queue_bits = 0.0
-        self.sent_bytes = 0
+        self.sent_bytes = self.resent_bytes = 0
 
     def step(self, kbps_in: float, dt: float) -> tuple[float, float, int]:
         self.sent_bytes += int(kbps_in * 1000 * dt / 8)
@@ -138,7 +138,7 @@ def drive(abr: Abr, link: Link, seconds: float, t0: float, events=None) -> tuple
                     events.remove((at, cap))
         kbps = (abr.bitrate if abr.lane == VIDEO else 0) + LIMITS.audio_kbps
         rtt, buf_ms, buf_bytes = link.step(kbps, 0.1)
-        out = abr.update(t, rtt, buf_ms, link.sent_bytes, buf_bytes)
+        out = abr.update(t, rtt, buf_ms, link.sent_bytes, buf_bytes, resent_bytes=link.resent_bytes)
         trace.append((round(t, 1), out.bitrate_kbps, out.lane, round(buf_ms)))
         t += 0.1
     return t, trace
@@ -175,12 +175,51 @@ def test_abr_voice_lane_below_the_floor_and_back():
     assert abr.lane == VIDEO and abr.bitrate == 4000, trace[-5:]
 
 
+def test_abr_drains_a_backlog_at_the_floor_with_the_video_on_when_the_links_carry_the_floor():
+    abr, link = Abr(LIMITS), Link(10000)
+    t, _ = drive(abr, link, 3, 0)
+    t, trace = drive(abr, link, 10, t, events=[(t, 1400)])  # the 800 kb/s floor + 300 of audio fit
+    assert max(buf for *_, buf in trace) > 1000 / 3, "the premise: a backlog past a third of the latency"
+    assert all(lane == VIDEO for _, _, lane, _ in trace), trace[:20]
+    assert trace[-1][3] < 50, "drained"
+
+
 def test_abr_rtt_baseline_forgets_after_a_route_change():
     abr, link = Abr(LIMITS), Link(10000, base_rtt=20)
     t, _ = drive(abr, link, 5, 0)
     link.base_rtt = 120  # a slower route, not congestion
     t, trace = drive(abr, link, 60, t)
     assert abr.bitrate == 4000, "it does not stay pinned low for ever (a BELABOX complaint)"
+
+
+class ReorderingLink(Link):
+    """Two bonded links of different depth under a cap: while a queue stands, the
+    receiver sees packets out of order and SRT re-sends half of what goes in.
+    The re-sends take capacity; they stop once the queue drains."""
+
+    def step(self, kbps_in: float, dt: float) -> tuple[float, float, int]:
+        resend = kbps_in * 0.5 if self.queue_bits > 0 else 0.0
+        self.resent_bytes += int(resend * 1000 * dt / 8)
+        rtt, buf_ms, buf_bytes = super().step(kbps_in + resend, dt)
+        self.sent_bytes -= int(resend * 1000 * dt / 8)  # (re-sends are not new bytes handed to SRT)
+        return rtt, buf_ms, buf_bytes
+
+
+def test_abr_counts_re_sends_as_carried_and_keeps_the_video_on_links_that_reorder():
+    abr, link = Abr(LIMITS), ReorderingLink(10000)
+    t, _ = drive(abr, link, 3, 0)
+    t, trace = drive(abr, link, 15, t, events=[(t, 3000)])
+    assert all(lane == VIDEO for _, _, lane, _ in trace), f"3 Mb/s carries video: {trace}"
+    settled = [b for tt, b, *_ in trace if tt >= trace[0][0] + 5]
+    assert min(settled) >= 1200, f"around the 2 Mb/s where the queue, and so the re-sends, stop: {trace}"
+    assert max(buf for *_, buf in trace) < 1000 / 3
+
+
+def test_the_delivery_meter_counts_what_went_out_again():
+    m = DeliveryMeter()
+    for i in range(6):  # 1.4 Mb/s of new bytes delivered, 1.6 Mb/s of re-sends
+        m.update(i * 0.1, i * 17_500, 0, i * 20_000)
+    assert round(m.kbps) == 3000 and round(m.kbps_now) == 3000
 
 
 def test_the_delivery_meter_sees_a_sudden_fall_in_one_sample_while_its_window_lags():

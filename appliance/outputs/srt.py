@@ -364,14 +364,19 @@ class SrtOutput:
         """The adaptive bitrate: SRT's view of the links drives the encoder and the lane."""
         st = self.stats
         sent = self.chunks_sent * LIVE_PAYLOAD
+        resent = st["packets_retransmitted"]
+        if self.bonder is not None:  # what the bond held back never loaded a link; what it rescued did
+            resent += self.bonder.resent - self.bonder.held
+        resent = max(0, resent) * LIVE_PAYLOAD
         if self.abr is None:
-            self._meter.update(now, sent, st["send_buffer_bytes"])
+            self._meter.update(now, sent, st["send_buffer_bytes"], resent)
             return
         with self._cv:
             waited_ms = (now - self._frames[0][0]) * 1000 if self._frames else 0.0
             queued = self._queued_bytes
         before_kbps, before_lane = self.abr.bitrate, self.abr.lane
-        out = self.abr.update(now, st["rtt_ms"], st["send_buffer_ms"] + waited_ms, sent, st["send_buffer_bytes"], queued)
+        out = self.abr.update(now, st["rtt_ms"], st["send_buffer_ms"] + waited_ms, sent, st["send_buffer_bytes"], queued,
+                              resent)
         if out.lane != before_lane:
             self.lane = out.lane
             if out.lane == VOICE:

@@ -3,8 +3,8 @@
 Fed ten times a second with what libsrt reports (RTT, the send buffer in ms
 and bytes) and how many bytes we handed it. It learns from belacoder (fast
 down, slow up) and fixes what BELABOX users meet:
-- it falls to what the links actually delivered (bytes in minus the growth of
-  the send buffer), not by fixed steps, so the buffer drains before it reaches
+- it falls to what the links actually carried (bytes in minus the growth of
+  the send buffer, plus the re-sends), not by fixed steps, so the buffer drains before it reaches
   the SRT latency;
 - the RTT baseline is the minimum of the last 30 s, not of all time, so a
   route that got slower does not pin the bitrate at the floor;
@@ -55,27 +55,30 @@ class RttFloor:
 
 
 class DeliveryMeter:
-    """What the links delivered, in kb/s over the last half second: the bytes handed
-    to SRT minus the growth of its send buffer."""
+    """What the links carried, in kb/s over the last half second: the bytes handed
+    to SRT minus the growth of its send buffer, plus what went out again as
+    re-sends. (Under a cap on links of different depth, SRT re-sends much of what
+    was only late; counted as goodput alone, the links would seem to carry half
+    of what they do, and the video would go for no reason.)"""
 
     def __init__(self):
-        self._samples: deque[tuple[float, int, int]] = deque()  # (t, bytes handed to SRT, bytes in its buffer)
+        self._samples: deque[tuple[float, int, int, int]] = deque()  # (t, handed to SRT, in its buffer, re-sent)
         self.kbps: float | None = None
         self.kbps_now = float("inf")  # since the last sample: noisy, but without the window's lag
 
-    def update(self, now: float, sent_bytes: int, buffer_bytes: int) -> float | None:
-        self._samples.append((now, sent_bytes, buffer_bytes))
+    def update(self, now: float, sent_bytes: int, buffer_bytes: int, resent_bytes: int = 0) -> float | None:
+        self._samples.append((now, sent_bytes, buffer_bytes, resent_bytes))
         while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW:
             self._samples.popleft()
-        self.kbps = None if now - self._samples[0][0] < 0.2 else self._rate(self._samples[0], now, sent_bytes, buffer_bytes)
+        self.kbps = None if now - self._samples[0][0] < 0.2 else self._rate(self._samples[0], self._samples[-1])
         if len(self._samples) > 1:
-            self.kbps_now = self._rate(self._samples[-2], now, sent_bytes, buffer_bytes)
+            self.kbps_now = self._rate(self._samples[-2], self._samples[-1])
         return self.kbps
 
     @staticmethod
-    def _rate(since: tuple[float, int, int], now: float, sent_bytes: int, buffer_bytes: int) -> float:
-        t0, s0, b0 = since
-        return max(0.0, ((sent_bytes - s0) - (buffer_bytes - b0)) * 8 / 1000 / max(1e-3, now - t0))
+    def _rate(since: tuple[float, int, int, int], now: tuple[float, int, int, int]) -> float:
+        (t0, s0, b0, r0), (t1, s1, b1, r1) = since, now
+        return max(0.0, ((s1 - s0) - (b1 - b0) + (r1 - r0)) * 8 / 1000 / max(1e-3, t1 - t0))
 
 
 class Abr:
@@ -100,12 +103,13 @@ class Abr:
         return self.meter.kbps
 
     def update(self, now: float, rtt_ms: float, buffer_ms: float, sent_bytes: int, buffer_bytes: int,
-               queued_bytes: int = 0) -> AbrOutput:
+               queued_bytes: int = 0, resent_bytes: int = 0) -> AbrOutput:
         """buffer_ms: how long the oldest byte not yet delivered has waited, in SRT's
-        send buffer or before it (queued_bytes: the sender's own backlog, not yet handed to SRT)."""
+        send buffer or before it (queued_bytes: the sender's own backlog, not yet handed to SRT;
+        resent_bytes: what has gone out again, in all)."""
         l = self.l
         base = self._rtt_floor.update(now, rtt_ms)
-        delivered = self.meter.update(now, sent_bytes, buffer_bytes)
+        delivered = self.meter.update(now, sent_bytes, buffer_bytes, resent_bytes)
         buffer_bytes += queued_bytes  # from here on: the whole backlog
         if delivered is not None:
             self._delivered_hist.append((now, delivered))
@@ -163,7 +167,8 @@ class Abr:
         sample in a retransmission burst says too little), with room to drain;
         at least a fifth (half for the first of an episode), at most half in one step,
         unless the buffer is past a third of the latency: then down to drain it.
-        The voice lane only from the floor."""
+        The voice lane only from the floor, and only when what the links carry
+        cannot hold the video at its floor."""
         l = self.l
         was = self.bitrate
         recent = sorted(d for t, d in self._delivered_hist if now - t <= 1.0)
@@ -183,7 +188,9 @@ class Abr:
         self._last_change = self._last_cut = now
         self._buffer_at_cut, self._raised_from = buffer_bytes, None
         if target < l.min_kbps:
-            if was <= l.min_kbps:
+            # The voice lane when the links cannot carry the floor; a backlog to drain
+            # on links that can is drained at the floor, with the video on.
+            if was <= l.min_kbps and fit < l.min_kbps:
                 return self._to_voice(now, f"the links carry {capacity or 0:.0f} kb/s, under the video floor")
             target = l.min_kbps
         self.bitrate = target
