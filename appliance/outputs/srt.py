@@ -33,10 +33,11 @@ from appliance.uplinks.abr import VIDEO, VOICE, Abr, AbrLimits, DeliveryMeter
 log = logging.getLogger(__name__)
 
 QUEUE_FRAMES = 1000  # ~8 s of frames (30 video + 2 x 47 audio a second): beyond it, backlog to shed
-# SRT may hold what the links deliver in this share of the latency, and always a frame or two;
-# and its oldest packet may have waited a few round trips (a loss and its repair), no more.
+# SRT may hold what the links deliver in this share of the latency, and always a frame or two
+# (what they carry in two frame times, at most 24 kB); and its oldest packet may have waited a
+# few round trips (a loss and its repair), no more.
 SRT_ROOM_OF_LATENCY = 0.25
-SRT_ROOM_MIN = 24_000
+SRT_ROOM_MIN, SRT_ROOM_MIN_S = 24_000, 0.066
 SRT_SPAN_MIN, SRT_SPAN_OF_RTT, SRT_SPAN_SLACK = 60.0, 3.0, 30.0  # ms, x SRT's RTT, ms
 SRT_STALL = 0.2  # s: SRT's buffer full and not draining for this long: it needs a nudge
 # The oldest queued frame waited this long (s): the video is shed up to its next keyframe.
@@ -289,6 +290,9 @@ class SrtOutput:
             return True
         rate = min(rate, self._meter.kbps_now)  # a sudden fall shows here first
         room = rate * 1000 / 8 * self.latency_ms / 1000 * SRT_ROOM_OF_LATENCY
+        # Not a fixed floor: 24 kB is 280 ms of queue on links that carry 0.7 Mb/s, and a
+        # standing queue that deep leaves a lost packet's repair no time within the latency.
+        room_min = min(SRT_ROOM_MIN, rate * 1000 / 8 * SRT_ROOM_MIN_S)
         # The rate is measured ten times a second; the span is there at every frame. When
         # the links fall, what goes out before the fall is seen fills their queues and is
         # lost there, and its repair comes too late: the span stops it within a few round trips.
@@ -297,7 +301,7 @@ class SrtOutput:
         span_limit = min(self.latency_ms * SRT_ROOM_OF_LATENCY,
                          max(SRT_SPAN_MIN, SRT_SPAN_OF_RTT * self.stats.get("rtt_ms", 100.0) + SRT_SPAN_SLACK))
         held, span = self.caller.buffered()
-        if held < SRT_ROOM_MIN or (held < room and span < span_limit):
+        if held <= room_min or (held < room and span < span_limit):
             self._full_since = None
             return True
         if self._full_since is None or held < self._full_held:
