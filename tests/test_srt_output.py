@@ -53,11 +53,13 @@ def test_reconnects_after_the_ingest_restarts_and_the_recording_is_untouched(dae
     wait_until(lambda: d.state() == "LIVE", 5, what="LIVE again")
     time.sleep(4)
     assert d.output("srt")["reconnects"] >= 1
+    # The outage is not a measure of the links: no fall to the voice lane after it.
+    assert all(lane == "video" for _, _, lane, _ in d.output("srt")["abr"]["changes"]), d.output("srt")["abr"]
     d.request("stop")
     d.wait_state("READY")
     ingest.stop()
     resumed = decode_files([second])
-    assert len(resumed.video_pts) >= 2 * 30, "the stream flows again after the reconnect"
+    assert len(resumed.video_pts) >= 3 * 30, "the stream flows again after the reconnect, at full rate"
     assert resumed.decode_errors <= 30, "a late joiner waits at most one GOP for a keyframe"
     rec = decode_files(segments(only_session(d.dir / "recordings")))
     assert largest_gap(rec.video_pts) == FRAME, "the recording never noticed"

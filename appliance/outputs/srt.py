@@ -85,6 +85,7 @@ class SrtOutput:
         self._meter = DeliveryMeter()
         self._full_since: float | None = None  # sender thread: SRT's buffer at its limit since
         self._full_held = 0
+        self._resent = self._resent_seen = 0  # sender thread: SRT's re-sends, all connections; this one's
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.caller: SrtCaller | None = None
@@ -368,10 +369,15 @@ class SrtOutput:
         """The adaptive bitrate: SRT's view of the links drives the encoder and the lane."""
         st = self.stats
         sent = self.chunks_sent * LIVE_PAYLOAD
-        resent = st["packets_retransmitted"]
-        if self.bonder is not None:  # what the bond held back never loaded a link; what it rescued did
+        # A counter, like `sent`, across reconnects (libsrt's starts again with each socket):
+        # the meter takes differences. What the bond held back never loaded a link; what it
+        # rescued from a dead one did.
+        self._resent += max(0, st["packets_retransmitted"] - self._resent_seen)
+        self._resent_seen = st["packets_retransmitted"]
+        resent = self._resent
+        if self.bonder is not None:
             resent += self.bonder.resent - self.bonder.held
-        resent = max(0, resent) * LIVE_PAYLOAD
+        resent *= LIVE_PAYLOAD
         if self.abr is None:
             self._meter.update(now, sent, st["send_buffer_bytes"], resent)
             return
@@ -421,6 +427,10 @@ class SrtOutput:
             self._queued_bytes = sum(len(p.data) for _, p in fresh if p is not _END)
             self.frames_dropped += stale
         self._pending.clear()  # a partial chunk of the old connection: the new one starts on a TS packet
+        self._resent_seen = 0
+        # Measured across the outage, the links would seem to have carried almost nothing,
+        # and the gate would hold the stream back to that.
+        self._meter.reset()
         self._need_key = True
         self.connected = True
         if self.reconnects or self._reported:

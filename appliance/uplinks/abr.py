@@ -62,6 +62,10 @@ class DeliveryMeter:
     of what they do, and the video would go for no reason.)"""
 
     def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        """A new connection: what the old one carried before it broke says nothing now."""
         self._samples: deque[tuple[float, int, int, int]] = deque()  # (t, handed to SRT, in its buffer, re-sent)
         self.kbps: float | None = None
         self.kbps_now = float("inf")  # since the last sample: noisy, but without the window's lag
