@@ -106,7 +106,8 @@ def test_five_percent_loss_on_one_uplink_loses_no_frame(daemon_factory, net, tmp
     # The journal says the link got worse, without a line per wobble of the loss figure
     # (29 lines in this minute before the bands had a margin and a hold time).
     health = [line for line in d.log().splitlines() if "uplinks: up1 health" in line]
-    assert 1 <= len(health) <= 6, "\n".join(health)
+    assert len(health) >= 1, "the journal says nothing of the lossy link's health"
+    assert len(health) <= 6, f"{len(health)} health lines in a minute:\n" + "\n".join(health)
     assert "health poor" in health[0] or "health fair" in health[0], health[0]
     rec = finish(d, net, out, 55)
     assert missing_frames(rec.video_pts) == 0
