@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import subprocess
 import time
 
@@ -96,7 +97,16 @@ def test_sixty_seconds_with_one_uplink_cut_for_twenty_loses_no_frame(daemon_fact
 
 def test_five_percent_loss_on_one_uplink_loses_no_frame(daemon_factory, net, tmp_path):
     d, out = bonded_daemon(daemon_factory, net, tmp_path)
-    run_for(60, {2: lambda: net.loss("up1", 5)})
+    run_for(2, {})
+    net.loss("up1", 5)
+    shown = []
+    for second in range(58):
+        run_for(1, {})
+        if second >= 20:
+            shown.append(d.component("uplinks")["links"]["up1"]["loss_percent"])
+    # What the page and `status` show for the link: about the 5 % it loses (each lost
+    # packet counted once; SRT asking again for one still missing read as 10-16 %).
+    assert 2.0 <= statistics.median(shown) <= 8.0, f"up1 shown losing {shown} %"
     st = links(d)
     # The premise: the loss really hit the stream. The link policy gives a lossy link a
     # smaller share (by design), so what it carries varies; that it lost packets does not.
@@ -202,7 +212,7 @@ poll_seconds = 0.5
     bad = share(4)
     assert bad < good / 3, f"traffic moved off the worsening link: {good:.2f} -> {bad:.2f}"
     assert links(d)["up1"]["naks"] == 0, "before any packet was lost"
-    assert "uplinks: up1 health poor" in d.log()
+    wait_until(lambda: "uplinks: up1 health poor" in d.log(), 5, what="the journal saying so")
     d.request("sim", action="modem", sinr=20, rsrp=-80)
     wait_until(lambda: d.component("uplinks")["links"]["up1"]["health"] > 0.8, 5,
                what="health back")

@@ -74,7 +74,7 @@ class Link:
     reg_sent: bytes = b""  # the id in the last REG2 sent on it, and since when
     reg_group_since: float = 0.0
     standby: bool = False  # registered and kept alive, carries data only when nothing else can
-    naks: int = 0
+    naks: int = 0  # its transmissions the receiver reported lost, each counted once
     acked: int = 0  # packets the relay says it received on this link (its SRTLA ACKs)
 
     def dead_after(self) -> float:
@@ -115,6 +115,9 @@ class Bonder(Worker):
         self.links: dict[str, Link] = {}
         self.flight: OrderedDict[int, tuple[str, bytes, float]] = OrderedDict()  # seq -> (link, packet, sent at)
         self.held = 0  # retransmissions not sent: the original was still on its way
+        # Numbers whose loss is already counted against their link. SRT asks again for a
+        # packet still missing an RTT later (its periodic NAK): that is one loss, not two.
+        self._nak_counted: set[int] = set()
         self.resent = 0
         self._reg1_at = -1e9
         self.dropped: Counter[str] = Counter()
@@ -280,8 +283,10 @@ class Bonder(Worker):
             link.in_flight.add(seq)
             self.flight[seq] = (link.name, d, link.last_sent)
             self.flight.move_to_end(seq)
+            self._nak_counted.discard(seq)  # a new transmission: its loss would be a new one
             while len(self.flight) > IN_FLIGHT_KEEP:
                 old, (lname, _, _) = self.flight.popitem(last=False)
+                self._nak_counted.discard(old)
                 if lname in self.links:
                     self.links[lname].in_flight.discard(old)
         return True
@@ -418,8 +423,10 @@ class Bonder(Worker):
                 carrier = self.flight.get(seq)
                 if carrier and carrier[0] in self.links:
                     lk = self.links[carrier[0]]
-                    lk.window = max(WINDOW_MIN, lk.window - 100)
-                    lk.naks += 1
+                    lk.window = max(WINDOW_MIN, lk.window - 100)  # every NAK, as the reference does
+                    if seq not in self._nak_counted:
+                        self._nak_counted.add(seq)
+                        lk.naks += 1
 
     def _stable(self, link: Link) -> bool:
         if link.echoes_since_reg < PROBATION_ECHOES or len(link.rtts) < PROBATION_ECHOES:
@@ -434,6 +441,7 @@ class Bonder(Worker):
             if not _before(seq, ack):
                 break
             lname = self.flight.popitem(last=False)[1][0]
+            self._nak_counted.discard(seq)
             if lname in self.links:
                 self.links[lname].in_flight.discard(seq)
 

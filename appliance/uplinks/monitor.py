@@ -22,13 +22,13 @@ from typing import Callable
 from appliance import conditions as C
 from appliance.config import Config
 from appliance.fsutil import atomic_write
-from appliance.uplinks.policy import Decision, FailoverMemory, HealthBands, LinkView, PolicyConfig, decide, health
+from appliance.uplinks.policy import (Decision, FailoverMemory, HealthBands, LinkView, LossMeter, PolicyConfig, decide,
+                                      health)
 
 log = logging.getLogger(__name__)
 
 TICK = 0.5
 SAVE_EVERY = 10.0
-LOSS_WINDOW = 5.0  # seconds of NAK history behind the loss figure
 
 
 class UplinkMonitor:
@@ -56,7 +56,7 @@ class UplinkMonitor:
         self._last_bytes: dict[str, int] = {}
         self._bonder_id = None
         self._base_rtt: dict[str, float] = {}
-        self._naks: dict[str, list[tuple[float, int, int]]] = {}
+        self._loss = LossMeter()
         self._active_conditions: set[str] = set()
         self._health_bands = HealthBands()
         self._saved_at = 0.0
@@ -141,7 +141,7 @@ class UplinkMonitor:
             self.srt.set_uplinks(present)  # the one place the interfaces are watched
         links = bond.status()["links"] if bond is not None else {}
         if bond is not self._bonder_id:
-            self._bonder_id, self._last_bytes = bond, {}
+            self._bonder_id, self._last_bytes, self._loss = bond, {}, LossMeter()
         views = {}
         # A named uplink that is missing altogether (the modem re-enumerating) is down, not absent from view.
         configured = {e.partition("@")[0] for e in self.config.stream.uplinks if e != "auto"}
@@ -155,7 +155,7 @@ class UplinkMonitor:
                 self._base_rtt[name] = min(self._base_rtt.get(name, v.rtt_ms) * 1.005, v.rtt_ms)
                 v.base_rtt_ms = self._base_rtt[name]
             if b:
-                v.loss = self._loss(name, now, b.get("naks", 0), b.get("packets", 0))
+                v.loss = self._loss.update(name, now, b.get("naks", 0), b.get("packets", 0))
                 sent = b.get("bytes", 0)
                 self.usage[name] = self.usage.get(name, 0) + max(0, sent - self._last_bytes.get(name, 0))
                 self._last_bytes[name] = sent
@@ -189,14 +189,6 @@ class UplinkMonitor:
         if now - self._saved_at >= SAVE_EVERY:
             self._saved_at = now
             self._save_usage()
-
-    def _loss(self, name: str, now: float, naks: int, packets: int) -> float:
-        hist = self._naks.setdefault(name, [])
-        hist.append((now, naks, packets))
-        while hist and now - hist[0][0] > LOSS_WINDOW:
-            hist.pop(0)
-        t0, n0, p0 = hist[0]
-        return (naks - n0) / (packets - p0) if packets - p0 > 50 else 0.0
 
     def _log_health(self, name: str, h, now: float) -> None:
         band = self._health_bands.update(name, h.score, now)

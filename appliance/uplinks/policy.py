@@ -17,6 +17,7 @@ decide(): the policy in force.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from appliance.uplinks.at import Radio
@@ -89,9 +90,44 @@ def health(link: LinkView) -> Health:
     return Health(round(score, 3), why)
 
 
+class LossMeter:
+    """The share of each link's packets lost, from the bonder's running counts. The
+    figure spans at least WINDOW seconds and PACKETS packets (at most WINDOW_MAX
+    seconds): a lossy link gets a small share, and 5 % loss counted over the 30
+    packets it then carries in a few seconds reads anywhere from 0 to 15 %.
+    A link starved of traffic (its window shrunk by the losses, or on standby) keeps
+    its last figure for WINDOW_MAX: carrying nothing is no proof the loss went away.
+    After that the figure is forgotten, so a link on standby can be trusted again."""
+
+    WINDOW = 5.0
+    PACKETS = 500
+    WINDOW_MAX = 30.0
+    MIN_PACKETS = 100  # fewer in WINDOW_MAX: too few to judge
+
+    def __init__(self):
+        self._hist: dict[str, deque[tuple[float, int, int]]] = {}
+        self._judged: dict[str, tuple[float, float]] = {}  # name -> (when, figure)
+
+    def update(self, name: str, now: float, naks: int, packets: int) -> float:
+        hist = self._hist.setdefault(name, deque())
+        if hist and packets < hist[-1][2]:
+            hist.clear()  # the bonder counts this link afresh (it left and came back)
+            self._judged.pop(name, None)
+        hist.append((now, naks, packets))
+        while now - hist[0][0] > self.WINDOW_MAX:
+            hist.popleft()
+        for t0, n0, p0 in reversed(hist):
+            if now - t0 >= self.WINDOW and packets - p0 >= self.PACKETS:
+                break
+        if packets - p0 >= self.MIN_PACKETS:
+            self._judged[name] = (now, (naks - n0) / (packets - p0))
+        when, figure = self._judged.get(name, (now, 0.0))
+        return figure if now - when <= self.WINDOW_MAX else 0.0
+
+
 BANDS = (("good", 0.8), ("fair", 0.4), ("poor", 0.0))
 BAND_MARGIN = 0.05  # a score must clear a band's edge by this much to change band
-BAND_HOLD_S = 2.0  # and stay in the new band this long: a log line per change, not per wobble
+BAND_HOLD_S = 5.0  # and stay in the new band this long: a log line per change, not per wobble
 
 
 def _band(score: float) -> str:
