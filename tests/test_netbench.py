@@ -114,10 +114,11 @@ def test_five_percent_loss_on_one_uplink_loses_no_frame(daemon_factory, net, tmp
         f"the lossy link carried traffic and lost some: {st['up1']}\n" + "\n".join(
             line for line in d.log().splitlines() if "bond:" in line)
     # The journal says the link got worse, without a line per wobble of the loss figure
-    # (29 lines in this minute before the bands had a margin and a hold time).
+    # (29 lines in this minute before the bands had a margin and a hold time, up to 7
+    # while a loss was counted twice and a figure over 150 packets swung 2-15 %).
     health = [line for line in d.log().splitlines() if "uplinks: up1 health" in line]
     assert len(health) >= 1, "the journal says nothing of the lossy link's health"
-    assert len(health) <= 6, f"{len(health)} health lines in a minute:\n" + "\n".join(health)
+    assert len(health) <= 3, f"{len(health)} health lines in a minute:\n" + "\n".join(health)
     assert "health poor" in health[0] or "health fair" in health[0], health[0]
     rec = finish(d, net, out, 55)
     assert missing_frames(rec.video_pts) == 0
@@ -289,11 +290,10 @@ def test_voice_lane_keeps_the_audio_when_the_links_cannot_carry_video(daemon_fac
         gaps = sorted(((b - a, a) for a, b in zip(starts, starts[1:])), reverse=True)
         print(f"audio track {stream}: largest gaps (ms, s from the slate)",
               [(round(g * 1000), round(t - lane[0], 1)) for g, t in gaps[:3]])
-        # At the instant of the fall, what left at the old rate may still arrive too late
-        # (21 ms in 12 runs of 13, 64 ms in one); from the lane's first second on, never.
-        assert gaps[0][0] <= 0.3, f"audio track {stream}: a {gaps[0][0] * 1000:.0f} ms gap"
-        in_lane = max(g for g, t in gaps if lane[0] + 1.0 <= t <= lane[1])
-        assert in_lane <= 0.1, f"audio track {stream}: a {in_lane * 1000:.0f} ms gap in the voice lane"
+        # Continuous: no gap over 100 ms anywhere, the instant of the fall included (before
+        # the floor that lets a frame go followed the links' rate, every run had 85-171 ms).
+        gap, at = gaps[0]
+        assert gap <= 0.1, f"audio track {stream}: a {gap * 1000:.0f} ms gap {at - lane[0]:+.1f} s from the slate"
     print(f"voice lane: {lane[1] - lane[0]:.1f} s of slate")
     rec_dir = only_session(d.dir / "recordings")
     local = decode_files(segments(rec_dir))
