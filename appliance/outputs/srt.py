@@ -289,11 +289,11 @@ class SrtOutput:
         rate = self._meter.kbps
         if rate is None:
             return True
-        rate = min(rate, self._meter.kbps_now)  # a sudden fall shows here first
-        room = rate * 1000 / 8 * self.latency_ms / 1000 * SRT_ROOM_OF_LATENCY
+        per_s = min(rate, self._meter.kbps_now) * 1000 / 8  # bytes/s; a sudden fall shows in kbps_now first
+        room = per_s * self.latency_ms / 1000 * SRT_ROOM_OF_LATENCY
         # Not a fixed floor: 24 kB is 280 ms of queue on links that carry 0.7 Mb/s, and a
         # standing queue that deep leaves a lost packet's repair no time within the latency.
-        room_min = min(SRT_ROOM_MIN, rate * 1000 / 8 * SRT_ROOM_MIN_S)
+        room_min = min(SRT_ROOM_MIN, per_s * SRT_ROOM_MIN_S)
         # The rate is measured ten times a second; the span is there at every frame. When
         # the links fall, what goes out before the fall is seen fills their queues and is
         # lost there, and its repair comes too late: the span stops it within a few round trips.
