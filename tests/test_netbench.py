@@ -106,7 +106,8 @@ def test_five_percent_loss_on_one_uplink_loses_no_frame(daemon_factory, net, tmp
             shown.append(d.component("uplinks")["links"]["up1"]["loss_percent"])
     # What the page and `status` show for the link: about the 5 % it loses (each lost
     # packet counted once; SRT asking again for one still missing read as 10-16 %).
-    assert 2.0 <= statistics.median(shown) <= 8.0, f"up1 shown losing {shown} %"
+    assert statistics.median(shown) >= 2.0, f"up1 shown losing less than it does: {shown} %"
+    assert statistics.median(shown) <= 8.0, f"up1 shown losing more than it does: {shown} %"
     st = links(d)
     # The premise: the loss really hit the stream. The link policy gives a lossy link a
     # smaller share (by design), so what it carries varies; that it lost packets does not.

@@ -7,6 +7,9 @@ towards the edge of coverage, or a handover in the last seconds, lowers the
 score while the transport still looks clean. The bonding sender multiplies its
 per-link choice score by it, so a worsening link gets a smaller share.
 
+LossMeter: the lost share behind the health score, steady under steady loss
+even on a link that carries little.
+
 decide(): the policy in force.
 - bond: every usable link carries traffic, in proportion to its score;
 - failover: the primary carries everything, the backup stays registered with
