@@ -113,11 +113,10 @@ class Bonder(Worker):
         self.sel.register(self.local, selectors.EVENT_READ, None)
         self.caller: tuple | None = None
         self.links: dict[str, Link] = {}
-        self.flight: OrderedDict[int, tuple[str, bytes, float]] = OrderedDict()  # seq -> (link, packet, sent at)
+        # seq -> (link, packet, sent at, its loss already counted). SRT asks again for a packet
+        # still missing an RTT later (its periodic NAK): that is one loss, not two.
+        self.flight: OrderedDict[int, tuple[str, bytes, float, bool]] = OrderedDict()
         self.held = 0  # retransmissions not sent: the original was still on its way
-        # Numbers whose loss is already counted against their link. SRT asks again for a
-        # packet still missing an RTT later (its periodic NAK): that is one loss, not two.
-        self._nak_counted: set[int] = set()
         self.resent = 0
         self._reg1_at = -1e9
         self.dropped: Counter[str] = Counter()
@@ -281,12 +280,10 @@ class Bonder(Worker):
             if earlier is not None and earlier[0] != link.name and earlier[0] in self.links:
                 self.links[earlier[0]].in_flight.discard(seq)  # a retransmission: it now flies on this link
             link.in_flight.add(seq)
-            self.flight[seq] = (link.name, d, link.last_sent)
+            self.flight[seq] = (link.name, d, link.last_sent, False)  # a new transmission: its loss a new one
             self.flight.move_to_end(seq)
-            self._nak_counted.discard(seq)  # a new transmission: its loss would be a new one
             while len(self.flight) > IN_FLIGHT_KEEP:
-                old, (lname, _, _) = self.flight.popitem(last=False)
-                self._nak_counted.discard(old)
+                old, (lname, *_) = self.flight.popitem(last=False)
                 if lname in self.links:
                     self.links[lname].in_flight.discard(old)
         return True
@@ -424,8 +421,8 @@ class Bonder(Worker):
                 if carrier and carrier[0] in self.links:
                     lk = self.links[carrier[0]]
                     lk.window = max(WINDOW_MIN, lk.window - 100)  # every NAK, as the reference does
-                    if seq not in self._nak_counted:
-                        self._nak_counted.add(seq)
+                    if not carrier[3]:
+                        self.flight[seq] = carrier[:3] + (True,)  # (keeps its place in the order)
                         lk.naks += 1
 
     def _stable(self, link: Link) -> bool:
@@ -441,7 +438,6 @@ class Bonder(Worker):
             if not _before(seq, ack):
                 break
             lname = self.flight.popitem(last=False)[1][0]
-            self._nak_counted.discard(seq)
             if lname in self.links:
                 self.links[lname].in_flight.discard(seq)
 
