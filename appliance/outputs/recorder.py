@@ -124,12 +124,22 @@ class Recorder:
             "session": self.session.name if self.session else None,
             "directory": str(self.session_dir) if self.session_dir else None,
             "segments": len(self.segments),
-            "bytes": self.bytes + (self._seg_path.stat().st_size if self._seg_path and self._seg_path.exists() else 0),
-            "seconds": round(sum(s["duration"] for s in self.segments), 1),
+            "bytes": self.bytes + self._open_segment_bytes(),
+            "seconds": round(sum(s["duration"] or 0 for s in self.segments), 1),  # (a truncated one: unknown)
             "dropped_packets": self.dropped,
             "recording": self._thread is not None and not self.dead,
             **({"stopped": self.dead} if self.dead else {}),
         }
+
+    def _open_segment_bytes(self) -> int:
+        # Any thread, while the recorder thread may be renaming the segment to its final
+        # name: read the path once, and a segment just closed counts as nothing for that
+        # instant (self.bytes takes it a moment later), not as an error in the status.
+        path = self._seg_path
+        try:
+            return path.stat().st_size if path is not None else 0
+        except FileNotFoundError:
+            return 0
 
     # --- the recorder thread ------------------------------------------------------------
 

@@ -407,8 +407,16 @@ class Service:
         return 0
 
 
+_status_errors_logged: set[str] = set()
+
+
 def _safe_status(component) -> dict:
     try:
         return component.status() or {}
     except Exception as e:
+        # A bug of ours, in a part polled several times a second: its traceback once, in the journal.
+        what = f"{type(component).__name__}: {type(e).__name__}: {e}"
+        if what not in _status_errors_logged and len(_status_errors_logged) < 100:
+            _status_errors_logged.add(what)
+            log.exception("status of %s failed", type(component).__name__)
         return {"status_error": str(e)}
