@@ -74,7 +74,7 @@ class SrtOutput:
         self.host, self.port, self.query = parse_srt_url(cfg.url)
         self.latency_ms = int(self.query.get("latency", cfg.latency_ms))
         self.report = report or (lambda condition, active: None)
-        # media thread -> sender thread: (monotonic time queued, frame), or _END
+        # media thread -> sender thread: (monotonic time queued, frame, kept when shedding), or _END
         self._frames: deque = deque()
         self._queued_bytes = 0
         self._cv = threading.Condition()
@@ -137,9 +137,9 @@ class SrtOutput:
                 self._slate(pkt)  # the voice lane; or back to video, which resumes on its next keyframe
                 return
             self._slate_on = False
-        self._put(pkt)
+        self._put(pkt, keep=pkt.stream != 0)
 
-    def _put(self, item) -> None:
+    def _put(self, item, keep: bool) -> None:
         with self._cv:
             if item is not _END:
                 if len(self._frames) >= QUEUE_FRAMES:
@@ -148,13 +148,15 @@ class SrtOutput:
                         self._need_key = True  # what follows referred to it
                     return
                 self._queued_bytes += len(item.data)
-            self._frames.append((time.monotonic(), item))
+            self._frames.append((time.monotonic(), item, keep))
             self._cv.notify()
 
     def _slate(self, pkt: EncodedPacket) -> None:
         """A still slate at a few frames a second in place of the video, on the video's clock."""
         if not self._slate_on:
-            self._slate_on, self._slate_next = True, pkt.pts
+            # Each slate run opens on a keyframe: the viewer's decoder has since held the
+            # video, and a slate frame referring to an older slate would show garbage.
+            self._slate_on, self._slate_next, self._slate_enc = True, pkt.pts, None
         if pkt.pts < self._slate_next:
             return
         s = self._session.video
@@ -168,13 +170,15 @@ class SrtOutput:
                 VideoSettings(s.width, s.height, SLATE_FPS, 100, 150, keyframe_seconds=1.0))
             self._slate_src = Slate(s.width, s.height, "VIDEO PAUSED", "AUDIO CONTINUES")
         self._slate_next = pkt.pts + 90000 // SLATE_FPS
+        # The slate goes like the audio, never shed: a few bytes a frame, and a slate frame
+        # shed behind a backlog of audio would blank it until its next keyframe.
         for out in self._slate_enc.encode(self._slate_src.frame(), pkt.pts):
-            self._put(out)
+            self._put(out, keep=True)
 
     def stop(self) -> None:
         if self._accepting:
             self._accepting = False
-            self._put(_END)  # the sender sends what is queued, then the muxer's last bytes
+            self._put(_END, keep=True)  # the sender sends what is queued, then the muxer's last bytes
         if self._thread is not None:
             self._thread.join(timeout=3)
             self._stop.set()
@@ -280,7 +284,7 @@ class SrtOutput:
                 self._cv.wait(0.05)
             if not self._frames:
                 return None
-            _, item = self._frames.popleft()
+            _, item, _ = self._frames.popleft()
             if item is not _END:
                 self._queued_bytes -= len(item.data)
             return item
@@ -321,10 +325,10 @@ class SrtOutput:
         with self._cv:
             if not self._frames or now - self._frames[0][0] < self._stale_after():
                 return
-            kept = deque(item for item in self._frames if item[1] is _END or item[1].stream != 0)
+            kept = deque(entry for entry in self._frames if entry[2])
             shed = len(self._frames) - len(kept)
             if shed:
-                self._queued_bytes = sum(len(p.data) for _, p in kept if p is not _END)
+                self._queued_bytes = sum(len(p.data) for _, p, _ in kept if p is not _END)
                 self._frames = kept
                 self.video_shed += shed
                 self._need_key = True
@@ -424,7 +428,7 @@ class SrtOutput:
             fresh = deque(item for item in self._frames if item[1] is _END or item[0] >= since)
             stale = len(self._frames) - len(fresh)
             self._frames = fresh
-            self._queued_bytes = sum(len(p.data) for _, p in fresh if p is not _END)
+            self._queued_bytes = sum(len(p.data) for _, p, _ in fresh if p is not _END)
             self.frames_dropped += stale
         self._pending.clear()  # a partial chunk of the old connection: the new one starts on a TS packet
         self._resent_seen = 0
