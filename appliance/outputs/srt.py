@@ -321,7 +321,7 @@ class SrtOutput:
         return False
 
     def _shed(self, now: float) -> None:
-        """The links fell behind: the queued video goes (up to its next keyframe), the audio stays."""
+        """The links fell behind: the queued video goes (up to its next keyframe), the audio and the slate stay."""
         with self._cv:
             if not self._frames or now - self._frames[0][0] < self._stale_after():
                 return
