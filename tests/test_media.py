@@ -187,6 +187,21 @@ def test_meter_reads_a_minus_6_dbfs_sine():
     assert abs(m.loudness - -6.0) <= 0.5
 
 
+def test_the_slate_clock_ticks_each_second():
+    from appliance.media.video import Slate, luma
+
+    def next_second():
+        t = time.time()
+        time.sleep(int(t) + 1.05 - t)
+
+    slate = Slate(320, 180)
+    next_second()
+    first = luma(slate.frame()).copy()
+    assert (luma(slate.frame()) == first).all(), "the same picture within the second"
+    next_second()
+    assert (luma(slate.frame()) != first).any(), "the clock on the slate moved on"
+
+
 def test_meter_clip_and_silence_alarms():
     now = [0.0]
     m = Meter("program", silence_dbfs=-60, silence_seconds=5, clock=lambda: now[0])

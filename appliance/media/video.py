@@ -218,8 +218,17 @@ class Slate:
         self.title, self.subtitle = title, subtitle
         self._av = av
         self._scale = max(2, height // 90)
+        self._shown: tuple[str, object] | None = None  # (the clock's text, its frame)
 
     def frame(self):
+        # Drawn again only when the clock's second changes: at 1080p a drawing costs
+        # milliseconds, thirty times a second while the source is away.
+        clock = time.strftime("%H:%M:%S")
+        if self._shown is None or self._shown[0] != clock:
+            self._shown = (clock, self.draw(clock))
+        return self._shown[1]
+
+    def draw(self, clock: str):
         frame = self._av.VideoFrame(self.width, self.height, "yuv420p")
         y = luma(frame)
         y[:] = 16
@@ -228,6 +237,6 @@ class Slate:
         s = self._scale
         title = self.title
         draw_text(y, title, (self.width - text_width(title, s)) // 2, self.height // 2 - 8 * s, s)
-        now = f"{self.subtitle}  {time.strftime('%H:%M:%S')}" if self.subtitle else time.strftime("%H:%M:%S")
+        now = f"{self.subtitle}  {clock}" if self.subtitle else clock
         draw_text(y, now, (self.width - text_width(now, s // 2 or 1)) // 2, self.height // 2 + 4 * s, s // 2 or 1)
         return frame
