@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import parse_qs, urlparse
 
@@ -50,6 +51,17 @@ NOT_CONNECTED = conditions.SRT_NOT_CONNECTED
 _END = object()
 
 
+@dataclass
+class _SlateTick:
+    """A slate frame due at pts: the sender thread encodes it (a 1080p slate frame
+    costs the media thread's tick milliseconds it does not have)."""
+
+    pts: int
+    first: bool  # a slate run opens here: on a keyframe
+    stream: int = 0
+    data: bytes = b""
+
+
 def parse_srt_url(url: str) -> tuple[str, int, dict]:
     u = urlparse(url)
     if u.scheme != "srt" or not u.hostname or not u.port:
@@ -69,8 +81,10 @@ class SrtOutput:
         self.abr_changes: deque = deque(maxlen=50)  # (monotonic time, kb/s, lane, why)
         self.lane = VIDEO
         self._slate_on = False  # media thread: the stream's video is the slate
-        self._slate_enc = None
         self._slate_next = 0
+        self._slate_enc = None  # sender thread
+        self._slate_src = None
+        self._slate_failed = False
         self.host, self.port, self.query = parse_srt_url(cfg.url)
         self.latency_ms = int(self.query.get("latency", cfg.latency_ms))
         self.report = report or (lambda condition, active: None)
@@ -112,6 +126,7 @@ class SrtOutput:
         self._pending = bytearray()
         self._session = session
         self.lane, self._slate_on, self._need_key, self._shedding = VIDEO, False, True, None
+        self._slate_enc, self._slate_src, self._slate_failed = None, None, False
         self.abr = Abr(self.abr_limits) if self.abr_limits else None
         self._meter = self.abr.meter if self.abr else DeliveryMeter()
         self._mux = TsMuxer(self._bytes, session.video, session.audio_extradata, session.track_names,
@@ -153,27 +168,39 @@ class SrtOutput:
 
     def _slate(self, pkt: EncodedPacket) -> None:
         """A still slate at a few frames a second in place of the video, on the video's clock."""
-        if not self._slate_on:
-            # Each slate run opens on a keyframe: the viewer's decoder has since held the
-            # video, and a slate frame referring to an older slate would show garbage.
-            self._slate_on, self._slate_next, self._slate_enc = True, pkt.pts, None
+        first = not self._slate_on
+        if first:
+            self._slate_on, self._slate_next = True, pkt.pts
         if pkt.pts < self._slate_next:
             return
-        s = self._session.video
-        if self._slate_enc is None:
-            from appliance.config import EncoderRung
-            from appliance.media.encoders import VideoEncoder, VideoSettings
-            from appliance.media.video import Slate
-
-            self._slate_enc = VideoEncoder(
-                EncoderRung(codec="libx264", options={"preset": "ultrafast", "tune": "zerolatency"}),
-                VideoSettings(s.width, s.height, SLATE_FPS, 100, 150, keyframe_seconds=1.0))
-            self._slate_src = Slate(s.width, s.height, "VIDEO PAUSED", "AUDIO CONTINUES")
         self._slate_next = pkt.pts + 90000 // SLATE_FPS
         # The slate goes like the audio, never shed: a few bytes a frame, and a slate frame
         # shed behind a backlog of audio would blank it until its next keyframe.
-        for out in self._slate_enc.encode(self._slate_src.frame(), pkt.pts):
-            self._put(out, keep=True)
+        self._put(_SlateTick(pkt.pts, first), keep=True)
+
+    def _encode_slate(self, tick: _SlateTick) -> list[EncodedPacket]:
+        if self._slate_failed:
+            return []
+        s = self._session.video
+        try:
+            if tick.first or self._need_key or self._slate_enc is None:
+                from appliance.config import EncoderRung
+                from appliance.media.encoders import VideoEncoder, VideoSettings
+                from appliance.media.video import Slate
+
+                # Each slate run (and the slate after a shed) opens on a keyframe: the viewer's
+                # decoder has since held other pictures, and a frame referring to an older
+                # slate would show garbage.
+                self._slate_enc = VideoEncoder(
+                    EncoderRung(codec="libx264", options={"preset": "ultrafast", "tune": "zerolatency"}),
+                    VideoSettings(s.width, s.height, SLATE_FPS, 100, 150, keyframe_seconds=1.0))
+                self._slate_src = self._slate_src or Slate(s.width, s.height, "VIDEO PAUSED", "AUDIO CONTINUES")
+            return self._slate_enc.encode(self._slate_src.frame(), tick.pts)
+        except Exception as e:  # no slate (the picture holds), the audio goes on
+            self._slate_failed = True
+            log.error("stream: the voice lane's slate failed, the audio goes on without it: %s", e,
+                      extra={"OUTPUT": self.name})
+            return []
 
     def stop(self) -> None:
         if self._accepting:
@@ -341,7 +368,11 @@ class SrtOutput:
         """How long a frame may wait in the queue and still be worth sending to a live viewer."""
         return max(SHED_AFTER_MIN, self.latency_ms / 1000 * SHED_AFTER_OF_LATENCY)
 
-    def _send_frame(self, pkt: EncodedPacket) -> None:
+    def _send_frame(self, pkt: EncodedPacket | _SlateTick) -> None:
+        if isinstance(pkt, _SlateTick):
+            for frame in self._encode_slate(pkt):
+                self._send_frame(frame)
+            return
         if pkt.stream == 0:
             if self._need_key and not pkt.key:
                 if self._shedding is not None:  # (not the wait for the first keyframe of a connection)
