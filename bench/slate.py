@@ -17,7 +17,7 @@ from appliance.media.video import Slate
 def per_frame(fn, frames: int, fps: int) -> float:
     """CPU per frame, taking a frame each 1/fps s of wall clock (so the clock on the slate ticks)."""
     cpu = 0.0
-    for i in range(frames):
+    for _ in range(frames):
         t = time.process_time()
         fn()
         cpu += time.process_time() - t

@@ -280,14 +280,15 @@ def test_voice_lane_keeps_the_audio_when_the_links_cannot_carry_video(daemon_fac
     assert d.output("srt")["video_shed"] > 0, "the premise: the links fell behind the video"
     rec = finish(d, net, out, 8)  # video frames: the slate ran at 5 a second
     video = decode_files([out], luma=True)
-    slate = [pts / 90000 for pts, y in zip(video.video_pts, video.video_luma) if y < 30]  # white text on black
+    shown = [pts / 90000 for pts in video.video_pts]  # s
+    slate = [t for t, y in zip(shown, video.video_luma) if y < 30]  # white text on black
     assert len(slate) >= 5 * 5, f"the slate was sent ({len(slate)} frames)"
     assert video.video_luma[-1] > 30, "full video at the end"
     # From the slate on, the picture never stops: the slate at its 5 a second, straight
     # back after a probe of the video (a slate shed behind the audio's backlog, or one
     # resumed without a keyframe, left it blank or garbled for a second or two).
-    shown = [pts / 90000 for pts in video.video_pts if pts / 90000 >= min(slate)]
-    still, at = max((b - a, a) for a, b in zip(shown, shown[1:]))
+    since = [t for t in shown if t >= min(slate)]
+    still, at = max((b - a, a) for a, b in zip(since, since[1:]))
     assert still <= 0.5, f"the picture stood still {still:.2f} s, {at - min(slate):+.1f} s from the slate"
     # The audio, from before the cap, through the fall, the lane and the return, to after the lift.
     lane = (min(slate), max(slate))
@@ -301,7 +302,7 @@ def test_voice_lane_keeps_the_audio_when_the_links_cannot_carry_video(daemon_fac
         # the floor that lets a frame go followed the links' rate, every run had 85-171 ms).
         gap, at = gaps[0]
         assert gap <= 0.1, f"audio track {stream}: a {gap * 1000:.0f} ms gap {at - lane[0]:+.1f} s from the slate"
-    held = min(slate) - max(t for t in (pts / 90000 for pts in video.video_pts) if t < min(slate))
+    held = min(slate) - max(t for t in shown if t < min(slate))
     print(f"voice lane: {lane[1] - lane[0]:.1f} s of slate, the last picture held {held:.2f} s before it")
     rec_dir = only_session(d.dir / "recordings")
     local = decode_files(segments(rec_dir))

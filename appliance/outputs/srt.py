@@ -58,7 +58,7 @@ class _SlateTick:
 
     pts: int
     first: bool  # a slate run opens here: on a keyframe
-    stream: int = 0
+    stream: int = 0  # (to the queue: a video item of no bytes)
     data: bytes = b""
 
 
