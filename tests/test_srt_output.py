@@ -147,7 +147,11 @@ def test_a_slow_handshake_loses_no_frame(daemon_factory, ingest):
         assert st["frames_dropped"] == 0, st
         rec = decode_files([first])
         assert starts_with_parameter_sets(rec.first_video_nals[0]), "the stream starts on a keyframe with SPS/PPS"
-        assert largest_gap(rec.video_pts) == FRAME, f"no frame lost on the way ({st['srt']})"
+        # Every frame encoded (the recording has them all) up to the ingest's last: a tick the
+        # media thread missed on a loaded machine is a gap in both, and not the handshake's.
+        encoded = decode_files(segments(only_session(d.dir / "recordings"))).video_pts
+        lost = sorted(set(p for p in encoded if p <= rec.video_pts[-1]) - set(rec.video_pts))
+        assert not lost, f"{len(lost)} frames lost on the way, from pts {lost[:5]} ({st['srt']})"
         assert len(rec.video_pts) >= 3 * 30, len(rec.video_pts)
         assert rec.video_pts[0] == 0, "the viewer sees the show from its first frame"
         assert d.terminate() == 0
