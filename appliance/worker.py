@@ -25,13 +25,16 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name=self.worker_name, daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """True once the thread is gone (or never ran): only then may the caller touch its state."""
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout=self.join_timeout)
             if thread.is_alive():
                 log.error("thread %s did not stop within %g s", thread.name, self.join_timeout)
+                return False
+        return True
 
     def _run(self) -> None:
         raise NotImplementedError

@@ -131,7 +131,15 @@ class Bonder(Worker):
     # --- lifecycle (any thread) -----------------------------------------------------------------
 
     def stop(self) -> None:
-        super().stop()
+        if super().stop():
+            # The caller's last words may still wait in our socket: srt_close sends SHUTDOWN
+            # just before the bond is stopped. Unforwarded, the ingest holds the old connection
+            # until its idle timeout (5 s), and one that takes a single caller (srt-live-transmit)
+            # refuses the next one meanwhile: a quick stop-and-go, or pre-flight's next link.
+            try:
+                self._from_caller()
+            except OSError:
+                pass
         for link in list(self.links.values()):
             link.sock.close()
         self.local.close()
