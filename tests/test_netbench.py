@@ -338,6 +338,7 @@ poll_seconds = 0.5
     assert cli.returncode == 0
     report = json.loads((d.dir / "state" / "preflight.json").read_text())
     up1 = next(c for c in report["links"] if c["name"] == "up1")
+    assert up1["upload_kbps"] is not None, f"up1 was measured: {up1['why']}"
     assert up1["upload_kbps"] < 1100 and "upload" in up1["why"]
     d.request("live")  # the session's record carries it
     wait_until(lambda: list((d.dir / "recordings").glob("*/session.json")), 10, what="a session manifest")
