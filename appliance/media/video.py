@@ -142,8 +142,18 @@ class TestPattern(VideoSource):
         import av
 
         c = self.cfg
+        late_after = 2 / c.fps
         with av.open(f"testsrc2=size={c.width}x{c.height}:rate={c.fps},realtime", format="lavfi") as src:
+            start = None
             for frame in src.decode(video=0):
+                if frame.time is not None:
+                    now = time.monotonic()
+                    start = now - frame.time if start is None else start
+                    if now - (start + frame.time) > late_after:
+                        # After a stall the realtime filter hands over every frame it owes at
+                        # once. A capture card drops them instead; so do we, or drawing them
+                        # would starve the media thread just when it has ticks to catch up.
+                        continue
                 yield frame
 
     def _convert(self, frame):
