@@ -115,6 +115,37 @@ def test_encoder_failing_mid_stream_falls_back_without_a_gap(daemon_factory):
     assert len(rec.video_pts) >= 5 * FPS
 
 
+def test_a_short_stall_is_caught_up_and_a_long_one_skips_frames(daemon_factory):
+    """The whole daemon is stopped (SIGSTOP) as a loaded CPU or a garbage collection
+    would stop it: 0.25 s is caught up, no hole in the timeline; 1.5 s is skipped,
+    counted and logged, and the timeline still follows the clock."""
+    import signal
+
+    d = daemon_factory().start()
+    go_live(d)
+    time.sleep(2)
+
+    def stall(seconds):
+        os.kill(d.proc.pid, signal.SIGSTOP)
+        time.sleep(seconds)
+        os.kill(d.proc.pid, signal.SIGCONT)
+        time.sleep(2)
+
+    stall(0.25)
+    assert media(d)["frames_dropped"] == 0, "a short stall is caught up"
+    stall(1.5)
+    d.request("stop")
+    d.wait_state("READY")
+    dropped = media(d)["frames_dropped"]  # the session's count stays until the next one
+    assert d.terminate() == 0
+    assert "video frames skipped" in d.log()
+    assert dropped >= 0.9 * 1.5 * FPS, dropped
+    pts = sorted(decode_files(segments(only_session(d.dir / "recordings"))).video_pts)
+    holes = [(a / 90000, (b - a) / 90000) for a, b in zip(pts, pts[1:]) if b - a != FRAME]
+    assert holes and holes[0][0] > 3.5 and holes[0][1] >= 1.2, f"no hole before the long stall: {holes}"
+    assert len(pts) + dropped == pts[-1] // FRAME + 1, "every tick is a frame, or one counted as dropped"
+
+
 def test_kill_9_while_recording_loses_only_the_open_segment_tail(daemon_factory):
     d = daemon_factory(config_extra="[recording]\nsegment_seconds = 3\n").start()
     go_live(d)
