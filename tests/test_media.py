@@ -360,3 +360,25 @@ def test_an_output_that_breaks_is_dropped_and_the_others_go_on(tmp_path):
     assert ("output flaky failed", True) in reports and ("output flaky failed", False) in reports
     assert encoded >= 45, "the encoder thread never noticed"
     assert decode_files(segments(only_session(tmp_path / "rec"))).video_pts, "the recorder got everything"
+
+
+def test_the_test_pattern_drops_the_frames_it_owes_after_a_stall():
+    """Every Python thread is held for a second (a C call that keeps the GIL, as a long
+    garbage collection would): afterwards the pattern goes on from the present, as a
+    capture card does, instead of drawing the 30 frames it owes at once."""
+    import ctypes
+
+    from appliance.config import VideoSection
+    from appliance.media.video import TestPattern
+
+    src = TestPattern(VideoSection(width=640, height=360, fps=FPS))
+    src.start()
+    try:
+        wait_until(lambda: src.frames >= 10, 10, what="the pattern running")
+        before = src.frames
+        ctypes.PyDLL(None).usleep(1_000_000)  # PyDLL: the GIL stays held
+        time.sleep(1.0)
+        made = src.frames - before
+    finally:
+        src.stop()
+    assert 0.5 * FPS <= made <= 1.4 * FPS, f"{made} frames in 2 s of which 1 s stalled"

@@ -6,7 +6,7 @@ frame's worth of samples from each audio track (silence if the device is away),
 meters them, and, while live, encodes them and hands the packets to every
 output. Video PTS is the tick count, audio PTS the sample count: both from the
 same clock, so A/V sync holds by construction. A stall of up to half a second
-(a busy CPU, a garbage collection) is caught up: the missed ticks run back to
+(a busy CPU) is caught up: the missed ticks run back to
 back on the latest picture, and the timeline has no hole. Further behind, the
 thread drops video frames (counted and logged), never audio.
 
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 # and the stream alike. Catching up costs a burst of encodes (a few ms each).
 MAX_BEHIND_SECONDS = 0.5
 SKIP_LOG_EVERY = 10.0
+
 
 class MediaPipeline:
     name = "media"
@@ -303,7 +304,8 @@ class MediaPipeline:
                 if now - logged_at >= SKIP_LOG_EVERY:  # at most every 10 s under a sustained overload
                     logged_at = now
                     log.warning("media: %.0f ms behind, %d video frames skipped (%d this session): "
-                                "the box stalled or its CPU cannot keep up", behind * period * 1000, behind, self.frames_dropped)
+                                "the box stalled or its CPU cannot keep up",
+                                behind * period * 1000, behind, self.frames_dropped)
             self._one_tick(now, video=True)
             next_t += period
 

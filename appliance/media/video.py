@@ -142,17 +142,23 @@ class TestPattern(VideoSource):
         import av
 
         c = self.cfg
-        late_after = 2 / c.fps
+        late_after, made_in = 2 / c.fps, 0.5 / c.fps
         with av.open(f"testsrc2=size={c.width}x{c.height}:rate={c.fps},realtime", format="lavfi") as src:
-            start = None
-            for frame in src.decode(video=0):
+            frames, start = src.decode(video=0), None
+            while True:
+                asked = time.monotonic()
+                frame = next(frames, None)
+                if frame is None:
+                    return
+                now = time.monotonic()
                 if frame.time is not None:
-                    now = time.monotonic()
                     start = now - frame.time if start is None else start
-                    if now - (start + frame.time) > late_after:
-                        # After a stall the realtime filter hands over every frame it owes at
-                        # once. A capture card drops them instead; so do we, or drawing them
-                        # would starve the media thread just when it has ticks to catch up.
+                    if now - (start + frame.time) > late_after and now - asked < made_in:
+                        # Late and handed over at once: after a stall the realtime filter gives
+                        # every frame it owes in a burst. A capture card drops them; so do we, or
+                        # drawing them would starve the media thread just as it catches up. (A
+                        # board too slow to make the pattern in time is late too, but slowly:
+                        # those frames are kept.)
                         continue
                 yield frame
 
