@@ -42,6 +42,16 @@ class RtmpServer:
         time.sleep(0.5)  # listening
         return out
 
+    def wait_receiving(self, timeout: float = 20) -> None:
+        """Until the latest run has probed the stream and opened its file (0.3 s here; a CI
+        run once had nothing after 4 s of streaming, and no file at all)."""
+        import select
+
+        p = self.runs[-1]
+        ready, _, _ = select.select([p.stdout], [], [], timeout)
+        line = p.stdout.readline() if ready else b""
+        assert line.startswith(b"receiving"), f"the RTMP server was not receiving within {timeout} s"
+
     def stop(self):
         for p in self.runs:
             if p.poll() is None:

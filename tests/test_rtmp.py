@@ -27,6 +27,7 @@ def test_rtmp_reconnects_after_the_server_restarts_and_the_recording_is_untouche
     d.wait_state("READY", timeout=20)
     d.request("live")
     wait_until(lambda: d.output("rtmp")["connected"], 15, what="streaming to the RTMP server")
+    server.wait_receiving()
     time.sleep(4)
     assert "secret-key" not in str(d.request("status")), "the stream key never shows"
     server.stop()  # the platform drops us ...
@@ -36,6 +37,7 @@ def test_rtmp_reconnects_after_the_server_restarts_and_the_recording_is_untouche
     second = server.start()  # ... and takes us back
     wait_until(lambda: d.output("rtmp")["connected"], 20, what="reconnected")
     wait_until(lambda: d.state() == "LIVE", 5, what="LIVE again")
+    server.wait_receiving()
     time.sleep(4)
     st = d.output("rtmp")
     assert st["reconnects"] == 1, st
