@@ -6,9 +6,9 @@ frame's worth of samples from each audio track (silence if the device is away),
 meters them, and, while live, encodes them and hands the packets to every
 output. Video PTS is the tick count, audio PTS the sample count: both from the
 same clock, so A/V sync holds by construction. A stall of up to half a second
-(a busy CPU) is caught up: the missed ticks run back to
-back on the latest picture, and the timeline has no hole. Further behind, the
-thread drops video frames (counted and logged), never audio.
+(a busy CPU) is caught up: the missed ticks run back to back on the latest
+picture, and the timeline has no hole. Further behind, the thread drops video
+frames (counted and logged), never audio.
 
 The supervisor sees the pipeline as a component (sources and meters run from
 boot, so the panel can show "no video" before GO) and as a live output

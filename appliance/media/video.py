@@ -152,7 +152,8 @@ class TestPattern(VideoSource):
                     return
                 now = time.monotonic()
                 if frame.time is not None:
-                    start = now - frame.time if start is None else start
+                    if start is None:
+                        start = now - frame.time
                     if now - (start + frame.time) > late_after and now - asked < made_in:
                         # Late and handed over at once: after a stall the realtime filter gives
                         # every frame it owes in a burst. A capture card drops them; so do we, or
