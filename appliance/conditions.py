@@ -40,5 +40,10 @@ def link_standby(link: str) -> str:
     return f"uplink {link} standby"
 
 
+def unresolved(role: str, host: str) -> str:
+    """A host name the box dials gives no address: role is "relay", "ingest", ..."""
+    return f"{role} name does not resolve: {host}"
+
+
 def component_failed(name: str) -> str:
     return f"{name} failed"

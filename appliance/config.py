@@ -156,7 +156,8 @@ class RecordingSection(Section):
 class StreamSection(Section):
     enabled: bool = False
     # srt://HOST:PORT[?streamid=...&latency=...] (an SRT listener: MediaMTX, SRS, srt-live-transmit)
-    url: str = Field("", pattern=r"^$|^srt://[^\s/?#:]+:\d{1,5}(\?\S*)?$")
+    # HOST: a name, an IPv4 address or an [IPv6] address in brackets
+    url: str = Field("", pattern=r"^$|^srt://([^\s/?#:\[\]]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}(\?\S*)?$")
     stream_id: SecretStr = SecretStr("")
     passphrase: SecretStr = SecretStr("")
     latency_ms: int = Field(1000, ge=20, le=8000)

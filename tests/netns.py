@@ -8,6 +8,13 @@ uplink's address out of that uplink (as on a box with a modem and a wired
 port), so the relay sees one peer per uplink. Each uplink has a tbf rate limit
 on the way out; nftables rules black-hole a link or drop a share of its
 packets, in both directions, on the way in at each end (this kernel has no netem).
+The relay and the ingest are named as users name them: relay.bench.test and
+ingest.bench.test resolve through hosts files that `ip netns exec` bind-mounts
+over /etc/hosts for whatever runs in the appliance's and the relay's namespace
+(/etc/netns/NAME/hosts), with a resolv.conf whose server does not exist, so a
+name missing from them fails at once, as a box with no DNS would.
+set_hosts() rewrites them in place (the bind mount holds the inode): a name can
+stop resolving and resolve again under a running daemon.
 Everything is created under names unique to this process and removed by close().
 """
 
@@ -25,6 +32,9 @@ from netsim import stop_gracefully
 
 RELAY_ADDR = "198.18.0.1"
 INGEST_ADDR = "198.18.3.2"
+RELAY_NAME = "relay.bench.test"
+INGEST_NAME = "ingest.bench.test"
+NO_DNS = "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"  # nothing listens there: fails at once
 UPLINKS = {"up0": ("198.18.1.1", "198.18.1.2"), "up1": ("198.18.2.1", "198.18.2.2")}
 
 
@@ -72,14 +82,31 @@ class NetBench:
     def ns(self, name: str, *cmd: str, check: bool = True):
         return _run("ip", "netns", "exec", name, *cmd, check=check)
 
+    def etc(self, ns: str) -> Path:
+        return Path("/etc/netns") / ns
+
+    def set_hosts(self, ns: str, names: dict[str, str]) -> None:
+        """What the names resolve to in that namespace from now on ({} : nothing resolves)."""
+        lines = ["127.0.0.1 localhost", "::1 localhost"] + [f"{addr} {name}" for name, addr in names.items()]
+        with open(self.etc(ns) / "hosts", "w") as f:  # in place: the bind mount holds this inode
+            f.write("\n".join(lines) + "\n")
+
     def _build(self, rate_mbit: float) -> None:
         for n in (self.app, self.relay_ns, self.ingest_ns):
             _run("ip", "netns", "del", n, check=False)  # a leftover of a killed run with our pid
             _run("ip", "netns", "add", n)
+            shutil.rmtree(self.etc(n), ignore_errors=True)
+            self.etc(n).mkdir(parents=True)
+            (self.etc(n) / "resolv.conf").write_text(NO_DNS)
+            self.set_hosts(n, {})
             self.ns(n, "ip", "link", "set", "lo", "up")
             self.ns(n, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
         self.ns(self.relay_ns, "ip", "addr", "add", f"{RELAY_ADDR}/32", "dev", "lo")
         self.ns(self.relay_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        # The relay's address lives on lo, not on the links: it is reached through a route, as
+        # across the internet. (Answering ARP for it on every link would let a socket bound to an
+        # uplink whose route is gone still reach it "on-link", which no real network allows.)
+        self.ns(self.relay_ns, "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1")
         for i, (up, (mine, peer)) in enumerate(UPLINKS.items()):
             down = f"dn{i}"
             _run("ip", "link", "add", up, "netns", self.app, "type", "veth", "peer", "name", down, "netns", self.relay_ns)
@@ -99,6 +126,8 @@ class NetBench:
         self.ns(self.relay_ns, "ip", "link", "set", "vi0", "up")
         self.ns(self.ingest_ns, "ip", "link", "set", "vo0", "up")
         self.ns(self.ingest_ns, "ip", "route", "add", "default", "via", "198.18.3.1")
+        self.set_hosts(self.app, {RELAY_NAME: RELAY_ADDR})
+        self.set_hosts(self.relay_ns, {INGEST_NAME: INGEST_ADDR})
         self._apply_rules()
 
     # --- impairments --------------------------------------------------------------------------
@@ -154,7 +183,7 @@ class NetBench:
 
     def start_relay(self, port: int, ingest_port: int, log: Path, secret_file: Path | None = None) -> subprocess.Popen:
         cmd = ["ip", "netns", "exec", self.relay_ns, *APPLIANCE, "relay", "--listen", str(port), "--bind", RELAY_ADDR,
-               "--to", f"srt://{INGEST_ADDR}:{ingest_port}"]
+               "--to", f"srt://{INGEST_NAME}:{ingest_port}"]
         if secret_file:
             cmd += ["--secret-file", str(secret_file)]
         with open(log, "ab") as f:
@@ -194,4 +223,4 @@ class NetBench:
             stop_gracefully(p)
         for n in (self.app, self.relay_ns, self.ingest_ns):
             _run("ip", "netns", "del", n, check=False)
-
+            shutil.rmtree(self.etc(n), ignore_errors=True)

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import APPLIANCE, wait_until
 from media_check import decode_files, missing_frames, only_session, segments, ts_continuity_errors
-from netns import RELAY_ADDR, NetBench
+from netns import RELAY_ADDR, RELAY_NAME, NetBench
 
 RELAY_PORT, INGEST_PORT = 5000, 5001
 
@@ -41,7 +41,7 @@ height = 360
 bitrate_kbps = {bitrate}
 [stream]
 enabled = true
-url = "srt://{RELAY_ADDR}:{RELAY_PORT}"
+url = "srt://{RELAY_NAME}:{RELAY_PORT}"
 latency_ms = {latency}
 bond = true
 uplinks = {json.dumps(list(uplinks))}
@@ -318,7 +318,7 @@ def test_preflight_go_on_a_clean_link_and_no_go_on_one_capped_below_the_bitrate(
     d = daemon_factory(prefix=["ip", "netns", "exec", net.app], config_extra=f"""
 [stream]
 enabled = true
-url = "srt://{RELAY_ADDR}:{RELAY_PORT}"
+url = "srt://{RELAY_NAME}:{RELAY_PORT}"
 latency_ms = 500
 bond = true
 uplinks = ["up0", "up1"]
@@ -348,4 +348,118 @@ poll_seconds = 0.5
     d.wait_state("READY", timeout=15)
     manifest = json.loads(next((d.dir / "recordings").glob("*/session.json")).read_text())
     assert manifest["settings"]["preflight"]["verdict"] == "go"
+    assert d.terminate() == 0
+
+
+# --- names and network faults, as the field throws them ----------------------------------------
+
+def conditions_of(d) -> list[str]:
+    return d.request("status")["status"]["conditions"]
+
+
+def threads_of(d) -> set[str]:
+    return set(d.request("status")["status"]["threads"])
+
+
+def test_a_relay_name_that_resolves_only_after_go_streams_by_itself_and_the_recording_has_no_gap(
+        daemon_factory, net, tmp_path):
+    net.set_hosts(net.app, {})  # the relay's name does not resolve yet (no DNS, not in hosts)
+    out = tmp_path / "received.ts"
+    net.start_ingest(out, INGEST_PORT, 500)
+    net.start_relay(RELAY_PORT, INGEST_PORT, tmp_path / "relay.log")
+    d = daemon_factory(prefix=["ip", "netns", "exec", net.app], config_extra=f"""
+[video]
+width = 640
+height = 360
+[encoder]
+bitrate_kbps = 2000
+[stream]
+enabled = true
+url = "srt://{RELAY_NAME}:{RELAY_PORT}"
+latency_ms = 500
+bond = true
+uplinks = ["up0", "up1"]
+""").start()
+    d.wait_state("READY", timeout=30)
+    d.request("live")
+    went_live = time.monotonic()
+    condition = f"relay name does not resolve: {RELAY_NAME}"
+    wait_until(lambda: condition in conditions_of(d), 10, what="the name's condition")
+    srt = d.output("srt")
+    assert RELAY_NAME in srt["last_error"] and "does not resolve" in srt["last_error"], srt
+    time.sleep(max(0.0, 10 - (time.monotonic() - went_live)))
+    assert not d.output("srt")["connected"]
+    assert d.state() in ("LIVE", "DEGRADED"), "live all along: the recording runs"
+    net.set_hosts(net.app, {RELAY_NAME: RELAY_ADDR})
+    resolved = time.monotonic()
+    wait_until(lambda: d.output("srt")["connected"], 20, interval=0.05, what="the stream up once the name resolves")
+    took = time.monotonic() - resolved
+    print(f"name resolving -> stream up: {took:.2f} s")
+    wait_until(lambda: condition not in conditions_of(d), 5, what="the name's condition cleared")
+    assert "srt-sender" in threads_of(d)
+    log = d.log()
+    assert log.count(f"bond: relay name does not resolve: {RELAY_NAME}") == 1, "said once, not at every retry"
+    run_for(4, {})
+    rec = finish(d, net, out, 3)
+    assert missing_frames(rec.video_pts) == 0
+    local = decode_files(segments(only_session(d.dir / "recordings")))
+    assert missing_frames(local.video_pts) == 0, "the recording has no gap"
+    assert len(local.video_pts) >= 14 * 30, f"the recording ran from GO: {len(local.video_pts)} frames"
+    assert d.terminate() == 0
+    assert took <= 5.0, f"the stream came up {took:.1f} s after the name resolved"
+
+
+def test_every_network_fault_in_a_running_stream_is_survived_and_no_thread_dies(daemon_factory, net, tmp_path):
+    d, out = bonded_daemon(daemon_factory, net, tmp_path, bitrate=2000)
+    run_for(3, {})
+    threads = threads_of(d)
+    assert {"srt-sender", "srtla-bond"} <= threads, threads
+
+    def carrying(uplink: str, more: int = 50) -> None:
+        wait_until(lambda: links(d).get(uplink, {}).get("state") == "up", 20, what=f"{uplink} up again")
+        before = links(d)[uplink]["packets"]
+        wait_until(lambda: links(d)[uplink]["packets"] > before + more, 20, what=f"{uplink} carrying again")
+
+    def streaming() -> None:
+        wait_until(lambda: d.output("srt")["connected"], 30, what="the stream connected again")
+        sent = d.output("srt")["chunks_sent"]
+        wait_until(lambda: d.output("srt")["chunks_sent"] > sent + 100, 15, what="the stream flowing again")
+
+    # 1. The address leaves with its interface's configuration (DHCP lease lost), then returns.
+    net.ns(net.app, "ip", "addr", "del", "198.18.2.1/24", "dev", "up1")
+    wait_until(lambda: "up1" not in links(d), 10, what="up1 leaves the bond with its address")
+    run_for(2, {})
+    assert d.output("srt")["connected"], "up0 carried on"
+    net.ns(net.app, "ip", "addr", "add", "198.18.2.1/24", "dev", "up1")
+    net.ns(net.app, "ip", "route", "replace", "default", "via", "198.18.2.2", "dev", "up1", "table", "102")
+    carrying("up1")
+    # 2. Its route goes (the kernel answers ENETUNREACH), then returns.
+    net.ns(net.app, "ip", "route", "replace", "unreachable", "default", "table", "102")
+    wait_until(lambda: links(d)["up1"]["state"] != "up", 10, what="up1 dead without a route")
+    run_for(2, {})
+    net.ns(net.app, "ip", "route", "replace", "default", "via", "198.18.2.2", "dev", "up1", "table", "102")
+    carrying("up1")
+    assert d.output("srt")["reconnects"] == 0, "one link's faults never broke the stream"
+    # 3. The relay dies and comes back with no memory of the group.
+    relay = net.procs.pop(net.procs.index(next(p for p in net.procs if "relay" in p.args)))
+    relay.kill()
+    relay.wait(5)
+    run_for(2, {})
+    net.start_relay(RELAY_PORT, INGEST_PORT, tmp_path / "relay.log")
+    wait_until(lambda: links(d).get("up0", {}).get("state") == "up" and links(d).get("up1", {}).get("state") == "up",
+               30, what="both uplinks registered with the new relay")
+    streaming()
+    # 4. The ingest goes away (the relay's packets to it are refused), then listens again.
+    net.stop_ingest()
+    wait_until(lambda: not d.output("srt")["connected"], 20, what="the stream noticed the ingest gone")
+    run_for(2, {})
+    out2 = tmp_path / "received-again.ts"
+    net.start_ingest(out2, INGEST_PORT, 500)
+    streaming()
+    assert threads <= threads_of(d), f"threads ended: {threads - threads_of(d)}"
+    run_for(3, {})
+    rec = finish(d, net, out2, 2)
+    assert rec.video_pts, "the new ingest received the show"
+    local = decode_files(segments(only_session(d.dir / "recordings")))
+    assert missing_frames(local.video_pts) == 0, "the recording never noticed"
     assert d.terminate() == 0

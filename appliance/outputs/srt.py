@@ -20,15 +20,15 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
-from urllib.parse import parse_qs, urlparse
 
 from appliance import conditions
 from appliance.config import StreamSection
-from appliance.errors import ConfigError
 from appliance.media.encoders import EncodedPacket
 from appliance.media.mux import TsMuxer
 from appliance.outputs import Report, Session
 from appliance.transport.libsrt import LIVE_PAYLOAD, SrtCaller, SrtError
+from appliance.transport import names
+from appliance.transport.names import NameNotResolved, parse_srt_url
 from appliance.uplinks.abr import VIDEO, VOICE, Abr, AbrLimits, DeliveryMeter
 
 log = logging.getLogger(__name__)
@@ -60,13 +60,6 @@ class _SlateTick:
     first: bool  # a slate run opens here: on a keyframe
     stream: int = 0  # (to the queue: a video item of no bytes)
     data: bytes = b""
-
-
-def parse_srt_url(url: str) -> tuple[str, int, dict]:
-    u = urlparse(url)
-    if u.scheme != "srt" or not u.hostname or not u.port:
-        raise ConfigError([f"stream.url: {url!r} is not srt://HOST:PORT"])
-    return u.hostname, u.port, {k: v[-1] for k, v in parse_qs(u.query).items()}
 
 
 class SrtOutput:
@@ -112,11 +105,12 @@ class SrtOutput:
         self.last_error = ""
         self.stats: dict = {}
         self._reported = False
+        self._unresolved: str | None = None  # the name condition reported now
         self.bonder = None
         self._last_uplinks: dict[str, str] = {}
 
     def where(self) -> str:
-        return f"srt://{self.host}:{self.port}" + (" (bonded, SRTLA)" if self.cfg.bond else "")
+        return f"srt://{names.display((self.host, self.port))}" + (" (bonded, SRTLA)" if self.cfg.bond else "")
 
     # --- media thread -----------------------------------------------------------------------
 
@@ -223,6 +217,7 @@ class SrtOutput:
         if self._reported:
             self._reported = False
             self.report(NOT_CONNECTED, False)
+        self._name_condition(None)
         self._slate_enc = None
         if self.lane == VOICE:
             self.lane = VIDEO
@@ -245,11 +240,14 @@ class SrtOutput:
         host, port = self.host, self.port
         if self.bonder is not None:
             host, port = "127.0.0.1", self.bonder.local_port  # the bond carries it to the relay
-        return SrtCaller(host, port, latency_ms=self.latency_ms,
+        return SrtCaller(host, port, latency_ms=self.latency_ms, role="ingest",
                          stream_id=self.query.get("streamid", c.stream_id.get_secret_value()),
                          passphrase=c.passphrase.get_secret_value())
 
     def _sender(self) -> None:
+        # Every failure the network throws (a name that does not resolve, an unreachable
+        # or refused address, an address gone with its interface, timeouts) is an OSError
+        # and is retried inside the loop; what reaches here is a bug of ours.
         try:
             self._send_loop()
         except Exception as e:  # a bug of ours: the stream stops, loudly; the recording goes on
@@ -266,8 +264,9 @@ class SrtOutput:
         while not self._stop.is_set():
             if not self.connected and self.bonder is not None and not self.bonder.ready():
                 # No uplink has registered with the relay yet: connecting now would only fail.
-                if time.monotonic() - waiting_since > 5 and not self._reported:
-                    self._broken("no uplink registered with the relay")
+                self._name_condition(self.bonder.name_error)
+                if time.monotonic() - waiting_since > 5 or self.bonder.name_error is not None:
+                    self._broken(self.bonder.problem())
                 self._stop.wait(0.05)
                 continue
             if not self.connected:
@@ -275,12 +274,14 @@ class SrtOutput:
                     began = time.monotonic()
                     self.caller = self.caller or self._caller()
                     self.caller.connect()
-                except SrtError as e:
+                except OSError as e:
+                    self._name_condition(e if isinstance(e, NameNotResolved) else None)
                     self._broken(str(e))
                     self._stop.wait(BACKOFF[min(attempt, len(BACKOFF) - 1)])
                     attempt += 1
                     continue
                 attempt = 0
+                self._name_condition(None)
                 self._connected(began)
             try:
                 now = time.monotonic()
@@ -297,7 +298,7 @@ class SrtOutput:
                     break
                 if item is not None:
                     self._send_frame(item)
-            except SrtError as e:
+            except OSError as e:  # SrtError among them
                 self._broken(str(e))
                 if self._mux is None:
                     break  # it broke while sending the last bytes: there is nothing left to reconnect for
@@ -477,12 +478,23 @@ class SrtOutput:
             self._reported = False
             self.report(NOT_CONNECTED, False)
 
+    def _name_condition(self, error: NameNotResolved | None) -> None:
+        """The condition "relay name does not resolve: HOST" while it is the current cause."""
+        now = conditions.unresolved(error.role, error.host) if error is not None else None
+        if now != self._unresolved:
+            if self._unresolved is not None:
+                self.report(self._unresolved, False)
+            if now is not None:
+                self.report(now, True)
+            self._unresolved = now
+
     def _broken(self, why: str) -> None:
+        """Logged when the cause changes: the bonded wait reports it at every poll."""
         if self.connected:
             self.reconnects += 1
             log.warning("stream: connection to %s lost (%s): reconnecting", self.where(), why,
                         extra={"OUTPUT": self.name})
-        elif not self._reported:
+        elif not self._reported or why != self.last_error:
             log.warning("stream: cannot connect to %s (%s): retrying", self.where(), why, extra={"OUTPUT": self.name})
         self.connected = False
         self.last_error = why

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
@@ -263,6 +264,8 @@ class Service:
             "version": __version__,
             "pid": os.getpid(),
             "uptime": round(time.monotonic() - self.started, 1),
+            # Which threads are alive: a fault that ended one shows here (a sender gone for the show).
+            "threads": sorted(t.name for t in threading.enumerate()),
             "components": {
                 name: {"state": r.state, **({"error": r.error} if r.error else {}), **_safe_status(r.component)}
                 for name, r in self.records.items()

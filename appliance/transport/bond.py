@@ -21,6 +21,13 @@ wire format:
   feed a retransmission storm on links that are already queueing;
 - the link policy (uplinks/) weighs each link's share by its health, and can put
   a link on standby (failover backup, data cap): registered, keepalives only.
+
+The relay may be named by a host name. Its addresses are looked up in a thread
+of their own (names.py), never on the packet path, and looked up again whenever
+no link is carrying and the relay has not answered for a while (it moved, or the
+name pointed elsewhere); an address that does not answer gives way to the next
+one the name resolves to. Replies are matched against the address each link
+sends to. A name that does not resolve is retried with backoff, and said once.
 One thread, one selector: no asyncio, no locks on the packet path.
 """
 
@@ -35,7 +42,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
-from appliance.transport import srtla
+from appliance.transport import names, srtla
 from appliance.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -46,6 +53,8 @@ DEAD_MIN, DEAD_MAX = 0.15, 0.30
 PROBATION_ECHOES = 5
 WINDOW_MIN, WINDOW_START, WINDOW_MAX = 1000, 20000, 60000
 IN_FLIGHT_KEEP = 8192
+ADDRESS_PATIENCE = 3.0  # s without a word from the relay's address, no link carrying: try the next
+LOOKUP_BACKOFF = (0.5, 1.0, 2.0)  # s between lookups of a name that does not resolve
 
 
 @dataclass
@@ -53,6 +62,7 @@ class Link:
     name: str
     source: str
     sock: socket.socket
+    family: int = socket.AF_INET
     state: str = "registering"  # registering | probation | up | dead
     window: int = WINDOW_START
     in_flight: set[int] = field(default_factory=set)
@@ -100,7 +110,15 @@ class Bonder(Worker):
                  dead_range: tuple[float, float] = (DEAD_MIN, DEAD_MAX), rescue: bool = True):
         """dead_range and rescue exist for the benchmark, which runs the reference
         sender's rules (dead after 4 s, no rescue) as its baseline."""
-        self.relay = relay
+        self.relay_host, self.relay_port = relay
+        self.relay: dict[int, tuple] = {}  # family -> the relay's address that links of it send to
+        self._addrs: list[tuple] = []  # what the name resolved to
+        self._tried: set[tuple] = set()  # of those, addresses given up on since the lookup
+        self._lookup: names.Lookup | None = None
+        self._next_lookup = 0.0
+        self._lookup_fails = 0
+        self.name_error: names.NameNotResolved | None = None
+        self._heard = 0.0  # the relay's address answered (any link), or was chosen
         self.dead_range, self.rescue = dead_range, rescue
         self.secret = secret
         self.ident = srtla.sender_id(secret)
@@ -127,6 +145,8 @@ class Bonder(Worker):
         self._standby: set[str] = set()
         for name, source in sources.items():
             self._add_link(name, source)
+        if names.literal(self.relay_host):  # no lookup to wait for
+            self._resolved(names.lookup(self.relay_host, self.relay_port).result("relay"), time.monotonic())
 
     # --- lifecycle (any thread) -----------------------------------------------------------------
 
@@ -159,12 +179,33 @@ class Bonder(Worker):
 
     def status(self) -> dict:
         return {"registered": self.group is not None, "links": {n: l.status() for n, l in self.links.items()},
+                "relay": self.where(), **({"relay_error": self.problem()} if not self.ready() else {}),
                 "resent": self.resent, "held": self.held, "dropped": dict(self.dropped)}
+
+    def where(self) -> str:
+        """The relay as named, and the addresses it is reached at now."""
+        named = names.display((self.relay_host, self.relay_port))
+        at = sorted({names.display(a) for a in list(self.relay.values())})
+        return named if not at or at == [named] else f"{named} ({', '.join(at)})"
+
+    def problem(self) -> str:
+        """Why no link carries, for the status and the stream's condition: the current cause."""
+        if self.name_error is not None:
+            return str(self.name_error)
+        links = list(self.links.values())
+        if not links:
+            return "no uplink has an address"
+        if not self.relay:
+            return f"looking up the relay's name {self.relay_host}"
+        if not any(link.family in self.relay for link in links):
+            return f"the relay {self.relay_host} has no address of the uplinks' family"
+        return f"no uplink registered with the relay {self.where()}"
 
     # --- links ------------------------------------------------------------------------------------
 
     def _add_link(self, name: str, source: str) -> None:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if ":" in source else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_DGRAM)
         try:
             if not source.startswith("127."):
                 try:  # pin to the interface too, where we are allowed to (CAP_NET_RAW)
@@ -177,7 +218,7 @@ class Bonder(Worker):
             log.warning("bond: uplink %s (%s) unusable: %s", name, source, e)
             return
         s.setblocking(False)
-        self.links[name] = link = Link(name, source, s, dead_range=self.dead_range)
+        self.links[name] = link = Link(name, source, s, family, dead_range=self.dead_range)
         self._apply_policy(link)
         self.sel.register(s, selectors.EVENT_READ, name)
         log.info("bond: uplink %s joins from %s", name, source, extra={"LINK": name})
@@ -269,7 +310,7 @@ class Bonder(Worker):
 
     def _send_on(self, link: Link, d: bytes) -> bool:
         try:
-            link.sock.sendto(d, self.relay)
+            self._sendto(link, d)
         except OSError as e:
             if isinstance(e, BlockingIOError) or e.errno == errno.ENOBUFS:
                 # Its queue is full: congestion, not death. Give it less for a while.
@@ -322,10 +363,19 @@ class Bonder(Worker):
                 d, addr = link.sock.recvfrom(2048)
             except BlockingIOError:
                 return
-            if addr[:2] != self.relay:
+            relay = self.relay.get(link.family)
+            if relay is None or addr[:2] != relay[:2]:
                 self.dropped["not from the relay"] += 1
                 continue
-            self._handle(link, d, time.monotonic())
+            now = time.monotonic()
+            self._heard = now
+            self._handle(link, d, now)
+
+    def _sendto(self, link: Link, d: bytes) -> None:
+        relay = self.relay.get(link.family)
+        if relay is None:
+            raise OSError(errno.EDESTADDRREQ, "the relay's address is not known")
+        link.sock.sendto(d, relay)
 
     def _handle(self, link: Link, d: bytes, now: float) -> None:
         """One datagram from the relay. Only a well-formed one proves the link alive;
@@ -350,7 +400,7 @@ class Bonder(Worker):
                 self.group = None
             if now - self._reg1_at > 4.0:
                 self._reg1_at = now  # REG1 on one link only, then wait for REG2 (4 s)
-                link.sock.sendto(srtla.reg(srtla.REG1, self.ident), self.relay)
+                self._sendto(link, srtla.reg(srtla.REG1, self.ident))
         elif t == srtla.REG2:
             gid = srtla.reg_id(d, srtla.REG2)
             if gid is None:
@@ -452,6 +502,7 @@ class Bonder(Worker):
     # --- housekeeping: keepalives, registration, dead links ----------------------------------------
 
     def _housekeeping(self, now: float) -> None:
+        self._names(now)
         for link in list(self.links.values()):
             if link.state in ("registering", "dead") and now - link.last_reg >= REGISTER_EVERY:
                 link.last_reg = now
@@ -459,7 +510,7 @@ class Bonder(Worker):
             if link.state != "registering" and now - link.last_keepalive >= KEEPALIVE_EVERY:
                 link.last_keepalive = now
                 try:
-                    link.sock.sendto(srtla.keepalive(self._ms()), self.relay)
+                    self._sendto(link, srtla.keepalive(self._ms()))
                 except OSError:
                     pass
             if link.state in ("up", "probation") and link.last_rx and now - link.last_rx > link.dead_after():
@@ -477,12 +528,72 @@ class Bonder(Worker):
                 link.kept = False
                 log.info("bond: uplink %s answers again", link.name, extra={"LINK": link.name})
 
+    # --- the relay's name ------------------------------------------------------------------------
+
+    def _names(self, now: float) -> None:
+        """Never blocks: a lookup runs in its own thread, and is collected here when done."""
+        if self._lookup is not None:
+            if not self._lookup.done():
+                if now - self._lookup.started > names.TIMEOUT and self.name_error is None:
+                    self._name_failed(names.NameNotResolved(self.relay_host, f"no answer within {names.TIMEOUT:g} s",
+                                                            "relay"), now)
+                return
+            look, self._lookup = self._lookup, None
+            try:
+                self._resolved(look.result("relay"), now)
+            except names.NameNotResolved as e:
+                self._name_failed(e, now)
+            return
+        carrying = any(link.state in ("up", "probation") for link in self.links.values())
+        if self.relay and (carrying or now - self._heard < ADDRESS_PATIENCE):
+            return
+        if self.relay and self._next_address(now):
+            return
+        if now >= self._next_lookup:
+            self._lookup = names.lookup(self.relay_host, self.relay_port)
+            self._next_lookup = now + ADDRESS_PATIENCE
+
+    def _resolved(self, addrs: list[tuple], now: float) -> None:
+        if self.name_error is not None:
+            log.info("bond: the relay's name %s resolves again", self.relay_host)
+        self.name_error, self._lookup_fails = None, 0
+        if addrs != self._addrs:
+            log.info("bond: relay %s is at %s", self.relay_host, ", ".join(names.display(a) for a in addrs))
+        self._addrs, self._tried = addrs, set()
+        self.relay = {}
+        for addr in addrs:  # the first address of each family, as the name lists them
+            self.relay.setdefault(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET, addr)
+        self._heard = now
+
+    def _next_address(self, now: float) -> bool:
+        """The relay's address has not answered: the next one the name gave, per family."""
+        moved = False
+        for family, current in list(self.relay.items()):
+            self._tried.add(current)
+            following = [a for a in self._addrs if a not in self._tried and (":" in a[0]) == (family == socket.AF_INET6)]
+            if following:
+                log.warning("bond: relay %s does not answer at %s: trying %s", self.relay_host,
+                            names.display(current), names.display(following[0]))
+                self.relay[family], moved = following[0], True
+        if moved:
+            self._heard = now
+        return moved
+
+    def _name_failed(self, e: names.NameNotResolved, now: float) -> None:
+        if self.name_error is None or str(e) != str(self.name_error):
+            log.warning("bond: %s: retrying", e)
+        self.name_error = e
+        self._next_lookup = now + LOOKUP_BACKOFF[min(self._lookup_fails, len(LOOKUP_BACKOFF) - 1)]
+        self._lookup_fails += 1
+
+    # --- registration ------------------------------------------------------------------------------
+
     def _reg2(self, link: Link, now: float) -> None:
         what = self.group or self.ident
         if what != link.reg_sent:
             link.reg_sent, link.reg_group_since = what, now
         try:
-            link.sock.sendto(srtla.reg(srtla.REG2, what), self.relay)
+            self._sendto(link, srtla.reg(srtla.REG2, what))
         except OSError:
             pass  # an uplink that cannot send is found dead by its silence, or by its next data packet
 

@@ -16,6 +16,7 @@ import struct
 import threading
 
 from appliance.errors import ApplianceError
+from appliance.transport import names
 
 LIBRARIES = ("libsrt.so.1.5", "libsrt-openssl.so.1.5", "libsrt-gnutls.so.1.5")
 INSTALL_HINT = "apt-get install libsrt1.5-openssl"
@@ -132,10 +133,10 @@ def _last_error(lib) -> str:
     return msg.decode(errors="replace") if msg else "unknown libsrt error"
 
 
-def _sockaddr(host: str, port: int) -> bytes:
-    """struct sockaddr_in / sockaddr_in6 for srt_connect."""
-    family, _, _, _, addr = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0]
-    if family == socket.AF_INET:
+def _sockaddr(addr: tuple) -> bytes:
+    """struct sockaddr_in / sockaddr_in6 for srt_connect, from a resolved address."""
+    port = addr[1]
+    if len(addr) == 2:
         return struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + socket.inet_aton(addr[0]) + bytes(8)
     flow, scope = addr[2], addr[3]
     return (struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", port, flow)
@@ -147,13 +148,16 @@ class SrtCaller:
 
     def __init__(self, host: str, port: int, *, latency_ms: int = 1000, stream_id: str = "", passphrase: str = "",
                  pbkeylen: int = 16, payload_size: int = LIVE_PAYLOAD, overhead_percent: int = 25,
-                 connect_timeout_ms: int = 3000, send_timeout_ms: int = 1000):
+                 connect_timeout_ms: int = 3000, send_timeout_ms: int = 1000, role: str = "ingest"):
+        """host: a name (looked up at every connect), an IPv4 or an IPv6 literal; role
+        names it in errors ("ingest name does not resolve: ...")."""
         if passphrase and not 10 <= len(passphrase) <= 79:
             raise SrtError("the SRT passphrase must be 10 to 79 characters")
         if pbkeylen not in (16, 24, 32):
             raise SrtError("the SRT key length must be 16, 24 or 32 bytes")
         self.lib = library()
-        self.host, self.port = host, port
+        self.host, self.port, self.role = host, port, role
+        self.address: tuple | None = None  # where the last connect went
         self.options = [
             (SRTO_TRANSTYPE, SRTT_LIVE), (SRTO_LATENCY, latency_ms), (SRTO_PAYLOADSIZE, payload_size),
             (SRTO_OHEADBW, overhead_percent), (SRTO_CONNTIMEO, connect_timeout_ms),
@@ -176,7 +180,23 @@ class SrtCaller:
         self._check(self.lib.srt_setsockflag(self.sock, opt, ctypes.c_char_p(raw), len(raw)), what)
 
     def connect(self) -> None:
+        """Blocking (the sender's thread): the name is looked up again, and each of its
+        addresses tried in turn. NameNotResolved or SrtError, both ConnectionErrors."""
         self.close()
+        failures = []
+        for addr in names.resolve(self.host, self.port, role=self.role):
+            try:
+                self._connect(addr)
+                self.address = addr
+                return
+            except SrtError as e:
+                failures.append((names.display(addr), str(e)))
+        named = names.display((self.host, self.port))
+        if len(failures) == 1 and failures[0][0] == named:
+            raise SrtError(f"connect to {named}: {failures[0][1]}")
+        raise SrtError(f"connect to {named}: " + "; ".join(f"at {a}: {why}" for a, why in failures))
+
+    def _connect(self, addr: tuple) -> None:
         sock = self.lib.srt_create_socket()
         if sock < 0:
             raise SrtError(f"srt_create_socket: {_last_error(self.lib)}")
@@ -189,8 +209,9 @@ class SrtCaller:
             if self.passphrase:
                 self._set_int(SRTO_PBKEYLEN, self.pbkeylen)
                 self._set_str(SRTO_PASSPHRASE, self.passphrase, "passphrase")  # never echoed in errors
-            addr = _sockaddr(self.host, self.port)
-            self._check(self.lib.srt_connect(sock, addr, len(addr)), f"connect to {self.host}:{self.port}")
+            raw = _sockaddr(addr)
+            if self.lib.srt_connect(sock, raw, len(raw)) < 0:
+                raise SrtError(_last_error(self.lib))
         except BaseException:
             self.close()
             raise

@@ -249,9 +249,9 @@ async def serve(listen_port: int, to: str, secret: bytes | None, bind: str = "0.
     """`appliance relay`: run until SIGTERM/SIGINT."""
     import signal
 
-    from appliance.outputs.srt import parse_srt_url
+    from appliance.transport.names import parse_srt_url
 
-    host, port, _ = parse_srt_url(to)
+    host, port, _ = parse_srt_url(to, "--to")
     relay = Relay((bind, listen_port), (host, port), secret, max_groups, max_links)
     await relay.start()
     stop = asyncio.Event()

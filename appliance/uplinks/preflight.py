@@ -72,7 +72,7 @@ def judge(c: LinkCheck, need: int, floor: int, latency_ms: int) -> None:
 def run(config: Config, links: dict[str, str], seconds: float = 12.0,
         radio_for: Callable[[str], dict] | None = None) -> dict:
     """Blocking (a thread): one dry stream per uplink, in turn; the whole report."""
-    from appliance.outputs.srt import parse_srt_url
+    from appliance.transport.names import parse_srt_url
 
     s = config.stream
     host, port, query = parse_srt_url(s.url)
@@ -115,7 +115,7 @@ def _measure(c: LinkCheck, config: Config, relay: tuple[str, int], query: dict, 
             deadline = time.monotonic() + 5
             while not bonder.ready():
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"no registration with the relay {relay[0]}:{relay[1]} over {c.name} within 5 s")
+                    raise RuntimeError(f"over {c.name}: {bonder.problem()} within 5 s")
                 time.sleep(0.05)
             target = ("127.0.0.1", bonder.local_port)
         caller = SrtCaller(*target, latency_ms=int(query.get("latency", s.latency_ms)),
