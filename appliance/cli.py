@@ -229,25 +229,42 @@ def cmd_config(args) -> int:
 
 
 def cmd_relay(args) -> int:
+    """Exit 78 (EX_CONFIG) only for what a restart cannot mend: systemd's unit does not
+    restart on it. Anything else (a port still held, an address not up yet) exits 1."""
     import os
 
     from appliance.supervisor.systemd import setup_logging
+    from appliance.transport.names import parse_srt_url
     from appliance.transport.relay import serve
 
     setup_logging("info")
     secret = None
-    if args.secret_file:
+    secret_file = args.secret_file
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not secret_file and credentials and (Path(credentials) / "relay.secret").exists():
+        secret_file = str(Path(credentials) / "relay.secret")  # systemd's LoadCredential=relay.secret:...
+    if secret_file:
         try:
-            secret = Path(args.secret_file).read_bytes().strip()
+            secret = Path(secret_file).read_bytes().strip()
         except OSError as e:
-            print(f"error: {args.secret_file}: {e.strerror}", file=sys.stderr)
+            print(f"error: --secret-file {secret_file}: {e.strerror}", file=sys.stderr)
             return 78
     elif os.environ.get("APPLIANCE_RELAY_SECRET"):
         secret = os.environ["APPLIANCE_RELAY_SECRET"].encode()
     if secret is not None and len(secret) < 16:
         print("error: the relay secret must be at least 16 bytes", file=sys.stderr)
         return 78
-    asyncio.run(serve(args.listen, args.to, secret, args.bind, args.max_groups, args.max_links))
+    try:
+        parse_srt_url(args.to, "--to")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 78
+    try:
+        asyncio.run(serve(args.listen, args.to, secret, args.bind, args.max_groups, args.max_links))
+    except OSError as e:
+        print(f"error: relay: cannot listen on {args.bind or 'every address'} port {args.listen}: {e.strerror or e}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -313,8 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("relay", help="run an SRTLA receiver: merge a sender's uplinks into one SRT stream")
     sp.add_argument("--listen", type=int, required=True, metavar="PORT", help="UDP port the senders register on")
     sp.add_argument("--to", required=True, metavar="srt://HOST:PORT", help="the SRT listener (ingest)")
-    sp.add_argument("--bind", default="0.0.0.0")
-    sp.add_argument("--secret-file", help="only senders holding this shared secret may register")
+    sp.add_argument("--bind", default="", metavar="ADDRESS",
+                    help="listen on this address only (default: every IPv4 and IPv6 address)")
+    sp.add_argument("--secret-file", help="only senders holding this shared secret may register "
+                    "(default: the systemd credential relay.secret, if the unit loads one)")
     sp.add_argument("--max-groups", type=int, default=200)
     sp.add_argument("--max-links", type=int, default=8)
     sp.set_defaults(func=cmd_relay)

@@ -46,11 +46,16 @@ def test_srt_ack_and_nak_lists():
     assert srtla.srt_nak_ranges(torn) == []
 
 
-def test_shared_secret_inside_the_standard_id():
-    signed = srtla.sender_id(SECRET)
-    assert len(signed) == 256 and srtla.id_signed(signed, SECRET)
-    assert not srtla.id_signed(srtla.sender_id(None), SECRET)
-    assert not srtla.id_signed(signed, b"another-secret-entirely")
+def test_a_proof_inside_the_standard_id_answers_one_challenge_under_one_secret():
+    ident, challenge = srtla.sender_id(), os.urandom(srtla.CHALLENGE_LEN)
+    proven = srtla.prove(srtla.REG1, ident, challenge, SECRET)
+    assert len(proven) == 256 and proven[:32] == ident[:32] and proven[80:] == ident[80:]
+    assert srtla.proof_challenge(srtla.REG1, proven, SECRET) == challenge
+    assert srtla.proof_challenge(srtla.REG2, proven, SECRET) is None, "a REG1's proof is no REG2's"
+    assert srtla.proof_challenge(srtla.REG1, proven, b"another-secret-entirely") is None
+    assert srtla.proof_challenge(srtla.REG1, ident, SECRET) is None
+    tampered = proven[:200] + bytes([proven[200] ^ 1]) + proven[201:]
+    assert srtla.proof_challenge(srtla.REG1, tampered, SECRET) is None, "the far half is covered too"
 
 
 @settings(max_examples=500, deadline=None)
@@ -75,24 +80,42 @@ def relay():
     r.close()
 
 
-def client():
+def client(ip: str = "127.0.0.1"):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
+    s.bind((ip, 0))
     s.settimeout(2)
     return s
 
 
-def register(relay, links, secret=None):
-    ident = srtla.sender_id(secret)
-    links[0].sendto(srtla.reg(srtla.REG2, ident), relay.addr)
-    assert links[0].recv(300) == srtla.short(srtla.REG_NGP), "unknown group"
-    links[0].sendto(srtla.reg(srtla.REG1, ident), relay.addr)
+def register(relay, links, secret=None, sent: list | None = None):
+    """As a sender does (specs/srtla.md; with a secret, docs/relay-auth.md). sent, if
+    given, collects the registration datagrams as a listener on the path would see them."""
+    sent = [] if sent is None else sent
+
+    def send(s, d):
+        sent.append(d)
+        s.sendto(d, relay.addr)
+
+    ident = srtla.sender_id()
+    send(links[0], srtla.reg(srtla.REG2, ident))
+    ngp = links[0].recv(300)
+    assert srtla.kind(ngp) == srtla.REG_NGP, "unknown group"
+    if secret:
+        ident = srtla.prove(srtla.REG1, ident, srtla.challenge_of(ngp), secret)
+    else:
+        assert ngp == srtla.short(srtla.REG_NGP), "a relay without a secret answers as srtla_rec"
+    send(links[0], srtla.reg(srtla.REG1, ident))
     reply = links[0].recv(300)
     gid = srtla.reg_id(reply, srtla.REG2)
     assert gid is not None and gid[:128] == ident[:128], "the group id keeps our half"
     for s in links:
-        s.sendto(srtla.reg(srtla.REG2, gid), relay.addr)
-        assert s.recv(300) == srtla.short(srtla.REG3)
+        send(s, srtla.reg(srtla.REG2, gid))
+        answer = s.recv(300)
+        if secret:
+            assert srtla.kind(answer) == srtla.REG_NAK, "prove this address"
+            send(s, srtla.reg(srtla.REG2, srtla.prove(srtla.REG2, gid, srtla.challenge_of(answer), secret)))
+            answer = s.recv(300)
+        assert answer == srtla.short(srtla.REG3)
     return gid
 
 
@@ -151,19 +174,130 @@ def test_the_shared_secret_keeps_strangers_out():
     r = RelayThread(secret=SECRET)
     try:
         stranger, ours = client(), client()
-        stranger.sendto(srtla.reg(srtla.REG1, srtla.sender_id(None)), r.addr)
+        stranger.sendto(srtla.reg(srtla.REG1, srtla.sender_id()), r.addr)
         assert stranger.recv(300) == srtla.short(srtla.REG_ERR)
         register(r, [ours], secret=SECRET)
-        assert r.relay.dropped["REG1 without the shared secret"] == 1
+        assert r.relay.dropped["REG1 without a valid proof"] == 1
         stranger.close()
         ours.close()
     finally:
         r.close()
 
 
+@pytest.fixture
+def secret_relay():
+    r = RelayThread(secret=SECRET)
+    yield r
+    r.close()
+
+
+def test_a_captured_reg1_replayed_from_250_other_addresses_creates_no_group(secret_relay):
+    r = secret_relay
+    ours, sniffed = client(), []
+    register(r, [ours], secret=SECRET, sent=sniffed)
+    reg1 = next(d for d in sniffed if srtla.kind(d) == srtla.REG1)
+    strangers = [client(f"127.0.1.{i}") for i in range(1, 251)]
+    try:
+        for s in strangers:  # one at a time: 250 at once overflow a socket's default buffer
+            s.sendto(reg1, r.addr)
+            assert s.recv(300) == srtla.short(srtla.REG_ERR)
+        assert r.relay.status()["groups"] == 1, "only ours"
+        assert r.relay.dropped["REG1 with a proof for another address"] == 250
+        ours.sendto(reg1, r.addr)  # and from where it came, it is spent
+        assert ours.recv(300) == srtla.short(srtla.REG_ERR)
+    finally:
+        for s in strangers + [ours]:
+            s.close()
+
+
+def test_a_stale_or_replayed_proof_is_refused_and_counted(secret_relay):
+    r = secret_relay
+    s = client()
+    try:
+        old = r.relay._challenge(s.getsockname(), int(time.monotonic()) - 20)  # as if captured 20 s ago
+        s.sendto(srtla.reg(srtla.REG1, srtla.prove(srtla.REG1, srtla.sender_id(), old, SECRET)), r.addr)
+        assert s.recv(300) == srtla.short(srtla.REG_ERR)
+        assert r.relay.dropped["REG1 with a stale proof"] == 1
+        s.sendto(srtla.reg(srtla.REG2, srtla.sender_id()), r.addr)
+        fresh = srtla.challenge_of(s.recv(300))
+        proven = srtla.reg(srtla.REG1, srtla.prove(srtla.REG1, srtla.sender_id(), fresh, SECRET))
+        s.sendto(proven, r.addr)
+        gid = srtla.reg_id(s.recv(300), srtla.REG2)
+        r.call(r.relay._drop_group, r.relay.groups[r.relay._key(gid)])
+        s.sendto(proven, r.addr)  # the same datagram again, the group gone: still spent
+        assert s.recv(300) == srtla.short(srtla.REG_ERR)
+        assert r.relay.dropped["REG1 with a replayed proof"] == 1
+        assert r.relay.status()["groups"] == 0
+    finally:
+        s.close()
+
+
+def test_a_sniffed_reg2_from_a_strangers_address_gets_no_reg3_and_no_return_traffic(secret_relay):
+    r = secret_relay
+    a, b, sniffed = client(), client(), []
+    gid = register(r, [a, b], secret=SECRET, sent=sniffed)
+    stranger = client("127.0.2.1")
+    try:
+        for d in [d for d in sniffed if srtla.kind(d) == srtla.REG2] + [srtla.reg(srtla.REG2, gid)]:
+            stranger.sendto(d, r.addr)
+            answer = stranger.recv(300)
+            assert srtla.kind(answer) in (srtla.REG_NAK, srtla.REG_NGP), f"no REG3: {answer[:2].hex()}"
+        assert r.relay.status()["links"] == 2, "it never joined"
+        # What it sends goes nowhere, and moves nothing: the return path stays with our links.
+        stranger.sendto(srt_data(1, b"x"), r.addr)
+        a.sendto(srt_data(2), r.addr)
+        d, server_peer = r.server.recvfrom(2000)
+        assert srtla.srt_seq(d) == 2, "only our packet reached the server"
+        stranger.sendto(struct.pack(">HHIII", 0x8000, 0, 0, 0, 0), r.addr)  # 16 bytes, as in the issue
+        nak = struct.pack(">HHIII", srtla.SRT_NAK, 0, 0, 0, 0) + struct.pack(">I", 7)
+        r.server.sendto(nak, server_peer)
+        assert a.recv(100) == nak
+        stranger.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            stranger.recv(100)
+        assert r.relay.dropped["unregistered"] >= 2
+    finally:
+        for s in (a, b, stranger):
+            s.close()
+
+
+@pytest.mark.parametrize("secret", [None, SECRET], ids=["open relay", "relay with a secret"])
+def test_a_registration_flood_from_one_address_does_not_keep_a_sender_out(secret):
+    r = RelayThread(secret=secret)
+    flooder = client("127.0.3.1")
+    try:
+        for i in range(3000):
+            flooder.sendto(srtla.reg(srtla.REG1 if i % 2 else srtla.REG2, srtla.sender_id()), r.addr)
+        ours = [client("127.0.3.2"), client("127.0.3.3")]
+        register(r, ours, secret=secret)
+        st = r.relay.status()
+        assert st["groups"] <= 1 + 16, "one source makes at most 16 groups"
+        # (how many of the 3000 reached the relay at all depends on its socket's buffer)
+        assert r.relay.dropped["registrations over the per-source rate"] >= 100, r.relay.dropped
+        for s in ours:
+            s.close()
+    finally:
+        flooder.close()
+        r.close()
+
+
+def test_groups_that_register_and_carry_no_data_are_reaped_within_seconds(relay):
+    idle, busy = client(), client()
+    register(relay, [idle])
+    register(relay, [busy])
+    wait_until(lambda: all(g.transport for g in list(relay.relay.groups.values())), 5, what="the server sides open")
+    busy.sendto(srt_data(1), relay.addr)
+    relay.server.recvfrom(2000)
+    relay.call(relay.relay.cleanup, time.monotonic() + 6)
+    assert relay.relay.status()["groups"] == 1, "the idle one went, the one carrying data stayed"
+    assert relay.relay.dropped["groups that never carried data"] == 1
+    idle.close()
+    busy.close()
+
+
 def test_a_flood_of_registrations_does_not_grow_memory():
     r = RelayThread(max_groups=20)
-    socks = [client() for _ in range(60)]
+    socks = [client(f"127.0.4.{i}") for i in range(1, 61)]
     try:
         tracemalloc.start()
         for rnd in range(4):

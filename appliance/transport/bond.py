@@ -86,6 +86,7 @@ class Link:
     standby: bool = False  # registered and kept alive, carries data only when nothing else can
     naks: int = 0  # its transmissions the receiver reported lost, each counted once
     acked: int = 0  # packets the relay says it received on this link (its SRTLA ACKs)
+    challenge: bytes | None = None  # the relay's latest for this link's address (a relay with a secret)
 
     def dead_after(self) -> float:
         rtt = self.srtt if self.srtt is not None else 0.05
@@ -120,8 +121,8 @@ class Bonder(Worker):
         self.name_error: names.NameNotResolved | None = None
         self._heard = 0.0  # the relay's address answered (any link), or was chosen
         self.dead_range, self.rescue = dead_range, rescue
-        self.secret = secret
-        self.ident = srtla.sender_id(secret)
+        self.secret = secret or None
+        self.ident = srtla.sender_id()
         self.group: bytes | None = None
         self.sel = selectors.DefaultSelector()
         self.local = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -137,6 +138,7 @@ class Bonder(Worker):
         self.held = 0  # retransmissions not sent: the original was still on its way
         self.resent = 0
         self._reg1_at = -1e9
+        self._open_relay = False  # we hold a secret, and the relay asked for no proof
         self.dropped: Counter[str] = Counter()
         self._epoch = time.monotonic()
         self._init_worker()
@@ -385,6 +387,7 @@ class Bonder(Worker):
             self.dropped["short"] += 1
         elif t == srtla.REG_NGP:
             link.last_rx = now
+            link.challenge = srtla.challenge_of(d) or link.challenge
             if self.group is not None and (
                     link.reg_sent != self.group or now - link.reg_group_since < 1.0 or any(
                         o is not link and o.state == "up" and now - o.last_rx <= o.dead_after()
@@ -400,6 +403,14 @@ class Bonder(Worker):
                 self.group = None
             if now - self._reg1_at > 4.0:
                 self._reg1_at = now  # REG1 on one link only, then wait for REG2 (4 s)
+                if self.secret and link.challenge is not None:
+                    # Proven with the challenge the relay gave this address: good once, there only.
+                    self.ident = srtla.prove(srtla.REG1, self.ident, link.challenge, self.secret)
+                elif self.secret and not self._open_relay:
+                    # srtla_rec, or our relay run without one: the secret protects the relay, and
+                    # this one asks for nothing.
+                    self._open_relay = True
+                    log.warning("bond: the relay %s asks for no proof: registering without the secret", self.where())
                 self._sendto(link, srtla.reg(srtla.REG1, self.ident))
         elif t == srtla.REG2:
             gid = srtla.reg_id(d, srtla.REG2)
@@ -419,6 +430,10 @@ class Bonder(Worker):
                     log.info("bond: uplink %s answers again: on probation", link.name, extra={"LINK": link.name})
                 link.state, link.echoes_since_reg = "probation", 0
                 link.rtts.clear()
+        elif t == srtla.REG_NAK and self.secret and srtla.challenge_of(d) and self.group is not None:
+            # The relay wants this address to prove itself (its last proof was spent or stale).
+            link.last_rx, link.challenge = now, srtla.challenge_of(d)
+            self._reg2(link, now)
         elif t in (srtla.REG_ERR, srtla.REG_NAK):
             self.dropped["registration refused"] += 1
         elif t == srtla.KEEPALIVE:
@@ -592,6 +607,8 @@ class Bonder(Worker):
         what = self.group or self.ident
         if what != link.reg_sent:
             link.reg_sent, link.reg_group_since = what, now
+        if self.secret and self.group is not None and link.challenge is not None:
+            what = srtla.prove(srtla.REG2, what, link.challenge, self.secret)
         try:
             self._sendto(link, srtla.reg(srtla.REG2, what))
         except OSError:

@@ -236,7 +236,7 @@ class SrtCaller:
             "send_buffer_packets": s.pktSndBuf, "send_rate_mbps": s.mbpsSendRate, "bandwidth_mbps": s.mbpsBandwidth,
             "packets_sent": s.pktSentTotal, "packets_lost": s.pktSndLossTotal,
             "packets_retransmitted": s.pktRetransTotal, "packets_dropped": s.pktSndDropTotal,
-            "bytes_sent": s.byteSentTotal, "flight_size": s.pktFlightSize,
+            "bytes_sent": s.byteSentTotal, "flight_size": s.pktFlightSize, "acks_received": s.pktRecvACKTotal,
         }
 
     def buffered(self) -> tuple[int, int]:

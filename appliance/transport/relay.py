@@ -7,16 +7,28 @@ ACK to a link after every 10 data packets from it; SRT ACKs back on every link,
 all other return traffic on the link that delivered most recently; links
 silent for 10 s and empty groups removed every 3 s.
 
-Better than the reference where it is weak: an optional shared secret (only
-senders that hold it can create groups), and hard limits on groups and links
-so that whatever unknown senders do, memory stays bounded.
+Better than the reference where it is weak:
+- an optional shared secret. Then every REG1 and every REG2 carries a proof
+  bound to a challenge the relay gave that source address a moment ago, each
+  challenge good once and for 10 s (docs/relay-auth.md): a captured REG1 or REG2
+  replayed from anywhere, or a stale one, is refused and counted, and an address
+  joins a group, and gets its return traffic, only once it proved itself;
+- limits per source (groups, registrations a second) besides the global ones, so a
+  flood from one address cannot crowd out other senders; groups that register and
+  carry no data are reaped within seconds; memory stays bounded whatever unknown
+  senders do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import ipaddress
 import logging
 import os
+import socket
+import struct
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,7 +39,23 @@ log = logging.getLogger(__name__)
 
 LINK_TIMEOUT = 10.0
 GROUP_TIMEOUT = 10.0
-CLEANUP_EVERY = 3.0
+CLEANUP_EVERY = 1.0
+IDLE_GROUP = 5.0  # s: registered and never carried data (irlserver/srtla reaps them after 5 s)
+CHALLENGE_TTL = 10  # s a challenge is good for (once)
+USED_MAX = 200_000  # challenges remembered: beyond that, proofs are refused until some expire
+PER_SOURCE_GROUPS = 16  # a carrier NAT puts many boxes behind one address: not 1
+REG_RATE, REG_BURST = 20.0, 40.0  # REG1/REG2 a second from one source (a sender needs a few)
+SOURCES_MAX = 100_000
+
+
+def source_of(addr) -> str:
+    """Who a limit counts against: the IPv4 address, or the IPv6 /64 (one subscriber's)."""
+    ip = ipaddress.ip_address(addr[0])
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    if ip.version == 4:
+        return str(ip)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
 @dataclass
@@ -42,6 +70,7 @@ class Link:
 class Group:
     gid: bytes
     created: float
+    source: str = ""  # who made it (source_of), for the per-source limit
     links: dict[tuple, Link] = field(default_factory=dict)
     last_link: tuple | None = None
     transport: asyncio.DatagramTransport | None = None
@@ -68,7 +97,12 @@ class Relay(asyncio.DatagramProtocol):
         self.listen, self.server = listen, server
         self.secret = secret or None
         self.max_groups, self.max_links = max_groups, max_links
-        self.groups: dict[bytes, Group] = {}
+        self.groups: dict[bytes, Group] = {}  # by _key(gid)
+        self._key_secret = os.urandom(32)  # the challenges' own key: never leaves the process
+        # (REG1 or REG2, challenge) answered -> (until when it would be stale anyway, by whom)
+        self._used: dict[tuple[int, bytes], tuple[float, tuple]] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}  # source -> (tokens, when)
+        self._groups_of: Counter[str] = Counter()
         self.by_addr: dict[tuple, Group] = {}
         self.dropped: Counter[str] = Counter()
         self.forwarded = 0
@@ -79,11 +113,24 @@ class Relay(asyncio.DatagramProtocol):
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """listen: (ADDRESS, port); ADDRESS "" is every IPv4 and IPv6 address (one dual-stack
+        socket, IPv4 senders seen as ::ffff:a.b.c.d), or every IPv4 one where IPv6 is off."""
         loop = asyncio.get_running_loop()
-        self.transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=self.listen)
+        host, port = self.listen
+        if host:
+            self.transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=self.listen)
+        else:
+            try:
+                sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.bind(("::", port))
+            except OSError:  # a kernel booted with ipv6.disable=1
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sock.bind(("0.0.0.0", port))
+            self.transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
         self.listen = self.transport.get_extra_info("sockname")[:2]
         self._cleanup = loop.create_task(self._cleanup_loop(), name="relay-cleanup")
-        log.info("relay: listening on %s:%d, forwarding to %s:%d%s", *self.listen, *self.server,
+        log.info("relay: listening on %s, forwarding to %s%s", _show(self.listen), _show(self.server),
                  " (shared secret required)" if self.secret else "")
 
     async def stop(self) -> None:
@@ -97,6 +144,51 @@ class Relay(asyncio.DatagramProtocol):
     def status(self) -> dict:
         return {"groups": len(self.groups), "links": sum(len(g.links) for g in self.groups.values()),
                 "forwarded": self.forwarded, "dropped": dict(self.dropped)}
+
+    # --- who may register -------------------------------------------------------------------
+
+    def _key(self, gid: bytes) -> bytes:
+        """A group by its id; with a secret, less the sender's proof (fresh in every REG2)."""
+        return gid[:srtla.PROOF_AT] + gid[128:] if self.secret else gid
+
+    def _challenge(self, addr, at: int, nonce: bytes | None = None) -> bytes:
+        """[when (s) | nonce | MAC of both and the address]: the relay keeps no state
+        for a challenge it hands out, only for the ones answered."""
+        head = struct.pack(">I", at & 0xFFFFFFFF) + (nonce or os.urandom(4))
+        return head + hmac.new(self._key_secret, head + f"{addr[0]}|{addr[1]}".encode(), hashlib.sha256).digest()[:8]
+
+    def _refused(self, code: int, ident: bytes, addr, now: float, member: bool = False) -> str | None:
+        """Why the proof in this REG1/REG2 is refused, or None (and the challenge is spent).
+        member: the address is in the group already; its own REG2 sent again (its REG3 was
+        lost) is no replay."""
+        challenge = srtla.proof_challenge(code, ident, self.secret)
+        if challenge is None:
+            return "without a valid proof"
+        at = struct.unpack(">I", challenge[:4])[0]
+        if not hmac.compare_digest(challenge, self._challenge(addr, at, challenge[4:8])):
+            return "with a proof for another address"
+        if (int(now) - at) & 0xFFFFFFFF > CHALLENGE_TTL:
+            return "with a stale proof"
+        used = self._used.get((code, challenge))
+        if used is not None:
+            return None if member and used[1] == addr else "with a replayed proof"
+        if len(self._used) >= USED_MAX:
+            return "while too many proofs are remembered"
+        self._used[(code, challenge)] = (now + CHALLENGE_TTL + 1, addr)
+        return None
+
+    def _allowed(self, addr, now: float) -> bool:
+        """A token bucket per source: registrations a second."""
+        src = source_of(addr)
+        tokens, then = self._buckets.get(src, (REG_BURST, now))
+        tokens = min(REG_BURST, tokens + (now - then) * REG_RATE)
+        if tokens < 1:
+            self._buckets[src] = (tokens, now)
+            return False
+        if src not in self._buckets and len(self._buckets) >= SOURCES_MAX:
+            return False
+        self._buckets[src] = (tokens - 1, now)
+        return True
 
     # --- from the senders ----------------------------------------------------------------------
 
@@ -123,18 +215,27 @@ class Relay(asyncio.DatagramProtocol):
         if ident is None:
             self.dropped["bad REG1 length"] += 1
             return
+        now = time.monotonic()
+        if not self._allowed(addr, now):
+            self.dropped["registrations over the per-source rate"] += 1
+            return  # no answer: a reply to a flood would only amplify it
         if addr in self.by_addr:
             self.dropped["REG1 from a registered address"] += 1
             return self._send(srtla.short(srtla.REG_ERR), addr)
-        if self.secret and not srtla.id_signed(ident, self.secret):
-            self.dropped["REG1 without the shared secret"] += 1
+        if self.secret and (why := self._refused(srtla.REG1, ident, addr, now)):
+            self.dropped[f"REG1 {why}"] += 1
+            return self._send(srtla.short(srtla.REG_ERR), addr)
+        src = source_of(addr)
+        if self._groups_of[src] >= PER_SOURCE_GROUPS:
+            self.dropped["REG1 over the per-source group limit"] += 1
             return self._send(srtla.short(srtla.REG_ERR), addr)
         if len(self.groups) >= self.max_groups:
             self.dropped["REG1 over the group limit"] += 1
             return self._send(srtla.short(srtla.REG_ERR), addr)
         gid = ident[:128] + os.urandom(128)
-        self.groups[gid] = Group(gid, time.monotonic())
-        log.info("relay: new group from %s:%d", *addr)
+        self.groups[self._key(gid)] = Group(gid, now, src)
+        self._groups_of[src] += 1
+        log.info("relay: new group from %s", _show(addr))
         self._send(srtla.reg(srtla.REG2, gid), addr)
 
     def _reg2(self, d: bytes, addr) -> None:
@@ -142,9 +243,19 @@ class Relay(asyncio.DatagramProtocol):
         if gid is None:
             self.dropped["bad REG2 length"] += 1
             return
-        group = self.groups.get(gid)
+        now = time.monotonic()
+        if not self._allowed(addr, now):
+            self.dropped["registrations over the per-source rate"] += 1
+            return
+        group = self.groups.get(self._key(gid))
         if group is None:
+            if self.secret:  # the challenge its REG1 must answer
+                return self._send(srtla.with_challenge(srtla.REG_NGP, self._challenge(addr, int(now))), addr)
             return self._send(srtla.short(srtla.REG_NGP), addr)
+        if self.secret and (why := self._refused(srtla.REG2, gid, addr, now, addr in group.links)):
+            # A group id seen on the wire is no key: this address proves itself, or it stays out.
+            self.dropped[f"REG2 {why}"] += 1
+            return self._send(srtla.with_challenge(srtla.REG_NAK, self._challenge(addr, int(now))), addr)
         other = self.by_addr.get(addr)
         if other is not None and other is not group:
             return self._send(srtla.short(srtla.REG_ERR), addr)
@@ -154,7 +265,7 @@ class Relay(asyncio.DatagramProtocol):
                 return self._send(srtla.short(srtla.REG_ERR), addr)
             group.links[addr] = Link(addr, time.monotonic())
             self.by_addr[addr] = group
-            log.info("relay: link %s:%d joined a group (%d links)", *addr, len(group.links))
+            log.info("relay: link %s joined a group (%d links)", _show(addr), len(group.links))
             if group.transport is None and not group.opening:
                 self._open_server_side(group)
         group.links[addr].last = time.monotonic()
@@ -167,12 +278,12 @@ class Relay(asyncio.DatagramProtocol):
             try:
                 transport, _ = await loop.create_datagram_endpoint(
                     lambda: _ServerSide(self, group), remote_addr=self.server)
-                if self.groups.get(group.gid) is group:
+                if self.groups.get(self._key(group.gid)) is group:
                     group.transport = transport
                 else:
                     transport.close()  # the group expired while its socket was being made
             except OSError as e:
-                log.error("relay: cannot reach the SRT server %s:%d: %s", *self.server, e)
+                log.error("relay: cannot reach the SRT server %s: %s", _show(self.server), e)
             finally:
                 group.opening = False
         group.opening = True
@@ -224,19 +335,32 @@ class Relay(asyncio.DatagramProtocol):
             self.cleanup(time.monotonic())
 
     def cleanup(self, now: float) -> None:
+        for used, (until, _) in list(self._used.items()):
+            if until < now:
+                del self._used[used]
+        for src, (tokens, then) in list(self._buckets.items()):
+            if tokens + (now - then) * REG_RATE >= REG_BURST:
+                del self._buckets[src]  # full again: as if never seen
         for group in list(self.groups.values()):
             for addr, link in list(group.links.items()):
                 if now - link.last > LINK_TIMEOUT:
                     del group.links[addr]
                     self.by_addr.pop(addr, None)
-                    log.info("relay: link %s:%d silent for %.0f s: removed", *addr, LINK_TIMEOUT)
+                    log.info("relay: link %s silent for %.0f s: removed", _show(addr), LINK_TIMEOUT)
                     if group.last_link == addr:
                         group.last_link = None
             if not group.links and now - group.created > GROUP_TIMEOUT:
                 self._drop_group(group)
+            elif not group.bytes_in and now - group.created > IDLE_GROUP:
+                self.dropped["groups that never carried data"] += 1
+                log.info("relay: a group from %s carried no data in %.0f s: removed", group.source, IDLE_GROUP)
+                self._drop_group(group)
 
     def _drop_group(self, group: Group) -> None:
-        self.groups.pop(group.gid, None)
+        if self.groups.pop(self._key(group.gid), None) is not None:
+            self._groups_of[group.source] -= 1
+            if self._groups_of[group.source] <= 0:
+                del self._groups_of[group.source]
         for addr in group.links:
             self.by_addr.pop(addr, None)
         if group.transport is not None:
@@ -244,7 +368,12 @@ class Relay(asyncio.DatagramProtocol):
             group.transport = None
 
 
-async def serve(listen_port: int, to: str, secret: bytes | None, bind: str = "0.0.0.0",
+def _show(addr) -> str:
+    host = addr[0].removeprefix("::ffff:")
+    return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+
+
+async def serve(listen_port: int, to: str, secret: bytes | None, bind: str = "",
                 max_groups: int = 200, max_links: int = 8) -> None:
     """`appliance relay`: run until SIGTERM/SIGINT."""
     import signal

@@ -115,18 +115,44 @@ def srt_nak_ranges(d: bytes) -> list[tuple[int, int]]:
     return out
 
 
-# --- our optional shared secret, inside the standard id -------------------------------------
+# --- our optional shared secret: proofs inside the standard ids (docs/relay-auth.md) --------
 
-def sender_id(secret: bytes | None = None) -> bytes:
-    """A random 256-byte id. With a secret, bytes 32..63 carry an HMAC of bytes
-    0..31, inside the first 128 bytes that the relay keeps in the group id: the
-    wire format is unchanged, and a relay with the secret can check it."""
-    ident = bytearray(os.urandom(ID_LEN))
-    if secret:
-        ident[32:64] = hmac.new(secret, bytes(ident[:32]), hashlib.sha256).digest()
-    return bytes(ident)
+CHALLENGE_LEN = 16
+PROOF_AT, PROOF_END = 32, 32 + CHALLENGE_LEN + 32  # [challenge | HMAC] in the sender's half
 
 
-def id_signed(ident: bytes, secret: bytes) -> bool:
-    expected = hmac.new(secret, ident[:32], hashlib.sha256).digest()
-    return hmac.compare_digest(expected, ident[32:64])
+def sender_id() -> bytes:
+    """A random 256-byte id, as srtla_send draws it."""
+    return os.urandom(ID_LEN)
+
+
+def with_challenge(code: int, challenge: bytes) -> bytes:
+    """REG_NGP or REG_NAK carrying the relay's challenge (a relay with a secret only)."""
+    return short(code) + challenge
+
+
+def challenge_of(d: bytes) -> bytes | None:
+    return d[2:2 + CHALLENGE_LEN] if len(d) == 2 + CHALLENGE_LEN else None
+
+
+def _mac(secret: bytes, code: int, ident: bytes, challenge: bytes) -> bytes:
+    # The sender's random head and the id's far half (the sender's in REG1, the relay's
+    # in a group id): what names the group, with the challenge the relay gave this address.
+    return hmac.new(secret, struct.pack(">H", code) + ident[:PROOF_AT] + ident[128:] + challenge,
+                    hashlib.sha256).digest()
+
+
+def prove(code: int, ident: bytes, challenge: bytes, secret: bytes) -> bytes:
+    """The id with [challenge | HMAC] written into bytes 32..79 (the sender's half)."""
+    out = bytearray(ident)
+    out[PROOF_AT:PROOF_AT + CHALLENGE_LEN] = challenge
+    out[PROOF_AT + CHALLENGE_LEN:PROOF_END] = _mac(secret, code, ident, challenge)
+    return bytes(out)
+
+
+def proof_challenge(code: int, ident: bytes, secret: bytes) -> bytes | None:
+    """The challenge a proof answers, if the HMAC in the id is right for it (else None)."""
+    challenge = ident[PROOF_AT:PROOF_AT + CHALLENGE_LEN]
+    if hmac.compare_digest(_mac(secret, code, ident, challenge), ident[PROOF_AT + CHALLENGE_LEN:PROOF_END]):
+        return challenge
+    return None
