@@ -88,3 +88,31 @@ def test_install_lays_out_files_under_a_root(tmp_path, analyze):
     (tmp_path / "etc/appliance/appliance.toml").write_text('[device]\nname = "mine"\n')
     subprocess.run([str(ROOT / "scripts" / "install"), "--root", str(tmp_path)], check=True, capture_output=True)
     assert 'name = "mine"' in (tmp_path / "etc/appliance/appliance.toml").read_text()
+
+
+# --- exposure: systemd-analyze security, as a maintainer would run it -------------------------
+
+def exposure(unit_name: str, tmp_path: Path) -> float:
+    exe = Path(sys.executable).with_name("appliance")
+    unit = tmp_path / unit_name
+    unit.write_text((ROOT / "systemd" / unit_name).read_text().replace("/opt/appliance/.venv/bin/appliance", str(exe)))
+    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(unit)],
+                       capture_output=True, text=True)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d)", r.stdout)
+    assert m, r.stdout + r.stderr
+    print(f"{unit_name}: exposure {m.group(1)}")
+    return float(m.group(1))
+
+
+@pytest.mark.parametrize("unit_name, at_most", [("appliance.service", 3.5), ("appliance-relay.service", 2.5)])
+def test_exposure_of_the_units(analyze, tmp_path, unit_name, at_most):
+    assert exposure(unit_name, tmp_path) <= at_most
+
+
+def test_the_relay_unit_reads_its_secret_as_a_credential_and_does_not_restart_on_a_config_error():
+    text = (ROOT / "systemd" / "appliance-relay.service").read_text()
+    assert re.search(r"^DynamicUser=yes$", text, re.M)
+    assert re.search(r"^LoadCredential=relay\.secret:/etc/appliance/relay\.secret$", text, re.M), \
+        "a DynamicUser cannot read a file of root's group appliance: systemd hands it over"
+    assert re.search(r"^ExecStart=.* --secret-file %d/relay\.secret", text, re.M)
+    assert re.search(r"^RestartPreventExitStatus=78$", text, re.M)

@@ -354,35 +354,66 @@ def test_relay_unit_verifies():
     assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
 
 
-def test_appliance_relay_command_serves_and_stops_cleanly(tmp_path):
+def test_appliance_relay_serves_ipv4_and_ipv6_with_its_systemd_credential_and_stops_cleanly(tmp_path):
+    """As its unit runs it: the secret from LoadCredential= ($CREDENTIALS_DIRECTORY), listening on
+    every address; senders register over IPv4 and over IPv6."""
     import signal
     import subprocess
 
     from conftest import APPLIANCE, free_port
 
     port = free_port()
-    secret = tmp_path / "relay.secret"
-    secret.write_bytes(SECRET + b"\n")
-    proc = subprocess.Popen([*APPLIANCE, "relay", "--listen", str(port), "--bind", "127.0.0.1",
-                             "--to", "srt://127.0.0.1:9", "--secret-file", str(secret)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "relay.secret").write_bytes(SECRET + b"\n")
+    proc = subprocess.Popen([*APPLIANCE, "relay", "--listen", str(port), "--to", "srt://localhost:9"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            env={**os.environ, "CREDENTIALS_DIRECTORY": str(creds)})
     try:
-        s = client()
-        target = type("R", (), {"addr": ("127.0.0.1", port)})()
+        v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        v6.bind(("::1", 0))
+        v6.settimeout(2)
+        for s, host in ((client(), "127.0.0.1"), (v6, "::1")):
+            target = type("R", (), {"addr": (host, port)})()
 
-        def registers():
-            try:
-                register(target, [s], secret=SECRET)
-                return True
-            except (socket.timeout, ConnectionRefusedError):
-                return False
-        wait_until(registers, 10, what="the relay answering")
-        s.close()
+            def registers():
+                try:
+                    register(target, [s], secret=SECRET)
+                    return True
+                except (socket.timeout, ConnectionRefusedError):
+                    return False
+            wait_until(registers, 10, what=f"the relay answering on {host}")
+            s.close()
     finally:
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=10)[0]
     assert proc.returncode == 0, out
     assert "shared secret required" in out and SECRET.decode() not in out
+    assert "new group from 127.0.0.1:" in out and "new group from [::1]:" in out, out
+
+
+@pytest.mark.parametrize("args, code, says", [
+    (["--to", "srt://ingest.example.net"], 78, "--to: 'srt://ingest.example.net' is not srt://HOST:PORT"),
+    (["--to", "srt://127.0.0.1:9", "--secret-file", "/nonexistent/relay.secret"], 78, "No such file"),
+])
+def test_appliance_relay_exits_78_only_for_configuration_errors(args, code, says):
+    from conftest import run_cli
+
+    r = run_cli("relay", "--listen", "5000", *args)
+    assert r.returncode == code and says in r.stderr, (r.returncode, r.stderr)
+
+
+def test_appliance_relay_on_a_port_in_use_exits_1_to_be_restarted():
+    from conftest import free_port, run_cli
+
+    held = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    held.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    held.bind(("::", free_port()))
+    try:
+        r = run_cli("relay", "--listen", str(held.getsockname()[1]), "--to", "srt://127.0.0.1:9")
+    finally:
+        held.close()
+    assert r.returncode == 1 and "cannot listen" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_appliance_relay_refuses_a_weak_secret(tmp_path):
