@@ -228,6 +228,26 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_api_token(args) -> int:
+    """The token the page's login and the API's POSTs need (api.token, or the one the daemon made)."""
+    from appliance.api.http import TOKEN_FILE
+
+    config, _ = load_config(args)
+    if config.api.token.get_secret_value():
+        print(config.api.token.get_secret_value())
+        return 0
+    path = cfgmod.state_dir(config) / TOKEN_FILE
+    try:
+        print(path.read_text().strip())
+    except FileNotFoundError:
+        print(f"error: {path} does not exist yet: the daemon makes it when it first starts", file=sys.stderr)
+        return 1
+    except PermissionError:
+        print(f"error: {path}: permission denied (members of the appliance group may read it)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_relay(args) -> int:
     """Exit 78 (EX_CONFIG) only for what a restart cannot mend: systemd's unit does not
     restart on it. Anything else (a port still held, an address not up yet) exits 1."""
@@ -343,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--svg", help="write the panel picture (SVG) here")
     sp.add_argument("--svg-link", default="docs/panel.svg", help="how the README links the picture")
     sp.set_defaults(func=cmd_panel_card)
+
+    sp = sub.add_parser("api-token", help="print the token the status page's login and the API's POSTs need")
+    common(sp)
+    sp.set_defaults(func=cmd_api_token)
 
     sp = sub.add_parser("config", help="show the merged config (secrets masked) or check a file")
     csub = sp.add_subparsers(dest="action", required=True)

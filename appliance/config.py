@@ -222,7 +222,11 @@ class LinksSection(Section):
 class ApiSection(Section):
     bind: str = "127.0.0.1"
     port: Port = 8080
+    # "": the daemon makes one at first start (the state directory's api.token)
     token: SecretStr = SecretStr("")
+    # Names the page is reached by besides IP addresses, this host's own names and
+    # device.name(.local): a reverse proxy's, a DNS name. Any other Host is refused.
+    hosts: list[str] = []
 
 
 class PowerSection(Section):

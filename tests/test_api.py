@@ -45,6 +45,8 @@ stream_id = "{SECRET_VALUES[2]}"
 """).start()
     d.wait_state("READY", timeout=20)
     d.base = f"http://127.0.0.1:{d.api_port}"
+    d.token = (d.dir / "state" / "api.token").read_text().strip()  # made at first start
+    d.auth = {"Authorization": f"Bearer {d.token}"}
     return d
 
 
@@ -58,25 +60,25 @@ def test_status_and_live_stop_over_http(box):
     assert "power" in s["components"] and "panel" in s["components"]
     assert_no_secret(body)
 
-    status, _, body = http(box.base + "/api/live", "POST")
+    status, _, body = http(box.base + "/api/live", "POST", headers=box.auth)
     assert status == 200 and json.loads(body)["ok"]
     box.wait_state(("LIVE", "DEGRADED"))
     wait_until(lambda: json.loads(http(box.base + "/api/status")[2])["components"]["media"]["fps"] > 0, 5,
                what="frames flowing")
     status, ctype, jpeg = http(box.base + "/api/snapshot.jpg")
     assert status == 200 and ctype == "image/jpeg" and jpeg[:2] == b"\xff\xd8"
-    status, _, body = http(box.base + "/api/stop", "POST")
+    status, _, body = http(box.base + "/api/stop", "POST", headers=box.auth)
     assert status == 200
     box.wait_state("READY")
-    status, _, body = http(box.base + "/api/preflight", "POST")
+    status, _, body = http(box.base + "/api/preflight", "POST", headers=box.auth)
     assert status == 409 and "needs [stream] enabled" in json.loads(body)["error"], "no stream: nothing to pre-flight"
-    status, _, body = http(box.base + "/api/usage/reset", "POST", {"link": "wwan0"})
+    status, _, body = http(box.base + "/api/usage/reset", "POST", {"link": "wwan0"}, headers=box.auth)
     assert status == 404 and json.loads(body)["error"].startswith("no uplink 'wwan0' (known: ")
-    status, _, body = http(box.base + "/api/usage/reset", "POST", {"link": 5})
+    status, _, body = http(box.base + "/api/usage/reset", "POST", {"link": 5}, headers=box.auth)
     assert status == 400 and "link must be an uplink's name" in json.loads(body)["error"]
-    status, _, body = http(box.base + "/api/usage/reset", "POST", [])
+    status, _, body = http(box.base + "/api/usage/reset", "POST", [], headers=box.auth)
     assert status == 400 and "JSON object" in json.loads(body)["error"]
-    status, _, body = http(box.base + "/api/usage/reset", "POST")
+    status, _, body = http(box.base + "/api/usage/reset", "POST", headers=box.auth)
     assert status == 200 and all(isinstance(mb, (int, float)) for mb in json.loads(body).values()), body
     assert_no_secret(box.log().encode())
     assert box.terminate() == 0
@@ -92,7 +94,7 @@ def test_events_stream_status(box):
 
 
 def test_metrics_parse_and_carry_the_series(box):
-    http(box.base + "/api/live", "POST")
+    http(box.base + "/api/live", "POST", headers=box.auth)
     box.wait_state(("LIVE", "DEGRADED"))
     time.sleep(1.5)
     status, ctype, body = http(box.base + "/metrics")
@@ -109,6 +111,112 @@ def test_metrics_parse_and_carry_the_series(box):
     assert tracks == {"program", "ambient"}
     assert next(s.value for s in families["appliance_video_frames_encoded"].samples) > 0
     assert_no_secret(body)
+    assert box.terminate() == 0
+
+
+# --- closed by default, on loopback too --------------------------------------------------------------
+
+AS_NOBODY = """
+import json, sys, urllib.request, urllib.error
+req = urllib.request.Request(sys.argv[1], data=b"", method="POST")
+try:
+    urllib.request.urlopen(req, timeout=5)
+    print(200)
+except urllib.error.HTTPError as e:
+    print(e.code)
+try:
+    open(sys.argv[2]).read()
+    print("read")
+except PermissionError:
+    print("denied")
+"""
+
+
+def test_a_local_user_outside_the_group_cannot_steer_the_show_on_loopback(box):
+    token_file = box.dir / "state" / "api.token"
+    assert oct(token_file.stat().st_mode & 0o777) == "0o640", "the group reads it, nobody else"
+    # pytest's directories are root's alone: let the other user reach the file, so that only
+    # the file's own mode stands in its way (as in /var/lib/appliance, 0750 root:appliance).
+    opened = []
+    for d in [p for p in token_file.parents if str(p).startswith("/tmp/")]:
+        opened.append((d, d.stat().st_mode & 0o777))
+        os.chmod(d, opened[-1][1] | 0o001)
+    try:
+        r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--",
+                            "/usr/bin/python3", "-c", AS_NOBODY, box.base + "/api/live", str(token_file)],
+                           capture_output=True, text=True, timeout=30, cwd="/")
+    finally:
+        for d, mode in opened:
+            os.chmod(d, mode)
+    assert r.stdout.split() == ["401", "denied"], r.stdout + r.stderr
+    assert box.state() == "READY", "nothing went live"
+    status, _, body = http(box.base + "/api/status")
+    assert status == 200, "reading the status on loopback stays open"
+    assert box.terminate() == 0
+
+
+def test_a_post_from_another_origin_or_an_unknown_host_is_refused(box):
+    port = box.api_port
+    for origin in ("http://evil.example", f"http://127.0.0.1:{port + 1}", "null"):
+        status, _, body = http(box.base + "/api/live", "POST", headers={**box.auth, "Origin": origin})
+        assert status == 403 and "cross-origin" in json.loads(body)["error"], origin
+    status, _, _ = http(box.base + "/api/live", "POST", headers={**box.auth, "Sec-Fetch-Site": "same-site"})
+    assert status == 403, "another port of this host is same-site, not same-origin"
+    status, _, body = http(box.base + "/api/status", headers={"Host": f"rebound.example:{port}"})
+    assert status == 403 and "api.hosts" in json.loads(body)["error"], "a DNS-rebinding page reads nothing"
+    assert box.state() == "READY"
+    status, _, _ = http(box.base + "/api/live", "POST", headers={**box.auth, "Origin": box.base})
+    assert status == 200, "the page itself may"
+    box.wait_state(("LIVE", "DEGRADED"))
+    assert box.terminate() == 0
+
+
+def raw_request(port: int, head: bytes) -> int:
+    import socket as so
+
+    with so.create_connection(("127.0.0.1", port), timeout=5) as c:
+        c.sendall(head)
+        reply = c.recv(4096)
+    return int(reply.split()[1])
+
+
+def test_garbage_headers_and_tokens_get_4xx_never_500_and_count_as_failures(box):
+    port = box.api_port
+    garbage = [
+        b"Authorization: Bearer \xff\xfe\xfd\r\n",  # not UTF-8
+        b"Authorization: Basic Zm9vOmJhcg==\r\n",
+        b"Authorization: Bearer " + "\udcff".encode("utf-8", "surrogatepass") + b"\r\n",
+        b"Cookie: appliance_session=\xc3\x28\r\n",
+    ]
+    codes = [raw_request(port, b"POST /api/live HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n" + g + b"\r\n")
+             for g in garbage]
+    assert all(400 <= c < 500 for c in codes), codes
+    body = b'{"token": "\xff"}'
+    login = raw_request(port, b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert login in (400, 401), login
+    status, _, _ = http(box.base + "/api/live", "POST", headers=box.auth)
+    assert status == 429, "five failures: the right token waits its minute too"
+    assert "Traceback" not in box.log() and box.state() == "READY"
+    assert box.terminate() == 0
+
+
+def test_the_login_cookie_is_a_session_not_the_token(box):
+    from conftest import run_cli
+
+    printed = run_cli("api-token", "--profile", "sim", "--config", str(box.config))
+    assert printed.returncode == 0 and printed.stdout.strip() == box.token, "the command a tech runs prints it"
+    req = urllib.request.Request(box.base + "/api/login", data=json.dumps({"token": box.token}).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        cookie = r.headers["Set-Cookie"]
+    assert cookie.startswith("appliance_session=") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert box.token not in cookie
+    session = cookie.split(";")[0]
+    status, _, body = http(box.base + "/api/live", "POST", headers={"Cookie": session})
+    assert status == 200, body
+    status, _, _ = http(box.base + "/api/stop", "POST", headers={"Cookie": "appliance_session=made-up"})
+    assert status == 401
     assert box.terminate() == 0
 
 
@@ -199,6 +307,16 @@ def test_phone_page_in_headless_chromium(box, tmp_path):
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(box.base + "/")
             page.wait_for_selector("#state.READY", timeout=15000)
+            page.click("#go")  # not logged in: the page asks for the token, nothing goes live
+            page.wait_for_selector("#login:not([hidden])", timeout=10000)
+            page.fill("#token", "wrong-token")
+            page.click("#login-form button")
+            page.wait_for_function("document.getElementById('login-error').textContent.includes('Wrong')")
+            page.fill("#token", box.token)
+            page.click("#login-form button")
+            page.wait_for_selector("#login[hidden]", state="attached", timeout=10000)
+            assert box.token not in json.dumps(page.context.cookies()), "the cookie holds a session id"
+            assert box.state() == "READY"
             page.wait_for_selector(".meter .fill", timeout=10000)
             width = lambda: page.eval_on_selector('.meter[data-track="program"] .fill', "e => e.style.width")  # noqa: E731
             wait_until(lambda: width() not in ("", "0%", "0.0%"), 10, what="the meter moving")
@@ -212,7 +330,9 @@ def test_phone_page_in_headless_chromium(box, tmp_path):
             page.wait_for_selector("#state.READY", timeout=15000)
         finally:
             browser.close()
-    assert errors == [], errors
+    refused = [e for e in errors if "status of 401" in e]
+    assert len(refused) == 2, f"GO before logging in, and the wrong token: {errors}"
+    assert [e for e in errors if e not in refused] == [], errors
     assert (tmp_path / "phone-360x780.png").stat().st_size > 10_000
     assert box.terminate() == 0
 

@@ -1,10 +1,20 @@
 """The HTTP API and the phone page, inside the daemon's asyncio loop (aiohttp).
 
-Bound to 127.0.0.1 by default. Bound anywhere else it requires `api.token`
-(the daemon refuses to expose an unauthenticated API): a request must carry it
-as `Authorization: Bearer <token>` or the cookie set by POST /api/login. Tokens
-are compared in constant time; an address that fails 5 times in a minute is
-refused (429) for a minute. No secret is ever in a response or a log line.
+Closed by default. Every control action (POST: live, stop, pre-flight, usage
+reset) needs the token, on loopback too: `api.token`, or where none is set one
+the daemon makes at first start in its state directory (api.token, readable by
+the appliance group only: `appliance api-token` prints it). A local user outside
+that group can read the status on loopback, never steer the show. Bound
+anywhere but loopback, or with `api.token` set, every request needs the token.
+
+A request carries it as `Authorization: Bearer <token>`, or the session cookie
+that POST /api/login sets (a random session id, never the token). POSTs from a
+page of another origin (another site, or another port of this host) are refused
+(403), and so is a Host the box is not known by (a DNS-rebinding page). Tokens
+are compared in constant time; a source (an IPv4 address, or an IPv6 /64) that
+fails 5 times in a minute is refused (429) for a minute, and the table of
+failures is bounded. Malformed headers or bodies get 400/401 and count as
+failures, never a 500. No secret is ever in a response or a log line.
 """
 
 from __future__ import annotations
@@ -14,24 +24,67 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
+import secrets
+import socket
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, deque
 from fractions import Fraction
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from appliance.api.metrics import render_metrics
+from appliance.config import state_dir
 from appliance.errors import ComponentError
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 OPENAPI = Path(__file__).parent / "openapi.json"
-COOKIE = "appliance_token"
+COOKIE = "appliance_session"
+SESSION_DAYS = 30
+SESSIONS_MAX = 256
 FAILURES_ALLOWED = 5
 FAILURE_WINDOW = 60.0
+FAILURE_SOURCES_MAX = 4096
 EVENT_EVERY = 1.0
+TOKEN_FILE = "api.token"
+
+
+def source_of(peer: str) -> str:
+    """What the failure limit counts against: an IPv4 address, or an IPv6 /64 (one
+    subscriber's: rotating through its addresses gains nothing)."""
+    try:
+        ip = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return str(ip) if ip.version == 4 else str(ipaddress.ip_network(f"{ip}/64", strict=False))
+
+
+def load_or_make_token(directory: Path) -> str:
+    """Blocking (a thread): the daemon's own token, made once, readable by its group only."""
+    path = directory / TOKEN_FILE
+    try:
+        token = path.read_text().strip()
+        if len(token) >= 16:
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(24)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        os.fchmod(fd, 0o640)
+        os.write(fd, (token + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return token
 
 
 def is_loopback(host: str) -> bool:
@@ -49,9 +102,13 @@ class ApiServer:
         self.service = service
         self.media = media
         self.token = self.cfg.token.get_secret_value()
+        self.token_file = state_dir(config) / TOKEN_FILE
+        # Reads need the token too: bound beyond loopback, or when the user set one.
         self.needs_token = bool(self.token) or not is_loopback(self.cfg.bind)
+        self.hosts = {h.lower() for h in self.cfg.hosts} | _own_names(config.device.name)
         self._runner: web.AppRunner | None = None
-        self._failures: dict[str, deque] = defaultdict(deque)
+        self._failures: OrderedDict[str, deque] = OrderedDict()
+        self._sessions: OrderedDict[str, float] = OrderedDict()  # session id -> until (wall clock)
         self._subscribers: set[asyncio.Queue] = set()
         self.url = ""
 
@@ -60,6 +117,11 @@ class ApiServer:
     async def start(self) -> None:
         if self.needs_token and not self.token:
             raise ComponentError(f"api.bind = {self.cfg.bind} is not loopback: set api.token (the API steers the show)")
+        if not self.token:
+            try:
+                self.token = await asyncio.to_thread(load_or_make_token, self.token_file.parent)
+            except OSError as e:
+                raise ComponentError(f"cannot keep the API token in {self.token_file}: {e.strerror}") from None
         app = web.Application(middlewares=[self._auth], client_max_size=64 * 1024)
         app.add_routes([
             web.get("/", self._index),
@@ -97,38 +159,87 @@ class ApiServer:
             self._runner = None
 
     def status(self) -> dict:
-        return {"url": self.url, "token_required": self.needs_token, "event_clients": len(self._subscribers)}
+        return {"url": self.url, "token_required": self.needs_token, "event_clients": len(self._subscribers),
+                **({"token_file": str(self.token_file)} if not self.cfg.token.get_secret_value() else {})}
 
     # --- authentication ------------------------------------------------------------------------
 
     @web.middleware
     async def _auth(self, request: web.Request, handler):
+        peer = request.remote or "?"
+        host = _host_name(request.headers.get("Host", ""))
+        if host is None or not (_literal(host) or host in self.hosts):
+            # A page on a name that resolves here (DNS rebinding) would read the API as same-origin.
+            return _error(403, f"this box is not known by the name {request.headers.get('Host', '')[:80]!r}: "
+                               "add it to api.hosts")
+        if request.method == "POST" and not self._same_origin(request):
+            log.warning("api: refused a POST to %s from the page of another origin", request.path)
+            return _error(403, "cross-origin request refused")
         open_paths = request.path == "/" or request.path.startswith("/static/") or request.path in (
             "/api/login", "/api/openapi.json")
-        if not self.needs_token or open_paths:
+        if open_paths or (request.method in ("GET", "HEAD") and not self.needs_token):
             return await handler(request)
-        peer = request.remote or "?"
         if self._blocked(peer):
             return _error(429, "too many failed attempts: wait a minute")
-        given = request.headers.get("Authorization", "")
-        given = given[7:] if given.startswith("Bearer ") else request.cookies.get(COOKIE, "")
-        if not self._check(peer, given):
-            return _error(401, "token required: send Authorization: Bearer <api.token>, or log in on the page")
+        if not self._authorized(request, peer):
+            return _error(401, "token required: send Authorization: Bearer <token> (`appliance api-token`), "
+                               "or log in on the page")
         return await handler(request)
 
+    def _same_origin(self, request: web.Request) -> bool:
+        """A browser names the page that sent a POST; it must be this very origin (host and
+        port: a page on another port of the same host is same-site, not same-origin)."""
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
+        try:
+            o = urlsplit(origin)
+            return o.scheme in ("http", "https") and o.netloc.lower() == request.headers.get("Host", "").lower()
+        except ValueError:
+            return False
+
+    def _authorized(self, request: web.Request, peer: str) -> bool:
+        given = request.headers.get("Authorization")
+        if given is not None:
+            return self._check(peer, given[7:] if given.startswith("Bearer ") else "")
+        sid = request.cookies.get(COOKIE)
+        if sid is not None:
+            until = self._sessions.get(sid)
+            if until is not None and until > time.time():
+                return True
+            self._sessions.pop(sid, None)
+            self._failed(peer)
+            return False
+        self._failed(peer)
+        return False
+
     def _blocked(self, peer: str) -> bool:
-        q, now = self._failures[peer], time.monotonic()
+        q = self._failures.get(source_of(peer))
+        if q is None:
+            return False
+        now = time.monotonic()
         while q and now - q[0] > FAILURE_WINDOW:
             q.popleft()
         return len(q) >= FAILURES_ALLOWED
 
     def _check(self, peer: str, given: str) -> bool:
-        ok = bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
+        # Header values arrive as str, undecodable bytes as lone surrogates: compare bytes.
+        ok = bool(given) and hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.token.encode())
         if not ok:
-            self._failures[peer].append(time.monotonic())
-            if len(self._failures[peer]) == FAILURES_ALLOWED:
-                log.warning("api: %d failed token attempts from %s: refusing it for a minute", FAILURES_ALLOWED, peer)
+            self._failed(peer)
         return ok
+
+    def _failed(self, peer: str) -> None:
+        src, now = source_of(peer), time.monotonic()
+        q = self._failures.pop(src, None) or deque()
+        q.append(now)
+        while len(q) > FAILURES_ALLOWED:
+            q.popleft()
+        self._failures[src] = q  # the most recent last: the stalest go first when the table is full
+        while len(self._failures) > FAILURE_SOURCES_MAX:
+            self._failures.popitem(last=False)
+        if len(q) == FAILURES_ALLOWED and now - q[0] <= FAILURE_WINDOW:
+            log.warning("api: %d failed token attempts from %s: refusing it for a minute", FAILURES_ALLOWED, src)
 
     async def _login(self, request: web.Request) -> web.Response:
         peer = request.remote or "?"
@@ -137,16 +248,19 @@ class ApiServer:
         try:
             body = await request.json()
             token = body["token"] if isinstance(body, dict) and isinstance(body.get("token"), str) else None
-        except (ValueError, KeyError):
+        except (ValueError, KeyError):  # UnicodeDecodeError is a ValueError
             token = None
         if token is None:
+            self._failed(peer)
             return _error(400, 'send {"token": "..."}')
-        if not self.needs_token:
-            return web.json_response({"ok": True})
         if not self._check(peer, token):
             return _error(401, "wrong token")
+        sid = secrets.token_urlsafe(32)
+        self._sessions[sid] = time.time() + SESSION_DAYS * 86400
+        while len(self._sessions) > SESSIONS_MAX:
+            self._sessions.popitem(last=False)
         resp = web.json_response({"ok": True})
-        resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", max_age=30 * 86400)
+        resp.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", max_age=SESSION_DAYS * 86400)
         return resp
 
     # --- pages and API -----------------------------------------------------------------------------
@@ -221,6 +335,32 @@ class ApiServer:
         finally:
             self._subscribers.discard(q)
         return resp
+
+
+def _own_names(device: str) -> set[str]:
+    names = {"localhost", socket.gethostname().lower(), device.lower()}
+    try:
+        names.add(socket.getfqdn().lower())
+    except OSError:
+        pass
+    return names | {f"{n}.local" for n in list(names) if n and not n.endswith(".local")}
+
+
+def _host_name(host: str) -> str | None:
+    """The name in a Host header, without its port; None if it is no host at all."""
+    try:
+        name = urlsplit(f"//{host}").hostname
+    except ValueError:
+        return None
+    return name.lower() if name else None
+
+
+def _literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
 def _error(status: int, message: str) -> web.Response:
