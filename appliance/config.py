@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,6 +21,16 @@ from appliance.errors import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/appliance/appliance.toml")
 SECRET_MASK = "********"
+# Query keys of a URL whose values are secrets (SRT's streamid often is a publish key).
+SECRET_QUERY = ("streamid", "passphrase", "key", "token", "secret", "password", "pass")
+_QUERY_SECRET = re.compile(r"([?&](?:" + "|".join(SECRET_QUERY) + r")=)[^&#]*", re.I)
+_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://[^/@:]*):[^/@]*@", re.I)
+
+
+def redact_url(url: str) -> str:
+    """The URL fit for a log line, a status or `config show`: secret query values and a
+    password in the userinfo masked; the rest as given."""
+    return _USERINFO.sub(rf"\1:{SECRET_MASK}@", _QUERY_SECRET.sub(rf"\g<1>{SECRET_MASK}", url))
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 GpioPin = Annotated[int, Field(ge=0, le=511)]
@@ -410,7 +421,7 @@ def _describe(err: dict, origins: dict[tuple, str]) -> str:
     if isinstance(value, (dict, list)):
         # A whole section or list: it may hold secrets, and the message says enough.
         return f"{origin}: {key}: {err['msg']}"
-    given = SECRET_MASK if _is_secret(loc) else repr(value)
+    given = SECRET_MASK if _is_secret(loc) else repr(redact_url(value) if isinstance(value, str) else value)
     return f"{origin}: {key}: {err['msg']} (got {given})"
 
 
@@ -422,6 +433,8 @@ def masked(config: Config) -> dict[str, Any]:
     def walk(value):
         if isinstance(value, SecretStr):
             return SECRET_MASK if value.get_secret_value() else ""
+        if isinstance(value, str) and "://" in value:
+            return redact_url(value)
         if isinstance(value, BaseModel):
             return {name: walk(getattr(value, name)) for name in type(value).model_fields}
         if isinstance(value, (list, tuple)):

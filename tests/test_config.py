@@ -111,6 +111,21 @@ token = "{SECRETS[2]}"
     assert SECRETS[0] not in repr(cfg)
 
 
+def test_secrets_inside_urls_are_masked_in_config_show_and_in_errors(tmp_path):
+    url = "srt://relay.example.net:5000?streamid=publish:hidden-key&latency=500&passphrase=aes-secret-123"
+    site = write(tmp_path, f'[stream]\nenabled = true\nurl = "{url}"\n[rtmp]\nurl = "rtmp://u:pw-secret@x.example/live?key=k-secret"\n')
+    for fmt in ([], ["--json"]):
+        r = run_cli("config", "show", "--profile", "sim", "--config", str(site), *fmt)
+        assert r.returncode == 0, r.stderr
+        for secret in ("hidden-key", "aes-secret-123", "pw-secret", "k-secret"):
+            assert secret not in r.stdout, secret
+        assert "latency=500" in r.stdout and "relay.example.net:5000" in r.stdout, "the rest stays readable"
+    bad = write(tmp_path, '[stream]\nurl = "srt://relay.example.net?streamid=publish:hidden-key"\n')
+    with pytest.raises(ConfigError) as e:
+        cfgmod.load(bad, {}, "profile")
+    assert "stream.url" in str(e.value) and "hidden-key" not in str(e.value)
+
+
 def test_a_wrongly_typed_secret_is_not_echoed_in_the_error(tmp_path):
     site = write(tmp_path, "[api]\ntoken = 987654321\n")
     with pytest.raises(ConfigError) as e:

@@ -54,3 +54,44 @@ def test_rtmp_reconnects_after_the_server_restarts_and_the_recording_is_untouche
     assert largest_gap(rec.video_pts) == FRAME, "the recording never noticed"
     assert "secret-key" not in d.log()
     assert d.terminate() == 0
+
+
+def caps(pid: int) -> dict[str, int]:
+    with open(f"/proc/{pid}/status") as f:
+        return {k: int(v, 16) for k, v in (line.split(":\t") for line in f if line.startswith("Cap"))}
+
+
+def children_of(pid: int) -> list[int]:
+    """Of every thread: a child belongs to the thread that started it."""
+    from pathlib import Path
+
+    return [int(p) for t in Path(f"/proc/{pid}/task").iterdir() for p in (t / "children").read_text().split()]
+
+
+CAP_NET_RAW = 1 << 13
+
+
+def test_the_daemon_with_only_its_units_cap_net_raw_keeps_it_and_its_rtmp_child_gets_none(daemon_factory, server):
+    """As its unit runs it: no capability but the ambient CAP_NET_RAW (SO_BINDTODEVICE), no new
+    privileges; the RTMP pusher, which dials out through FFmpeg, starts with no capability at all.
+    (uid 0 with SECBIT_NOROOT has the capabilities of any other user: this machine's Python lives
+    in /root, which another user could not run.)"""
+    server.start()
+    d = daemon_factory(config_extra=f'[rtmp]\nenabled = true\nurl = "{server.url}"\nstream_key = "k"\n',
+                       prefix=["setpriv", "--securebits=+noroot,+noroot_locked,+no_setuid_fixup", "--no-new-privs",
+                               "--bounding-set=-all,+net_raw", "--inh-caps=-all,+net_raw", "--ambient-caps=+net_raw",
+                               "--"]).start()
+    d.wait_state("READY", timeout=30)
+    d.request("live")
+    wait_until(lambda: d.output("rtmp")["connected"], 20, what="streaming to the RTMP server")
+    daemon = d.request("status")["status"]["pid"]
+    assert caps(daemon)["CapAmb"] == caps(daemon)["CapEff"] == CAP_NET_RAW, "the daemon holds it, and only it"
+    pushers = [p for p in children_of(daemon) if b"rtmp_push" in open(f"/proc/{p}/cmdline", "rb").read()]
+    assert pushers, children_of(daemon)
+    for p in pushers:
+        c = caps(p)
+        assert c["CapEff"] == c["CapPrm"] == c["CapAmb"] == c["CapInh"] == 0, c
+    server.wait_receiving()
+    d.request("stop")
+    d.wait_state("READY")
+    assert d.terminate() == 0

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from appliance.fsutil import atomic_write
 from appliance.media.h264 import IDR, PPS, SPS, ParameterSetInserter, nal_types
-from appliance.supervisor.systemd import child_env
+from appliance.supervisor.systemd import child_argv, child_env
 
 if TYPE_CHECKING:  # the probe child must start fast: no pydantic there
     from appliance.config import EncoderRung
@@ -260,7 +260,7 @@ def probe(rung: EncoderRung, s: VideoSettings, timeout: float = PROBE_TIMEOUT) -
         return Verdict(rung.codec, False, too_big)
     job = json.dumps({"rung": rung.model_dump(), "settings": asdict(s)})
     try:
-        r = subprocess.run([sys.executable, "-m", "appliance.media.encoders", job],
+        r = subprocess.run(child_argv([sys.executable, "-m", "appliance.media.encoders", job]),
                            capture_output=True, text=True, timeout=timeout, env=child_env())
     except subprocess.TimeoutExpired:
         return Verdict(rung.codec, False, f"no answer within {timeout:g} s (driver hung)", time.monotonic() - t0)

@@ -19,11 +19,11 @@ import threading
 import time
 
 from appliance import conditions
-from appliance.config import RtmpSection
+from appliance.config import RtmpSection, redact_url
 from appliance.media.encoders import EncodedPacket
 from appliance.media.mux import TsMuxer
 from appliance.outputs import Report, Session
-from appliance.supervisor.systemd import child_env
+from appliance.supervisor.systemd import child_argv, child_env
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class RtmpOutput:
         self._ever_connected = False
 
     def where(self) -> str:
-        return self.cfg.url  # without the key
+        return redact_url(self.cfg.url)  # without the key (stream_key), nor one in a query
 
     # --- media thread -----------------------------------------------------------------------
 
@@ -128,7 +128,8 @@ class RtmpOutput:
     def _spawn(self) -> None:
         env = child_env({"APPLIANCE_RTMP_URL": self.cfg.full_url()})
         self._stderr = tempfile.TemporaryFile()
-        self._child = subprocess.Popen([sys.executable, "-m", "appliance.outputs.rtmp_push"], stdin=subprocess.PIPE,
+        self._child = subprocess.Popen(child_argv([sys.executable, "-m", "appliance.outputs.rtmp_push"]),
+                                       stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, stderr=self._stderr, env=env)
         threading.Thread(target=self._watch_child, args=(self._child,), name="rtmp-child-out", daemon=True).start()
         s = self._session

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from appliance import conditions as C
-from appliance.config import Config
+from appliance.config import Config, redact_url
 from appliance.fsutil import atomic_write
 from appliance.uplinks.policy import (Decision, FailoverMemory, HealthBands, LinkView, LossMeter, PolicyConfig, decide,
                                       health)
@@ -284,7 +284,8 @@ class UplinkMonitor:
         self._preflight_running = True
         try:
             links = await asyncio.to_thread(self._present)
-            log.info("preflight: %s against %s, %.0f s", ", ".join(links) or "no uplinks", self.config.stream.url, seconds)
+            log.info("preflight: %s against %s, %.0f s", ", ".join(links) or "no uplinks",
+                     redact_url(self.config.stream.url), seconds)
             report = await asyncio.to_thread(preflight.run, self.config, links, seconds, self._radio_of)
         finally:
             self._preflight_running = False
