@@ -254,7 +254,7 @@ def cmd_relay(args) -> int:
     import os
 
     from appliance.supervisor.systemd import setup_logging
-    from appliance.transport.names import parse_srt_url
+    from appliance.hostnames import parse_srt_url
     from appliance.transport.relay import serve
 
     setup_logging("info")

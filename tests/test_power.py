@@ -295,7 +295,7 @@ def nut(tmp_path):
 
 def test_nut_source_against_upsd_with_dummy_ups(nut):
     port, dev = nut
-    src = NutUps("nut", "dummy", "127.0.0.1", port, poll_seconds=0.3, stale_polls=3)
+    src = NutUps("nut", "dummy", "localhost", port, poll_seconds=0.3, stale_polls=3)  # by name, as users write it
     src.start()
     try:
         wait_until(lambda: src.state.on_mains is True, 15, what="OL from upsd")
@@ -315,6 +315,17 @@ def test_nut_unknown_ups_is_a_clear_error(nut):
     try:
         wait_until(lambda: src.state.stale, 5, what="stale")
         assert "UNKNOWN-UPS" in src.last_error
+    finally:
+        src.stop()
+
+
+def test_a_nut_server_name_that_does_not_resolve_is_said_and_retried_not_fatal():
+    src = NutUps("nut", "dummy", "nut.does-not-exist.invalid", 3493, poll_seconds=0.2, stale_polls=2)
+    src.start()
+    try:
+        wait_until(lambda: src.state.stale, 10, what="stale")
+        assert "NUT server name does not resolve: nut.does-not-exist.invalid" in src.last_error, src.last_error
+        assert src._thread.is_alive(), "retried with backoff, the poller goes on"
     finally:
         src.stop()
 

@@ -26,9 +26,9 @@ from appliance.config import StreamSection
 from appliance.media.encoders import EncodedPacket
 from appliance.media.mux import TsMuxer
 from appliance.outputs import Report, Session
-from appliance.transport.libsrt import LIVE_PAYLOAD, SrtCaller, SrtError
-from appliance.transport import names
-from appliance.transport.names import NameNotResolved, parse_srt_url
+from appliance.transport.libsrt import LIVE_PAYLOAD, SrtCaller
+from appliance import hostnames
+from appliance.hostnames import NameNotResolved, parse_srt_url
 from appliance.uplinks.abr import VIDEO, VOICE, Abr, AbrLimits, DeliveryMeter
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class SrtOutput:
         self._last_uplinks: dict[str, str] = {}
 
     def where(self) -> str:
-        return f"srt://{names.display((self.host, self.port))}" + (" (bonded, SRTLA)" if self.cfg.bond else "")
+        return f"srt://{hostnames.display((self.host, self.port))}" + (" (bonded, SRTLA)" if self.cfg.bond else "")
 
     # --- media thread -----------------------------------------------------------------------
 

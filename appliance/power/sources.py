@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Callable
 
+from appliance import hostnames
 from appliance.power import q1, vedirect
 from appliance.power.forecast import RuntimeForecast
 from appliance.power.model import PowerState
@@ -210,8 +211,17 @@ class NutUps(Source):
         self._buf = b""
 
     def _open(self) -> None:
-        self.sock = socket.create_connection((self.host, self.port_number), timeout=3)
-        self._buf = b""
+        """In the poller's thread: the name looked up again (with a deadline), each address
+        tried in turn; any failure is the poller's to log on change and retry."""
+        failures = []
+        for addr in hostnames.resolve(self.host, self.port_number, role="NUT server"):
+            try:
+                self.sock = socket.create_connection(addr[:2], timeout=3)
+                self._buf = b""
+                return
+            except OSError as e:
+                failures.append(f"{hostnames.display(addr)}: {e.strerror or e}")
+        raise OSError(f"cannot reach upsd at {'; '.join(failures)}")
 
     def _close(self) -> None:
         if self.sock is not None:

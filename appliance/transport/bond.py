@@ -23,7 +23,7 @@ wire format:
   a link on standby (failover backup, data cap): registered, keepalives only.
 
 The relay may be named by a host name. Its addresses are looked up in a thread
-of their own (names.py), never on the packet path, and looked up again whenever
+of their own (hostnames.py), never on the packet path, and looked up again whenever
 no link is carrying and the relay has not answered for a while (it moved, or the
 name pointed elsewhere); an address that does not answer gives way to the next
 one the name resolves to. Replies are matched against the address each link
@@ -42,7 +42,8 @@ import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
-from appliance.transport import names, srtla
+from appliance import hostnames
+from appliance.transport import srtla
 from appliance.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -115,10 +116,10 @@ class Bonder(Worker):
         self.relay: dict[int, tuple] = {}  # family -> the relay's address that links of it send to
         self._addrs: list[tuple] = []  # what the name resolved to
         self._tried: set[tuple] = set()  # of those, addresses given up on since the lookup
-        self._lookup: names.Lookup | None = None
+        self._lookup: hostnames.Lookup | None = None
         self._next_lookup = 0.0
         self._lookup_fails = 0
-        self.name_error: names.NameNotResolved | None = None
+        self.name_error: hostnames.NameNotResolved | None = None
         self._heard = 0.0  # the relay's address answered (any link), or was chosen
         self.dead_range, self.rescue = dead_range, rescue
         self.secret = secret or None
@@ -147,8 +148,8 @@ class Bonder(Worker):
         self._standby: set[str] = set()
         for name, source in sources.items():
             self._add_link(name, source)
-        if names.literal(self.relay_host):  # no lookup to wait for
-            self._resolved(names.lookup(self.relay_host, self.relay_port).result("relay"), time.monotonic())
+        if hostnames.literal(self.relay_host):  # no lookup to wait for
+            self._resolved(hostnames.lookup(self.relay_host, self.relay_port).result("relay"), time.monotonic())
 
     # --- lifecycle (any thread) -----------------------------------------------------------------
 
@@ -186,8 +187,8 @@ class Bonder(Worker):
 
     def where(self) -> str:
         """The relay as named, and the addresses it is reached at now."""
-        named = names.display((self.relay_host, self.relay_port))
-        at = sorted({names.display(a) for a in list(self.relay.values())})
+        named = hostnames.display((self.relay_host, self.relay_port))
+        at = sorted({hostnames.display(a) for a in list(self.relay.values())})
         return named if not at or at == [named] else f"{named} ({', '.join(at)})"
 
     def problem(self) -> str:
@@ -549,14 +550,14 @@ class Bonder(Worker):
         """Never blocks: a lookup runs in its own thread, and is collected here when done."""
         if self._lookup is not None:
             if not self._lookup.done():
-                if now - self._lookup.started > names.TIMEOUT and self.name_error is None:
-                    self._name_failed(names.NameNotResolved(self.relay_host, f"no answer within {names.TIMEOUT:g} s",
+                if now - self._lookup.started > hostnames.TIMEOUT and self.name_error is None:
+                    self._name_failed(hostnames.NameNotResolved(self.relay_host, f"no answer within {hostnames.TIMEOUT:g} s",
                                                             "relay"), now)
                 return
             look, self._lookup = self._lookup, None
             try:
                 self._resolved(look.result("relay"), now)
-            except names.NameNotResolved as e:
+            except hostnames.NameNotResolved as e:
                 self._name_failed(e, now)
             return
         carrying = any(link.state in ("up", "probation") for link in self.links.values())
@@ -565,7 +566,7 @@ class Bonder(Worker):
         if self.relay and self._next_address(now):
             return
         if now >= self._next_lookup:
-            self._lookup = names.lookup(self.relay_host, self.relay_port)
+            self._lookup = hostnames.lookup(self.relay_host, self.relay_port)
             self._next_lookup = now + ADDRESS_PATIENCE
 
     def _resolved(self, addrs: list[tuple], now: float) -> None:
@@ -573,7 +574,7 @@ class Bonder(Worker):
             log.info("bond: the relay's name %s resolves again", self.relay_host)
         self.name_error, self._lookup_fails = None, 0
         if addrs != self._addrs:
-            log.info("bond: relay %s is at %s", self.relay_host, ", ".join(names.display(a) for a in addrs))
+            log.info("bond: relay %s is at %s", self.relay_host, ", ".join(hostnames.display(a) for a in addrs))
         self._addrs, self._tried = addrs, set()
         self.relay = {}
         for addr in addrs:  # the first address of each family, as the name lists them
@@ -588,13 +589,13 @@ class Bonder(Worker):
             following = [a for a in self._addrs if a not in self._tried and (":" in a[0]) == (family == socket.AF_INET6)]
             if following:
                 log.warning("bond: relay %s does not answer at %s: trying %s", self.relay_host,
-                            names.display(current), names.display(following[0]))
+                            hostnames.display(current), hostnames.display(following[0]))
                 self.relay[family], moved = following[0], True
         if moved:
             self._heard = now
         return moved
 
-    def _name_failed(self, e: names.NameNotResolved, now: float) -> None:
+    def _name_failed(self, e: hostnames.NameNotResolved, now: float) -> None:
         if self.name_error is None or str(e) != str(self.name_error):
             log.warning("bond: %s: retrying", e)
         self.name_error = e

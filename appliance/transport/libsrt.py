@@ -16,7 +16,7 @@ import struct
 import threading
 
 from appliance.errors import ApplianceError
-from appliance.transport import names
+from appliance import hostnames
 
 LIBRARIES = ("libsrt.so.1.5", "libsrt-openssl.so.1.5", "libsrt-gnutls.so.1.5")
 INSTALL_HINT = "apt-get install libsrt1.5-openssl"
@@ -97,7 +97,7 @@ def library():
         names = list(LIBRARIES)
         found = ctypes.util.find_library("srt")
         if found:
-            names.append(found)
+            hostnames.append(found)
         errors = []
         for name in names:
             try:
@@ -184,14 +184,14 @@ class SrtCaller:
         addresses tried in turn. NameNotResolved or SrtError, both ConnectionErrors."""
         self.close()
         failures = []
-        for addr in names.resolve(self.host, self.port, role=self.role):
+        for addr in hostnames.resolve(self.host, self.port, role=self.role):
             try:
                 self._connect(addr)
                 self.address = addr
                 return
             except SrtError as e:
-                failures.append((names.display(addr), str(e)))
-        named = names.display((self.host, self.port))
+                failures.append((hostnames.display(addr), str(e)))
+        named = hostnames.display((self.host, self.port))
         if len(failures) == 1 and failures[0][0] == named:
             raise SrtError(f"connect to {named}: {failures[0][1]}")
         raise SrtError(f"connect to {named}: " + "; ".join(f"at {a}: {why}" for a, why in failures))

@@ -378,7 +378,7 @@ async def serve(listen_port: int, to: str, secret: bytes | None, bind: str = "",
     """`appliance relay`: run until SIGTERM/SIGINT."""
     import signal
 
-    from appliance.transport.names import parse_srt_url
+    from appliance.hostnames import parse_srt_url
 
     host, port, _ = parse_srt_url(to, "--to")
     relay = Relay((bind, listen_port), (host, port), secret, max_groups, max_links)

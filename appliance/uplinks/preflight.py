@@ -72,7 +72,7 @@ def judge(c: LinkCheck, need: int, floor: int, latency_ms: int) -> None:
 def run(config: Config, links: dict[str, str], seconds: float = 12.0,
         radio_for: Callable[[str], dict] | None = None) -> dict:
     """Blocking (a thread): one dry stream per uplink, in turn; the whole report."""
-    from appliance.transport.names import parse_srt_url
+    from appliance.hostnames import parse_srt_url
 
     s = config.stream
     host, port, query = parse_srt_url(s.url)

@@ -9,7 +9,7 @@ import pytest
 
 from appliance.config import validate
 from appliance.errors import ConfigError
-from appliance.transport import names
+from appliance import hostnames
 from appliance.transport.bond import Bonder
 from appliance.transport.libsrt import SrtCaller
 from conftest import free_port, wait_until
@@ -18,22 +18,22 @@ from netsim import Ingest, RelayThread
 
 def test_literals_resolve_at_once_without_a_thread():
     before = threading.active_count()
-    assert names.resolve("192.0.2.7", 5000) == [("192.0.2.7", 5000)]
-    (v6,) = names.resolve("2001:db8::1", 5000)
+    assert hostnames.resolve("192.0.2.7", 5000) == [("192.0.2.7", 5000)]
+    (v6,) = hostnames.resolve("2001:db8::1", 5000)
     assert v6[:2] == ("2001:db8::1", 5000)
     assert threading.active_count() == before
 
 
 def test_a_name_that_does_not_resolve_says_which_and_why():
-    with pytest.raises(names.NameNotResolved) as e:
-        names.resolve("relay.does-not-exist.invalid", 5000, role="relay")
+    with pytest.raises(hostnames.NameNotResolved) as e:
+        hostnames.resolve("relay.does-not-exist.invalid", 5000, role="relay")
     assert str(e.value).startswith("relay name does not resolve: relay.does-not-exist.invalid (")
     assert isinstance(e.value, ConnectionError), "an OSError like every other network failure"
 
 
 def test_lookups_of_one_name_under_way_are_shared():
-    a = names.lookup("localhost", 4000)
-    b = names.lookup("localhost", 4000)
+    a = hostnames.lookup("localhost", 4000)
+    b = hostnames.lookup("localhost", 4000)
     assert a is b or a.done(), "a second lookup joins the first while it runs"
     assert ("127.0.0.1", 4000) in a.wait(5)
 
@@ -43,12 +43,12 @@ def test_lookups_of_one_name_under_way_are_shared():
                                        ("srt://[2001:db8::1]:5000", "2001:db8::1")])
 def test_stream_urls_take_names_and_both_families(url, host):
     cfg = validate([("site", {"stream": {"enabled": True, "url": url}})])
-    assert names.parse_srt_url(cfg.stream.url)[:2] == (host, 5000)
+    assert hostnames.parse_srt_url(cfg.stream.url)[:2] == (host, 5000)
 
 
 def test_a_bad_url_names_the_key_it_came_from():
     with pytest.raises(ConfigError, match=r"^--to: 'srt://:5000' is not srt://HOST:PORT"):
-        names.parse_srt_url("srt://:5000", "--to")
+        hostnames.parse_srt_url("srt://:5000", "--to")
 
 
 def test_the_bond_registers_with_a_relay_named_by_a_host_name_and_carries_the_stream(tmp_path):
