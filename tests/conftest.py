@@ -185,6 +185,29 @@ def ingest(tmp_path):
     i.stop()
 
 
+class PrivateHosts:
+    """A /etc/hosts of the daemon's own: `prefix` runs it in a mount namespace where this
+    file is bind-mounted over /etc/hosts (glibc reads it at every lookup), and `set()`
+    rewrites it in place, so a name can stop resolving and resolve again under it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.set({})
+        self.prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                       f'mount --bind "{path}" /etc/hosts && exec "$@"', "with-own-hosts"]
+
+    def set(self, names: dict[str, str]) -> None:
+        lines = ["127.0.0.1 localhost", "::1 localhost"] + [f"{a} {n}" for n, a in names.items()]
+        with open(self.path, "w") as f:  # in place: the bind mount holds this inode
+            f.write("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def private_hosts(tmp_path):
+    assert os.geteuid() == 0, "a mount namespace needs root (scripts/test runs as root in CI)"
+    return PrivateHosts(tmp_path / "hosts")
+
+
 @pytest.fixture
 def daemon_factory(tmp_path):
     made: list[Daemon] = []

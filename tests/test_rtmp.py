@@ -95,3 +95,29 @@ def test_the_daemon_with_only_its_units_cap_net_raw_keeps_it_and_its_rtmp_child_
     d.request("stop")
     d.wait_state("READY")
     assert d.terminate() == 0
+
+
+def test_an_rtmp_server_name_that_resolves_only_after_go_streams_by_itself(daemon_factory, server, private_hosts):
+    out = server.start()
+    url = server.url.replace("127.0.0.1", "rtmp.bench.test")
+    d = daemon_factory(prefix=private_hosts.prefix,
+                       config_extra=f'[rtmp]\nenabled = true\nurl = "{url}"\nstream_key = "secret-key"\n').start()
+    d.wait_state("READY", timeout=20)
+    d.request("live")
+    wait_until(lambda: "rtmp.bench.test" in d.output("rtmp").get("last_error", ""), 15, what="the failure's cause shown")
+    time.sleep(3)
+    assert not d.output("rtmp")["connected"] and d.state() == "DEGRADED"
+    private_hosts.set({"rtmp.bench.test": "127.0.0.1"})
+    wait_until(lambda: d.output("rtmp")["connected"], 20, what="streaming once the name resolves")
+    failures = [line for line in d.log().splitlines() if "rtmp: cannot stream to" in line]
+    assert len(failures) == 1, "said once, not at every retry:\n" + "\n".join(failures)
+    server.wait_receiving()
+    time.sleep(2)
+    d.request("stop")
+    d.wait_state("READY")
+    server.stop()
+    assert len(decode_files([out]).video_pts) >= 30
+    rec = decode_files(segments(only_session(d.dir / "recordings")))
+    assert largest_gap(rec.video_pts) == FRAME, "the recording never noticed"
+    assert "secret-key" not in d.log()
+    assert d.terminate() == 0

@@ -16,7 +16,7 @@ FRAME = 3000
 
 def test_stream_reaches_the_ingest_and_decodes(daemon_factory, ingest):
     first = ingest.start()
-    d = daemon_factory(config_extra=f'[stream]\nenabled = true\nurl = "srt://127.0.0.1:{ingest.port}"\nlatency_ms = 200\n').start()
+    d = daemon_factory(config_extra=f'[stream]\nenabled = true\nurl = "srt://localhost:{ingest.port}"\nlatency_ms = 200\n').start()
     d.wait_state("READY", timeout=20)
     d.request("live")
     d.wait_state(("LIVE", "DEGRADED"))
@@ -89,14 +89,14 @@ def test_bonded_stream_through_the_relay_decodes(daemon_factory, ingest, tmp_pat
     relay_port = free_port()
     secret = tmp_path / "relay.secret"
     secret.write_text("a-shared-secret-for-the-relay")
-    relay = subprocess.Popen([*APPLIANCE, "relay", "--listen", str(relay_port), "--bind", "127.0.0.1",
-                              "--to", f"srt://127.0.0.1:{ingest.port}", "--secret-file", str(secret)],
+    relay = subprocess.Popen([*APPLIANCE, "relay", "--listen", str(relay_port),
+                              "--to", f"srt://localhost:{ingest.port}", "--secret-file", str(secret)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     try:
         d = daemon_factory(config_extra=f"""
 [stream]
 enabled = true
-url = "srt://127.0.0.1:{relay_port}"
+url = "srt://localhost:{relay_port}"
 latency_ms = 500
 bond = true
 uplinks = ["wired@127.0.0.2", "cell@127.0.0.3"]
@@ -157,3 +157,31 @@ def test_a_slow_handshake_loses_no_frame(daemon_factory, ingest):
         assert d.terminate() == 0
     finally:
         path.close()
+
+
+def test_an_ingest_name_that_resolves_only_after_go_streams_by_itself(daemon_factory, ingest, private_hosts):
+    out = ingest.start()
+    d = daemon_factory(prefix=private_hosts.prefix, config_extra=f"""
+[stream]
+enabled = true
+url = "srt://ingest.bench.test:{ingest.port}"
+latency_ms = 200
+""").start()
+    d.wait_state("READY", timeout=20)
+    d.request("live")
+    condition = "ingest name does not resolve: ingest.bench.test"
+    wait_until(lambda: condition in d.request("status")["status"]["conditions"], 10, what="the name's condition")
+    time.sleep(3)
+    assert not d.output("srt")["connected"] and d.state() == "DEGRADED", "live, recording, not streaming"
+    private_hosts.set({"ingest.bench.test": "127.0.0.1"})
+    wait_until(lambda: d.output("srt")["connected"], 15, what="connected once the name resolves")
+    wait_until(lambda: condition not in d.request("status")["status"]["conditions"], 5, what="the condition gone")
+    assert d.log().count("cannot connect to srt://ingest.bench.test") == 1, "said once, not at every retry"
+    time.sleep(3)
+    d.request("stop")
+    d.wait_state("READY")
+    ingest.stop()
+    assert len(decode_files([out]).video_pts) >= 2 * 30
+    rec = decode_files(segments(only_session(d.dir / "recordings")))
+    assert largest_gap(rec.video_pts) == FRAME, "the recording never noticed"
+    assert d.terminate() == 0

@@ -50,6 +50,7 @@ class RtmpOutput:
         self.reconnects = 0
         self.last_error = ""
         self._reported = False
+        self._logged = ""  # the cause last logged: a new one is logged, the same one is not
         self._ever_connected = False
 
     def where(self) -> str:
@@ -115,7 +116,13 @@ class RtmpOutput:
             if self._child is None:
                 if time.monotonic() < retry_at or not (pkt.stream == 0 and pkt.key):
                     continue  # a viewer can only start on a keyframe
-                self._spawn()
+                try:
+                    self._spawn()
+                except OSError as e:  # no process to be had (fork failed, setpriv gone): retried
+                    self._child = None
+                    self._failed(f"cannot start the pusher: {e}")
+                    attempt, retry_at = attempt + 1, time.monotonic() + BACKOFF[min(attempt, len(BACKOFF) - 1)]
+                    continue
             try:
                 self._mux.mux(pkt)
                 self.packets_sent += 1
@@ -152,15 +159,16 @@ class RtmpOutput:
             self._reported = False
             self.report(conditions.RTMP_NOT_CONNECTED, False)
 
-    def _failed(self) -> None:
-        why = self._close_child(kill=True) or "the pusher stopped"
+    def _failed(self, why: str = "") -> None:
+        why = self._close_child(kill=True) or why or "the pusher stopped"
         was = self.connected
         self.connected = False
         self.last_error = why
         if was:
             log.warning("rtmp: connection to %s lost (%s): reconnecting", self.where(), why, extra={"OUTPUT": self.name})
-        elif not self._reported:
+        elif not self._reported or why != self._logged:
             log.warning("rtmp: cannot stream to %s (%s): retrying", self.where(), why, extra={"OUTPUT": self.name})
+        self._logged = why
         if not self._reported:
             self._reported = True
             self.report(conditions.RTMP_NOT_CONNECTED, True)

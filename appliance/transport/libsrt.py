@@ -97,7 +97,7 @@ def library():
         names = list(LIBRARIES)
         found = ctypes.util.find_library("srt")
         if found:
-            hostnames.append(found)
+            names.append(found)
         errors = []
         for name in names:
             try:
