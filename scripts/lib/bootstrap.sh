@@ -15,7 +15,7 @@ APT_RUNTIME=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev libp
 # srt-live-transmit as the demo's ingest).
 APT_SIM=(pulseaudio pulseaudio-utils libasound2-plugins srt-tools)
 # What the tests need on top of that.
-APT_TEST=(systemd nut-server chromium iproute2 nftables gcc libsrt1.5-openssl libsrt-openssl-dev srt-tools "${APT_SIM[@]}")
+APT_TEST=(systemd systemd-container nut-server chromium iproute2 nftables gcc libsrt1.5-openssl libsrt-openssl-dev srt-tools "${APT_SIM[@]}")
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
