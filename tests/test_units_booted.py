@@ -39,6 +39,13 @@ class Booted:
             ["systemd-nspawn", "--quiet", "--volatile=yes", "--directory=/", "--boot", "--console=pipe",
              "--register=no", "--keep-unit", f"--bind-ro={ROOT}", f"--bind-ro={sys.base_prefix}:/opt/py"],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
         self.pid = wait_until(self._init, 60, interval=0.2, what="the container's systemd")
         wait_until(lambda: self.run("systemctl", "is-system-running", check=False).stdout.strip()
                    in ("running", "degraded"), 90, interval=0.5, what="the container booted")
