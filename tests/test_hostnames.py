@@ -87,3 +87,37 @@ def test_a_relay_name_that_does_not_resolve_is_the_bonds_stated_problem():
         assert not bond.ready() and bond._thread.is_alive()
     finally:
         bond.stop()
+
+
+def test_an_srt_caller_dials_an_ipv6_literal(tmp_path):
+    import shutil
+    import subprocess
+
+    from netsim import stop_gracefully
+
+    port = free_port()
+    out = tmp_path / "v6.ts"
+    with open(out, "wb") as f:
+        ingest = subprocess.Popen([shutil.which("srt-live-transmit"), f"srt://[::]:{port}?mode=listener&latency=200",
+                                   "file://con"], stdout=f, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        caller = SrtCaller("::1", port, latency_ms=200)
+        wait_until(lambda: _connects(caller), 10, what="connected over IPv6")
+        assert caller.address[:2] == ("::1", port)
+        sent = b"".join(bytes([0x47]) + i.to_bytes(4, "big") + bytes(1311) for i in range(50))
+        for i in range(50):
+            caller.send(sent[i * 1316:(i + 1) * 1316])
+        time.sleep(1.0)
+        caller.close()
+    finally:
+        stop_gracefully(ingest)
+    assert out.read_bytes() == sent
+
+
+def _connects(caller) -> bool:
+    try:
+        caller.connect()
+        return True
+    except ConnectionError:
+        return False
