@@ -55,7 +55,7 @@ PROBATION_ECHOES = 5
 WINDOW_MIN, WINDOW_START, WINDOW_MAX = 1000, 20000, 60000
 IN_FLIGHT_KEEP = 8192
 ADDRESS_PATIENCE = 3.0  # s without a word from the relay's address, no link carrying: try the next
-LOOKUP_BACKOFF = (0.5, 1.0, 2.0)  # s between lookups of a name that does not resolve
+LOOKUP_BACKOFF = (0.25, 0.5, 1.0)  # s between lookups of a name that does not resolve (a resolver caches the no)
 
 
 @dataclass
