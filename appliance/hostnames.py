@@ -14,6 +14,7 @@ Literals are parsed at once, with no thread and no DNS.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import threading
 import time
@@ -137,3 +138,98 @@ def display(addr: tuple) -> str:
     """A sockaddr for people: 192.0.2.1:5000, [2001:db8::1]:5000."""
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Destination:
+    """A host:port that a loop which must never block sends datagrams to (the bond's).
+
+    poll() is called from that loop: it starts lookups (each in its own thread),
+    collects them when done, and keeps for each address family the address to send
+    to. While nothing is carrying and the current address has not answered for
+    `patience` seconds, the next address the name gave is tried, and once all were,
+    the name is looked up again. A name that does not resolve keeps the addresses it
+    had (a DNS blip does not stop a working stream), sets `error`, is logged once per
+    cause and looked up again after `backoff`.
+    """
+
+    def __init__(self, host: str, port: int, role: str, backoff: tuple[float, ...] = (0.25, 0.5, 1.0),
+                 patience: float = 3.0, log=None, prefix: str = ""):
+        """log and prefix: the caller's logger, and how its lines begin ("bond: ")."""
+        self.host, self.port, self.role, self.prefix = host, port, role, prefix
+        self.backoff, self.patience = backoff, patience
+        self.log = log or logging.getLogger(__name__)  # (the caller's: its lines under its name)
+        self.current: dict[int, tuple] = {}  # family -> the address sent to
+        self.error: NameNotResolved | None = None
+        self._addrs: list[tuple] = []  # what the name resolved to
+        self._tried: set[tuple] = set()  # of those, addresses given up on since the lookup
+        self._lookup: Lookup | None = None
+        self._next_lookup = 0.0
+        self._fails = 0
+        self._heard = 0.0  # the current address answered, or was chosen
+        if literal(host):  # no lookup to wait for
+            self._resolved(lookup(host, port).result(role), time.monotonic())
+
+    def heard(self, now: float) -> None:
+        self._heard = now
+
+    def matches(self, family: int, addr: tuple) -> bool:
+        current = self.current.get(family)
+        return current is not None and addr[:2] == current[:2]
+
+    def where(self) -> str:
+        """As named, and the addresses it is reached at now."""
+        named = display((self.host, self.port))
+        at = sorted({display(a) for a in list(self.current.values())})
+        return named if not at or at == [named] else f"{named} ({', '.join(at)})"
+
+    def poll(self, now: float, carrying: bool) -> None:
+        if self._lookup is not None:
+            if not self._lookup.done():
+                if now - self._lookup.started > TIMEOUT and self.error is None:
+                    self._failed(NameNotResolved(self.host, f"no answer within {TIMEOUT:g} s", self.role), now)
+                return
+            look, self._lookup = self._lookup, None
+            try:
+                self._resolved(look.result(self.role), now)
+            except NameNotResolved as e:
+                self._failed(e, now)
+            return
+        if self.current and (carrying or now - self._heard < self.patience):
+            return
+        if self.current and self._next_address(now):
+            return
+        if now >= self._next_lookup:
+            self._lookup = lookup(self.host, self.port)
+            self._next_lookup = now + self.patience
+
+    def _resolved(self, addrs: list[tuple], now: float) -> None:
+        if self.error is not None:
+            self.log.info("%s%s name %s resolves again", self.prefix, self.role, self.host)
+        self.error, self._fails = None, 0
+        if addrs != self._addrs:
+            self.log.info("%s%s %s is at %s", self.prefix, self.role, self.host, ", ".join(display(a) for a in addrs))
+        self._addrs, self._tried = addrs, set()
+        self.current = {}
+        for addr in addrs:  # the first address of each family, as the name lists them
+            self.current.setdefault(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET, addr)
+        self._heard = now
+
+    def _next_address(self, now: float) -> bool:
+        moved = False
+        for family, current in list(self.current.items()):
+            self._tried.add(current)
+            following = [a for a in self._addrs if a not in self._tried and (":" in a[0]) == (family == socket.AF_INET6)]
+            if following:
+                self.log.warning("%s%s %s does not answer at %s: trying %s", self.prefix, self.role, self.host,
+                                 display(current), display(following[0]))
+                self.current[family], moved = following[0], True
+        if moved:
+            self._heard = now
+        return moved
+
+    def _failed(self, e: NameNotResolved, now: float) -> None:
+        if self.error is None or str(e) != str(self.error):
+            self.log.warning("%s%s: retrying", self.prefix, e)
+        self.error = e
+        self._next_lookup = now + self.backoff[min(self._fails, len(self.backoff) - 1)]
+        self._fails += 1

@@ -30,6 +30,16 @@ def net(tmp_path):
 
 def bonded_daemon(daemon_factory, net, tmp_path, extra: str = "", bitrate: int = 4000, latency: int = 500,
                   uplinks: tuple[str, ...] = ("up0", "up1")):
+    """Streaming: READY, GO, connected through the relay."""
+    d, out = ready_daemon(daemon_factory, net, tmp_path, extra, bitrate, latency, uplinks)
+    d.request("live")
+    wait_until(lambda: d.output("srt")["connected"], 15, what="the stream connected through the relay")
+    return d, out
+
+
+def ready_daemon(daemon_factory, net, tmp_path, extra: str = "", bitrate: int = 4000, latency: int = 500,
+                 uplinks: tuple[str, ...] = ("up0", "up1")):
+    """The ingest, the relay and the daemon in the appliance's namespace, READY."""
     out = tmp_path / "received.ts"
     net.start_ingest(out, INGEST_PORT, latency)
     net.start_relay(RELAY_PORT, INGEST_PORT, tmp_path / "relay.log")
@@ -47,8 +57,6 @@ bond = true
 uplinks = {json.dumps(list(uplinks))}
 {extra}""").start()
     d.wait_state("READY", timeout=30)
-    d.request("live")
-    wait_until(lambda: d.output("srt")["connected"], 15, what="the stream connected through the relay")
     return d, out
 
 
@@ -364,23 +372,7 @@ def threads_of(d) -> set[str]:
 def test_a_relay_name_that_resolves_only_after_go_streams_by_itself_and_the_recording_has_no_gap(
         daemon_factory, net, tmp_path):
     net.set_hosts(net.app, {})  # the relay's name does not resolve yet (no DNS, not in hosts)
-    out = tmp_path / "received.ts"
-    net.start_ingest(out, INGEST_PORT, 500)
-    net.start_relay(RELAY_PORT, INGEST_PORT, tmp_path / "relay.log")
-    d = daemon_factory(prefix=["ip", "netns", "exec", net.app], config_extra=f"""
-[video]
-width = 640
-height = 360
-[encoder]
-bitrate_kbps = 2000
-[stream]
-enabled = true
-url = "srt://{RELAY_NAME}:{RELAY_PORT}"
-latency_ms = 500
-bond = true
-uplinks = ["up0", "up1"]
-""").start()
-    d.wait_state("READY", timeout=30)
+    d, out = ready_daemon(daemon_factory, net, tmp_path, bitrate=2000)
     d.request("live")
     went_live = time.monotonic()
     condition = f"relay name does not resolve: {RELAY_NAME}"

@@ -22,12 +22,11 @@ wire format:
 - the link policy (uplinks/) weighs each link's share by its health, and can put
   a link on standby (failover backup, data cap): registered, keepalives only.
 
-The relay may be named by a host name. Its addresses are looked up in a thread
-of their own (hostnames.py), never on the packet path, and looked up again whenever
-no link is carrying and the relay has not answered for a while (it moved, or the
-name pointed elsewhere); an address that does not answer gives way to the next
-one the name resolves to. Replies are matched against the address each link
-sends to. A name that does not resolve is retried with backoff, and said once.
+The relay may be named by a host name (hostnames.Destination): looked up in a
+thread of its own, never on the packet path, and again whenever no link is
+carrying and the relay has not answered for a while; an address that does not
+answer gives way to the next one the name resolves to. Replies are matched
+against the address each link sends to.
 One thread, one selector: no asyncio, no locks on the packet path.
 """
 
@@ -54,7 +53,6 @@ DEAD_MIN, DEAD_MAX = 0.15, 0.30
 PROBATION_ECHOES = 5
 WINDOW_MIN, WINDOW_START, WINDOW_MAX = 1000, 20000, 60000
 IN_FLIGHT_KEEP = 8192
-ADDRESS_PATIENCE = 3.0  # s without a word from the relay's address, no link carrying: try the next
 LOOKUP_BACKOFF = (0.25, 0.5, 1.0)  # s between lookups of a name that does not resolve (a resolver caches the no)
 
 
@@ -112,15 +110,7 @@ class Bonder(Worker):
                  dead_range: tuple[float, float] = (DEAD_MIN, DEAD_MAX), rescue: bool = True):
         """dead_range and rescue exist for the benchmark, which runs the reference
         sender's rules (dead after 4 s, no rescue) as its baseline."""
-        self.relay_host, self.relay_port = relay
-        self.relay: dict[int, tuple] = {}  # family -> the relay's address that links of it send to
-        self._addrs: list[tuple] = []  # what the name resolved to
-        self._tried: set[tuple] = set()  # of those, addresses given up on since the lookup
-        self._lookup: hostnames.Lookup | None = None
-        self._next_lookup = 0.0
-        self._lookup_fails = 0
-        self.name_error: hostnames.NameNotResolved | None = None
-        self._heard = 0.0  # the relay's address answered (any link), or was chosen
+        self.relay = hostnames.Destination(*relay, "relay", LOOKUP_BACKOFF, log=log, prefix="bond: ")
         self.dead_range, self.rescue = dead_range, rescue
         self.secret = secret or None
         self.ident = srtla.sender_id()
@@ -148,8 +138,6 @@ class Bonder(Worker):
         self._standby: set[str] = set()
         for name, source in sources.items():
             self._add_link(name, source)
-        if hostnames.literal(self.relay_host):  # no lookup to wait for
-            self._resolved(hostnames.lookup(self.relay_host, self.relay_port).result("relay"), time.monotonic())
 
     # --- lifecycle (any thread) -----------------------------------------------------------------
 
@@ -182,27 +170,25 @@ class Bonder(Worker):
 
     def status(self) -> dict:
         return {"registered": self.group is not None, "links": {n: l.status() for n, l in self.links.items()},
-                "relay": self.where(), **({"relay_error": self.problem()} if not self.ready() else {}),
+                "relay": self.relay.where(), **({"relay_error": self.problem()} if not self.ready() else {}),
                 "resent": self.resent, "held": self.held, "dropped": dict(self.dropped)}
 
-    def where(self) -> str:
-        """The relay as named, and the addresses it is reached at now."""
-        named = hostnames.display((self.relay_host, self.relay_port))
-        at = sorted({hostnames.display(a) for a in list(self.relay.values())})
-        return named if not at or at == [named] else f"{named} ({', '.join(at)})"
+    @property
+    def name_error(self) -> hostnames.NameNotResolved | None:
+        return self.relay.error
 
     def problem(self) -> str:
         """Why no link carries, for the status and the stream's condition: the current cause."""
-        if self.name_error is not None:
-            return str(self.name_error)
+        if self.relay.error is not None:
+            return str(self.relay.error)
         links = list(self.links.values())
         if not links:
             return "no uplink has an address"
-        if not self.relay:
-            return f"looking up the relay's name {self.relay_host}"
-        if not any(link.family in self.relay for link in links):
-            return f"the relay {self.relay_host} has no address of the uplinks' family"
-        return f"no uplink registered with the relay {self.where()}"
+        if not self.relay.current:
+            return f"looking up the relay's name {self.relay.host}"
+        if not any(link.family in self.relay.current for link in links):
+            return f"the relay {self.relay.host} has no address of the uplinks' family"
+        return f"no uplink registered with the relay {self.relay.where()}"
 
     # --- links ------------------------------------------------------------------------------------
 
@@ -366,16 +352,15 @@ class Bonder(Worker):
                 d, addr = link.sock.recvfrom(2048)
             except BlockingIOError:
                 return
-            relay = self.relay.get(link.family)
-            if relay is None or addr[:2] != relay[:2]:
+            if not self.relay.matches(link.family, addr):
                 self.dropped["not from the relay"] += 1
                 continue
             now = time.monotonic()
-            self._heard = now
+            self.relay.heard(now)
             self._handle(link, d, now)
 
     def _sendto(self, link: Link, d: bytes) -> None:
-        relay = self.relay.get(link.family)
+        relay = self.relay.current.get(link.family)
         if relay is None:
             raise OSError(errno.EDESTADDRREQ, "the relay's address is not known")
         link.sock.sendto(d, relay)
@@ -411,7 +396,8 @@ class Bonder(Worker):
                     # srtla_rec, or our relay run without one: the secret protects the relay, and
                     # this one asks for nothing.
                     self._open_relay = True
-                    log.warning("bond: the relay %s asks for no proof: registering without the secret", self.where())
+                    log.warning("bond: the relay %s asks for no proof: registering without the secret",
+                                self.relay.where())
                 self._sendto(link, srtla.reg(srtla.REG1, self.ident))
         elif t == srtla.REG2:
             gid = srtla.reg_id(d, srtla.REG2)
@@ -518,7 +504,7 @@ class Bonder(Worker):
     # --- housekeeping: keepalives, registration, dead links ----------------------------------------
 
     def _housekeeping(self, now: float) -> None:
-        self._names(now)
+        self.relay.poll(now, carrying=any(link.state in ("up", "probation") for link in self.links.values()))
         for link in list(self.links.values()):
             if link.state in ("registering", "dead") and now - link.last_reg >= REGISTER_EVERY:
                 link.last_reg = now
@@ -543,64 +529,6 @@ class Bonder(Worker):
             elif link.kept and now - link.last_rx <= link.dead_after():
                 link.kept = False
                 log.info("bond: uplink %s answers again", link.name, extra={"LINK": link.name})
-
-    # --- the relay's name ------------------------------------------------------------------------
-
-    def _names(self, now: float) -> None:
-        """Never blocks: a lookup runs in its own thread, and is collected here when done."""
-        if self._lookup is not None:
-            if not self._lookup.done():
-                if now - self._lookup.started > hostnames.TIMEOUT and self.name_error is None:
-                    self._name_failed(hostnames.NameNotResolved(self.relay_host, f"no answer within {hostnames.TIMEOUT:g} s",
-                                                            "relay"), now)
-                return
-            look, self._lookup = self._lookup, None
-            try:
-                self._resolved(look.result("relay"), now)
-            except hostnames.NameNotResolved as e:
-                self._name_failed(e, now)
-            return
-        carrying = any(link.state in ("up", "probation") for link in self.links.values())
-        if self.relay and (carrying or now - self._heard < ADDRESS_PATIENCE):
-            return
-        if self.relay and self._next_address(now):
-            return
-        if now >= self._next_lookup:
-            self._lookup = hostnames.lookup(self.relay_host, self.relay_port)
-            self._next_lookup = now + ADDRESS_PATIENCE
-
-    def _resolved(self, addrs: list[tuple], now: float) -> None:
-        if self.name_error is not None:
-            log.info("bond: the relay's name %s resolves again", self.relay_host)
-        self.name_error, self._lookup_fails = None, 0
-        if addrs != self._addrs:
-            log.info("bond: relay %s is at %s", self.relay_host, ", ".join(hostnames.display(a) for a in addrs))
-        self._addrs, self._tried = addrs, set()
-        self.relay = {}
-        for addr in addrs:  # the first address of each family, as the name lists them
-            self.relay.setdefault(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET, addr)
-        self._heard = now
-
-    def _next_address(self, now: float) -> bool:
-        """The relay's address has not answered: the next one the name gave, per family."""
-        moved = False
-        for family, current in list(self.relay.items()):
-            self._tried.add(current)
-            following = [a for a in self._addrs if a not in self._tried and (":" in a[0]) == (family == socket.AF_INET6)]
-            if following:
-                log.warning("bond: relay %s does not answer at %s: trying %s", self.relay_host,
-                            hostnames.display(current), hostnames.display(following[0]))
-                self.relay[family], moved = following[0], True
-        if moved:
-            self._heard = now
-        return moved
-
-    def _name_failed(self, e: hostnames.NameNotResolved, now: float) -> None:
-        if self.name_error is None or str(e) != str(self.name_error):
-            log.warning("bond: %s: retrying", e)
-        self.name_error = e
-        self._next_lookup = now + LOOKUP_BACKOFF[min(self._lookup_fails, len(LOOKUP_BACKOFF) - 1)]
-        self._lookup_fails += 1
 
     # --- registration ------------------------------------------------------------------------------
 
