@@ -45,5 +45,10 @@ def unresolved(role: str, host: str) -> str:
     return f"{role} name does not resolve: {host}"
 
 
+def state_unsaved(why: str) -> str:
+    """The state directory refuses writes (read-only card, full disk): the live intent is not kept."""
+    return f"cannot save state: {why}"
+
+
 def component_failed(name: str) -> str:
     return f"{name} failed"

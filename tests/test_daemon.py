@@ -194,3 +194,61 @@ def test_second_daemon_on_the_same_socket_is_refused(daemon_factory):
     assert "another appliance daemon is already running" in twin.log()
     assert d.state() == "READY"
     assert d.terminate() == 0
+
+
+def test_go_with_a_read_only_state_directory_goes_live_says_so_and_saves_once_it_can(daemon_factory, ingest):
+    """A card remounted read-only under the state directory: the show goes on."""
+    import subprocess
+
+    out = ingest.start()
+    d = daemon_factory(config_extra=f'[stream]\nenabled = true\nurl = "srt://localhost:{ingest.port}"\n'
+                                    'latency_ms = 200\n')
+    state = d.dir / "state"
+    state.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(state)], check=True)
+    try:
+        d.start()
+        d.wait_state("READY", timeout=20)
+        asked = time.monotonic()
+        answer = d.request("live")
+        assert answer["ok"], answer
+        d.wait_state(("LIVE", "DEGRADED"), timeout=10)
+        print(f"GO -> live with the state directory read-only: {time.monotonic() - asked:.2f} s")
+        status = d.request("status")["status"]
+        assert any(c.startswith("cannot save state: Read-only file system") for c in status["conditions"]), status
+        wait_until(lambda: d.request("status")["status"]["components"]["panel"]["leds"]["live"]["pattern"]
+                   == "triple flash", 5, what="the LIVE LED saying so")
+        wait_until(lambda: d.output("recorder")["bytes"] > 200_000, 10, what="recording")
+        wait_until(lambda: d.output("srt")["connected"], 10, what="streaming")
+        assert d.request("live")["state"] in ("LIVE", "DEGRADED"), "a second GO leaves it live"
+        subprocess.run(["mount", "-o", "remount,rw", str(state)], check=True)
+        wait_until(lambda: not any(c.startswith("cannot save state") for c in d.request("status")["status"]["conditions"]),
+                   20, what="the condition cleared once the write went through")
+        assert read_json(state / "state.json")["live_intent"] is True
+        assert d.request("stop")["ok"]
+        d.wait_state("READY", timeout=15)
+        assert d.terminate() == 0
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)
+    ingest.stop()
+    assert out.stat().st_size > 100_000
+
+
+def test_go_while_booting_is_refused_with_a_reason_not_dropped(daemon_factory):
+    from appliance.supervisor import control
+
+    d = daemon_factory().start()
+    answer = wait_until(lambda: _ask(control, d), 20, interval=0.005, what="the control socket, still BOOTING")
+    # The control socket is the first component up; the encoder probes alone keep it BOOTING 0.5 s.
+    assert answer["state"] == "BOOTING", answer
+    assert not answer["ok"] and "still booting" in answer["error"], answer
+    d.wait_state("READY", timeout=20)
+    assert d.request("live")["ok"]
+    assert d.terminate() == 0
+
+
+def _ask(control, d):
+    try:
+        return control.request(d.socket, "live")
+    except OSError:
+        return None

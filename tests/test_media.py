@@ -3,6 +3,7 @@ PulseAudio sine sources), recordings read back with PyAV."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -262,12 +263,22 @@ def small_disk(tmp_path):
 
 
 def test_a_filling_disk_deletes_old_sessions_then_stops_recording_cleanly(daemon_factory, small_disk):
+    """Only our sessions (their manifest says so) are deleted, oldest first; one that cannot
+    be deleted is skipped and said once; lost+found and a stranger's directory stay."""
     rec_dir = small_disk / "recordings"
-    for i, name in enumerate(["20200101-000000-old", "20200102-000000-older"]):
+    stuck = rec_dir / "20190101-000000-stuck"
+    for i, name in enumerate(["20190101-000000-stuck", "20200101-000000-old", "20200102-000000-older"]):
         old = rec_dir / name
         old.mkdir(parents=True)
-        (old / "seg-00001.ts").write_bytes(os.urandom(4 * 1024 * 1024))
+        (old / "seg-00001.ts").write_bytes(os.urandom(3 * 1024 * 1024))
+        (old / "session.json").write_text(json.dumps({"session": name}))
         os.utime(old, (1_000_000 + i, 1_000_000 + i))
+    (stuck / "busy").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(stuck / "busy")], check=True)
+    (rec_dir / "lost+found").mkdir()
+    (rec_dir / "notes").mkdir()
+    (rec_dir / "notes" / "setlist.txt").write_text("not a session\n")
+    os.utime(rec_dir / "lost+found", (1, 1))
     d = daemon_factory(config_extra="""
 [recording]
 segment_seconds = 1
@@ -288,10 +299,15 @@ warn_free_mb = 7
     assert "retention: deleted old session 20200101-000000-old" in log
     assert "retention: deleted old session 20200102-000000-older" in log
     assert log.index("20200101-000000-old") < log.index("20200102-000000-older"), "oldest first"
+    assert log.count("retention: cannot delete old session 20190101-000000-stuck") == 1, "said once, then skipped"
+    assert len([line for line in log.splitlines() if "retention:" in line]) <= 4, "no loop"
+    assert "20190101-000000-stuck" in rec["undeletable_sessions"]
+    assert (rec_dir / "lost+found").is_dir() and (rec_dir / "notes" / "setlist.txt").exists(), "not ours: kept"
     assert d.request("stop")["ok"]
     d.wait_state("READY")
     assert d.terminate() == 0
-    session = only_session(rec_dir)
+    subprocess.run(["umount", str(stuck / "busy")], check=True)
+    (session,) = [d for d in rec_dir.iterdir() if d.name not in (stuck.name, "lost+found", "notes")]
     assert decode_files(segments(session)).video_pts, "what was recorded before the disk filled is intact"
 
 

@@ -121,7 +121,11 @@ class ApiServer:
             try:
                 self.token = await asyncio.to_thread(load_or_make_token, self.token_file.parent)
             except OSError as e:
-                raise ComponentError(f"cannot keep the API token in {self.token_file}: {e.strerror}") from None
+                # (a card remounted read-only): the page still shows the box; control actions
+                # over HTTP wait for a token anyone can read, the button and the socket work.
+                self.token = secrets.token_urlsafe(24)
+                log.error("api: cannot keep a token in %s (%s): the API takes no control action until the "
+                          "daemon restarts with it writable, or api.token is set", self.token_file, e.strerror or e)
         app = web.Application(middlewares=[self._auth], client_max_size=64 * 1024)
         app.add_routes([
             web.get("/", self._index),
@@ -275,7 +279,8 @@ class ApiServer:
         return web.json_response(self.service.status())
 
     async def _live(self, request):
-        return web.json_response(await self.service.handle_command({"cmd": "live", "source": "web"}))
+        answer = await self.service.handle_command({"cmd": "live", "source": "web"})
+        return web.json_response(answer, status=200 if answer.get("ok") else 409)  # 409: refused while booting
 
     async def _stop(self, request):
         return web.json_response(await self.service.handle_command({"cmd": "stop", "source": "web"}))

@@ -58,6 +58,7 @@ class Recorder:
         self.bytes = 0
         self.dead = ""
         self.deleted_sessions: list[str] = []
+        self.undeletable: dict[str, str] = {}  # old sessions retention could not delete -> why (skipped)
         self._queue: queue.Queue = queue.Queue(QUEUE_PACKETS)
         self._thread: threading.Thread | None = None
         self._mux: TsMuxer | None = None
@@ -129,6 +130,7 @@ class Recorder:
             "dropped_packets": self.dropped,
             "recording": self._thread is not None and not self.dead,
             **({"stopped": self.dead} if self.dead else {}),
+            **({"undeletable_sessions": dict(self.undeletable)} if self.undeletable else {}),
         }
 
     def _open_segment_bytes(self) -> int:
@@ -255,16 +257,33 @@ class Recorder:
             if oldest is None:
                 self._fail(OSError(errno.ENOSPC, f"No space left: {free:.0f} MB free, need {self.cfg.min_free_mb} MB"))
                 return False
-            shutil.rmtree(oldest, ignore_errors=True)
-            self.deleted_sessions.append(oldest.name)
-            log.warning("retention: deleted old session %s to keep %d MB free", oldest.name, self.cfg.min_free_mb,
-                        extra={"OUTPUT": self.name, "DELETED": oldest.name})
+            errors: list[OSError] = []
+            shutil.rmtree(oldest, onerror=lambda fn, path, exc: errors.append(exc[1]))
+            if oldest.exists():
+                # Skipped from now on, said once: picked again, it would be picked for ever.
+                why = str(errors[0]) if errors else "still there"
+                self.undeletable[oldest.name] = why
+                log.error("retention: cannot delete old session %s (%s): skipped", oldest.name, why,
+                          extra={"OUTPUT": self.name})
+            else:
+                self.deleted_sessions.append(oldest.name)
+                log.warning("retention: deleted old session %s to keep %d MB free", oldest.name, self.cfg.min_free_mb,
+                            extra={"OUTPUT": self.name, "DELETED": oldest.name})
             free = self._free_mb()
         return True
 
     def _oldest_other_session(self) -> Path | None:
-        others = [d for d in self.directory.iterdir() if d.is_dir() and d != self.session_dir]
-        return min(others, key=lambda d: (d.stat().st_mtime, d.name)) if others else None
+        """Only a session we wrote (its manifest says so), never lost+found or a stranger's directory."""
+        others = []
+        for d in self.directory.iterdir():
+            if d == self.session_dir or d.name in self.undeletable:
+                continue
+            try:
+                if d.is_dir() and not d.is_symlink() and (d / MANIFEST).is_file():
+                    others.append((d.stat().st_mtime, d.name, d))
+            except OSError:  # unreadable: not ours to judge, nor to delete
+                continue
+        return min(others)[2] if others else None
 
     def _write_manifest(self, open_segment: str | None, complete: bool = False) -> None:
         s = self.session

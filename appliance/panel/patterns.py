@@ -88,6 +88,8 @@ TABLE: tuple[Row, ...] = (
     Row("live", 100, Pattern.FAST, "going live", "wait", states=(State.GOING_LIVE,), acknowledgeable=False),
     Row("live", 90, Pattern.DOUBLE, "live, but NOT recording (disk full or failing)", "the stream goes on; free space or replace the card after the show",
         states=LIVE_STATES, condition="recording stopped: *", acknowledgeable=False),
+    Row("live", 87, Pattern.TRIPLE, "live; the state card refuses writes (read-only or full): a restart would not resume the show",
+        "replace or free the card after the show", states=LIVE_STATES, condition=C.state_unsaved("*")),
     Row("live", 85, Pattern.WINK, "live; the recording disk is nearly full", "old recordings are being deleted; offload them after the show",
         states=LIVE_STATES, condition=C.DISK_LOW),
     Row("live", 80, Pattern.SOLID, "LIVE: streaming and recording", "hold GO for 2 s to stop", states=LIVE_STATES,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
 from appliance import __version__
+from appliance import conditions
 from appliance.conditions import component_failed
 from appliance.config import Config, runtime_dir, state_dir
 from appliance.errors import AlreadyRunning
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 # How long outputs get to finalize (close and fsync the recording) on a stop.
 STOP_TIMEOUT = 8.0
+SAVE_RETRY = 10.0  # s between attempts to save the live intent after a failed write
 
 
 class Component(Protocol):
@@ -93,6 +95,9 @@ class Service:
         self._tasks: set[asyncio.Task] = set()
         self._outputs_task: asyncio.Task | None = None
         self._failed_outputs: list[str] = []
+        self._unsaved: str | None = None  # the condition while the live intent cannot be saved
+        self._unsaved_intent: bool | None = None
+        self._last_ignored: tuple[Event, str] | None = None
         self.power_off: dict | None = None
         self._exit: asyncio.Event | None = None
 
@@ -132,6 +137,7 @@ class Service:
         who = f" from {event.source}" if event.source else ""
         if result.ignored:
             log.info("%s%s ignored: %s", event.kind.value, who, result.ignored)
+            self._last_ignored = (event, result.ignored)
         self.snapshot = after
         if after.state is not before.state:
             self.since = time.time()
@@ -158,9 +164,9 @@ class Service:
 
     async def _do(self, action: Action) -> None:
         if action is Action.REMEMBER_LIVE:
-            await asyncio.to_thread(self.store.save, live_intent=True)
+            await self._save_intent(True)
         elif action is Action.FORGET_LIVE:
-            await asyncio.to_thread(self.store.save, live_intent=False)
+            await self._save_intent(False)
         elif action is Action.START_OUTPUTS:
             self._run_outputs(self._start_outputs())
         elif action is Action.STOP_OUTPUTS:
@@ -169,6 +175,37 @@ class Service:
             # Chained after any start/stop of the outputs: the recording is
             # finalized before the command runs, whatever state we were in.
             self._run_outputs(self._power_off(self.snapshot.power_off))
+
+    async def _save_intent(self, live: bool) -> None:
+        """The live intent on disk. A card remounted read-only, a full disk: the show goes
+        on (a condition says so) and the write is tried again until it succeeds; an action
+        that raised here would leave the next ones (START_OUTPUTS) undone."""
+        try:
+            await asyncio.to_thread(self.store.save, live_intent=live)
+        except OSError as e:
+            self._unsaved_intent = live
+            if self._unsaved is None:
+                self._unsaved = conditions.state_unsaved(e.strerror or str(e))
+                log.error("%s (%s): the show goes on; trying again every %g s", self._unsaved, self.store.path,
+                          SAVE_RETRY)
+                self.post(Kind.DEGRADED, self._unsaved, "state")
+                self._spawn(self._retry_save(), "state-save")
+            return
+        self._unsaved_intent = None
+
+    async def _retry_save(self) -> None:
+        while self._unsaved_intent is not None:
+            await asyncio.sleep(SAVE_RETRY)
+            if self._unsaved_intent is None:
+                break
+            try:
+                await asyncio.to_thread(self.store.save, live_intent=self._unsaved_intent)
+                self._unsaved_intent = None
+            except OSError:
+                continue
+        log.info("state saved again in %s", self.store.path)
+        self.post(Kind.RECOVERED, self._unsaved, "state")
+        self._unsaved = None
 
     def _run_outputs(self, coro: Awaitable) -> None:
         # Starting and stopping outputs can take seconds (an encoder probe, an
@@ -279,9 +316,15 @@ class Service:
         if cmd == "status":
             return {"ok": True, "status": self.status()}
         if cmd in ("live", "stop"):
+            self._last_ignored = None
             self.post(Kind.GO if cmd == "live" else Kind.STOP, source=str(req.get("source", "control")))
             # Let the event be applied so the answer shows its effect.
             await self._settle()
+            ignored = self._last_ignored
+            if ignored is not None and ignored[0].kind is Kind.GO and ignored[1] in ("still booting", "shutting down"):
+                # Not "ok" and then dropped: the tech is told to press again once READY.
+                return {"ok": False, "state": self.snapshot.state.value,
+                        "error": f"GO refused: {ignored[1]} (press it again once READY)"}
             return {"ok": True, "state": self.snapshot.state.value}
         if cmd == "sim":
             return await self._sim_command(req)
