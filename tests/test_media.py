@@ -398,3 +398,28 @@ def test_the_test_pattern_drops_the_frames_it_owes_after_a_stall():
     finally:
         src.stop()
     assert 0.5 * FPS <= made <= 1.4 * FPS, f"{made} frames in 2 s of which 1 s stalled"
+
+
+def test_recording_too_slow_clears_once_the_disk_has_kept_up_again(tmp_path):
+    """One hiccup of a slow card is not a fault for the rest of the show."""
+    from fractions import Fraction
+
+    from appliance.conditions import RECORDER_BEHIND
+    from appliance.config import RecordingSection
+    from appliance.media.encoders import EncodedPacket
+    from appliance.outputs.recorder import QUEUE_PACKETS, Recorder
+
+    reports = []
+    rec = Recorder(RecordingSection(), tmp_path, lambda c, a: reports.append((c, a)))  # its writer not started:
+    rec.kept_up_for = 0.3                                                              # a disk that has stopped
+    pkt = EncodedPacket(1, b"\x00" * 100, 0, 0, True, Fraction(1, 48000))
+    for _ in range(QUEUE_PACKETS + 5):
+        rec.packet(pkt)
+    assert reports == [(RECORDER_BEHIND, True)] and rec.dropped == 5
+    while not rec._queue.empty():  # the disk catches up
+        rec._queue.get_nowait()
+    rec.packet(pkt)
+    assert reports[-1] == (RECORDER_BEHIND, True), "not at once: it must keep up for a while"
+    time.sleep(0.4)
+    rec.packet(pkt)
+    assert reports[-1] == (RECORDER_BEHIND, False)

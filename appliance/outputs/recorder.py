@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 QUEUE_PACKETS = 1500  # ~15 s of 30 fps video plus two audio tracks
 FSYNC_EVERY = 2.0
 MANIFEST = "session.json"
+KEPT_UP_FOR = 60.0  # s without a dropped packet: "too slow" clears
 
 
 
@@ -69,6 +70,8 @@ class Recorder:
         self._last_fsync = 0.0
         self._low_warned = False
         self._behind = False
+        self._dropped_at = 0.0
+        self.kept_up_for = KEPT_UP_FOR
 
     # --- the media thread's side -------------------------------------------------
 
@@ -79,10 +82,17 @@ class Recorder:
             self._queue.put_nowait(pkt)
         except queue.Full:
             self.dropped += 1
+            self._dropped_at = time.monotonic()
             if not self._behind:
                 self._behind = True
                 log.error("recorder: the disk cannot keep up, dropping packets", extra={"OUTPUT": self.name})
                 self.report(RECORDER_BEHIND, True)
+            return
+        if self._behind and time.monotonic() - self._dropped_at >= self.kept_up_for:
+            # One hiccup (a slow card's garbage collection) is not a lasting fault.
+            self._behind = False
+            log.info("recorder: the disk has kept up for %.0f s again", self.kept_up_for, extra={"OUTPUT": self.name})
+            self.report(RECORDER_BEHIND, False)
 
     # --- lifecycle (loop side, through to_thread) -------------------------------------------
 

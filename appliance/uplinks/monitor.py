@@ -60,6 +60,8 @@ class UplinkMonitor:
         self._active_conditions: set[str] = set()
         self._health_bands = HealthBands()
         self._saved_at = 0.0
+        self._save_due = False  # the loop saves the data usage (in a thread) after this tick
+        self._save_failing = False
         self._streaming_since: float | None = None
         self._task: asyncio.Task | None = None
 
@@ -100,7 +102,7 @@ class UplinkMonitor:
             await asyncio.to_thread(self.modem.stop)
         if self.modem_sim is not None:
             self.modem_sim.close()
-        self._save_usage()
+        await asyncio.to_thread(self._save_usage)
 
     def status(self) -> dict:
         d = self.decision
@@ -123,6 +125,9 @@ class UplinkMonitor:
             try:
                 present = await asyncio.to_thread(self._present)
                 self.tick(time.monotonic(), present)
+                if self._save_due:
+                    self._save_due = False
+                    await asyncio.to_thread(self._save_usage)  # an fsync: never on the loop
             except Exception:
                 log.exception("uplink policy tick failed")
             await asyncio.sleep(TICK)
@@ -188,7 +193,7 @@ class UplinkMonitor:
         self._conditions(views, d, streaming=bond is not None and now - self._streaming_since > 3.0)
         if now - self._saved_at >= SAVE_EVERY:
             self._saved_at = now
-            self._save_usage()
+            self._save_due = True
 
     def _log_health(self, name: str, h, now: float) -> None:
         band = self._health_bands.update(name, h.score, now)
@@ -230,20 +235,27 @@ class UplinkMonitor:
             log.warning("uplinks: %s unreadable (%s): data usage starts from zero", self.usage_path, e)
 
     def _save_usage(self) -> None:
+        """Blocking (a thread): logged when it starts failing and when it works again."""
         if self.usage_path is None:
             return
         try:
             self.usage_path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.usage_path, json.dumps({"bytes": self.usage}).encode())
+            atomic_write(self.usage_path, json.dumps({"bytes": dict(self.usage)}).encode())
         except OSError as e:
-            log.warning("uplinks: cannot save data usage to %s: %s", self.usage_path, e)
+            if not self._save_failing:
+                log.warning("uplinks: cannot save data usage to %s: %s", self.usage_path, e)
+            self._save_failing = True
+            return
+        if self._save_failing:
+            log.info("uplinks: data usage saved again to %s", self.usage_path)
+        self._save_failing = False
 
     def reset_usage(self, link: str | None = None) -> None:
+        """(The caller saves: async_reset_usage, in a thread.)"""
         for name in list(self.usage) if link is None else [link]:
             self.usage[name] = 0
         self._active_conditions = {c for c in self._active_conditions
                                    if not (c.startswith("cap:") and (link is None or c == f"cap:{link}"))}
-        self._save_usage()
 
     async def async_reset_usage(self, req: dict) -> dict:
         """The control command: a new billing period on a metered SIM. A link that
@@ -258,6 +270,7 @@ class UplinkMonitor:
                     + f" (known: {', '.join(known) or 'none'})"}
         was = {name: round(self.usage.get(name, 0) / 1e6, 1) for name in ([link] if link else known)}
         self.reset_usage(link)
+        await asyncio.to_thread(self._save_usage)
         log.warning("uplinks: data usage reset: %s", ", ".join(f"{n} (was {mb} MB)" for n, mb in was.items()) or "none",
                     extra={"EVENT": "usage_reset"})
         return {"ok": True, "reset_mb": was}
@@ -292,7 +305,7 @@ class UplinkMonitor:
         self.last_preflight = report
         if self.preflight_path is not None:
             try:
-                atomic_write(self.preflight_path, json.dumps(report, indent=1).encode())
+                await asyncio.to_thread(atomic_write, self.preflight_path, json.dumps(report, indent=1).encode())
             except OSError as e:
                 log.warning("preflight: cannot save to %s: %s", self.preflight_path, e)
         log.info("preflight: %s", report["verdict"], extra={"EVENT": "preflight", "VERDICT": report["verdict"]})
