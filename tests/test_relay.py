@@ -422,3 +422,47 @@ def test_appliance_relay_refuses_a_weak_secret(tmp_path):
     (tmp_path / "weak").write_text("short")
     r = run_cli("relay", "--listen", "5000", "--to", "srt://127.0.0.1:9", "--secret-file", str(tmp_path / "weak"))
     assert r.returncode == 78 and "at least 16 bytes" in r.stderr
+
+
+def test_an_ingest_name_that_resolves_late_is_retried_and_said_once(private_hosts):
+    """`--to srt://ingest.bench.test:PORT` while that name does not resolve yet: the group's
+    packets reach the ingest once it does, with no new registration."""
+    import subprocess
+
+    from conftest import APPLIANCE, free_port
+
+    ingest = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    ingest.bind(("127.0.0.1", 0))
+    ingest.settimeout(0.2)
+    port = free_port()
+    proc = subprocess.Popen([*private_hosts.prefix, *APPLIANCE, "relay", "--listen", str(port), "--bind", "127.0.0.1",
+                             "--to", f"srt://ingest.bench.test:{ingest.getsockname()[1]}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    link = client()
+    target = type("R", (), {"addr": ("127.0.0.1", port)})()
+    try:
+        def registers():
+            try:
+                register(target, [link])
+                return True
+            except (socket.timeout, ConnectionRefusedError):
+                return False
+        wait_until(registers, 10, what="the relay answering")
+
+        def arrives(seq: int) -> bool:
+            link.sendto(srt_data(seq), target.addr)
+            try:
+                return srtla.srt_seq(ingest.recv(2000)) is not None
+            except socket.timeout:
+                return False
+        for seq in range(10):
+            assert not arrives(seq), "nowhere to go yet"
+        private_hosts.set({"ingest.bench.test": "127.0.0.1"})
+        wait_until(lambda: arrives(100), 10, interval=0.05, what="the packets reaching the ingest once it resolves")
+    finally:
+        link.close()
+        ingest.close()
+        proc.terminate()
+        out = proc.communicate(timeout=10)[0]
+    assert out.count("cannot reach the SRT server") == 1, out
+    assert "is reachable again" in out, out

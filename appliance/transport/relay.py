@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 LINK_TIMEOUT = 10.0
 GROUP_TIMEOUT = 10.0
 CLEANUP_EVERY = 1.0
+SERVER_RETRY = 1.0  # s between attempts to open a group's socket towards the ingest
 IDLE_GROUP = 5.0  # s: registered and never carried data (irlserver/srtla reaps them after 5 s)
 CHALLENGE_TTL = 10  # s a challenge is good for (once)
 USED_MAX = 200_000  # challenges remembered: beyond that, proofs are refused until some expire
@@ -75,6 +76,7 @@ class Group:
     last_link: tuple | None = None
     transport: asyncio.DatagramTransport | None = None
     opening: bool = False  # the server-side socket is being made: a second REG2 must not make another
+    opened_at: float = 0.0  # when it was last tried (the ingest's name may not resolve yet)
     bytes_in: int = 0
 
 
@@ -109,6 +111,7 @@ class Relay(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self._cleanup: asyncio.Task | None = None
         self._pending: set[asyncio.Task] = set()
+        self._server_error = ""  # logged once while it lasts
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -282,11 +285,16 @@ class Relay(asyncio.DatagramProtocol):
                     group.transport = transport
                 else:
                     transport.close()  # the group expired while its socket was being made
-            except OSError as e:
-                log.error("relay: cannot reach the SRT server %s: %s", _show(self.server), e)
+                if self._server_error:
+                    log.info("relay: the SRT server %s is reachable again", _show(self.server))
+                    self._server_error = ""
+            except OSError as e:  # (socket.gaierror among them: a name that does not resolve)
+                if str(e) != self._server_error:
+                    log.error("relay: cannot reach the SRT server %s: %s: retrying", _show(self.server), e)
+                self._server_error = str(e)
             finally:
                 group.opening = False
-        group.opening = True
+        group.opening, group.opened_at = True, time.monotonic()
         task = loop.create_task(connect())
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -310,6 +318,8 @@ class Relay(asyncio.DatagramProtocol):
             self.forwarded += 1
         else:
             self.dropped["server side not ready"] += 1
+            if not group.opening and time.monotonic() - group.opened_at >= SERVER_RETRY:
+                self._open_server_side(group)  # the last try failed (name, route): again
         seq = srtla.srt_seq(d)
         if seq is not None:
             link.received += 1
