@@ -250,6 +250,8 @@ class PowerSection(Section):
     critical_minutes: float = Field(5.0, ge=0)
     # Critical: wait this long for mains to return before stopping and powering off.
     grace_seconds: float = Field(15.0, ge=0, le=600)
+    # A source silent this long while it was on battery counts as critical (NUT's DEADTIME).
+    dead_seconds: float = Field(15.0, ge=1, le=600)
     # Low battery: cap the encoder at this bitrate to save power.
     shed_bitrate_kbps: int = Field(1500, ge=100, le=50000)
     # Before powering off, tell the UPS to cut its output after this many

@@ -363,8 +363,40 @@ def test_policy_runtime_thresholds_and_stale_sources():
     t = Thresholds()
     assert assess([state(False, 90, runtime=4 * 60)], t).critical
     assert assess([state(False, 90, runtime=15 * 60)], t).low
-    a = assess([state(False, 5, stale=True)], t)
-    assert not a.critical and a.monitor_lost, "stale figures are not acted upon"
+    silent = state(False, 50, stale=True)
+    silent.updated = 100.0
+    a = assess([silent], t, now=110.0)
+    assert not a.critical and a.monitor_lost and a.on_battery, "silent 10 s: not yet"
+    a = assess([silent], t, now=100.0 + t.dead_seconds)
+    assert a.critical and "silent for 15 s while on battery" in a.reason, "silent on battery for DEADTIME: critical"
+    on_mains = state(True, 50, stale=True)
+    on_mains.updated = 100.0
+    assert not assess([on_mains], t, now=200.0).critical, "silent on mains: only lost"
+
+
+def test_policy_on_battery_with_the_ups_low_battery_flag_is_critical_at_any_charge():
+    lb = state(False, 100)
+    lb.alarms = ["battery low"]
+    a = assess([lb], Thresholds())
+    assert a.critical and "the UPS reports battery low" in a.reason, "OB+LB, as upsmon"
+    lb.on_mains = True
+    assert not assess([lb], Thresholds()).critical, "OL+LB: charging, nothing to do"
+
+
+def test_policy_once_begun_only_an_answering_source_on_mains_cancels():
+    t = Thresholds(grace_seconds=10, dead_seconds=15)
+    p = PowerPolicy(t)
+    p.update(assess([state(False, 5)], t, 0), 0)
+    silent = state(False, 5, stale=True)  # the UPS stops answering during the countdown
+    silent.updated = 1.0
+    kinds = [d.kind for d in p.update(assess([silent], t, 5), 5)]
+    assert "cancel" not in kinds, "silence is not mains"
+    assert "power_off" in [d.kind for d in p.update(assess([silent], t, 10), 10)], "the countdown ran out"
+    p = PowerPolicy(t)
+    p.update(assess([state(False, 5)], t, 0), 0)
+    assert "cancel" not in [d.kind for d in p.update(assess([state(False, 12)], t, 5), 5)], \
+        "above critical again under a lighter load: still on battery, the sequence goes on"
+    assert "power_off" in [d.kind for d in p.update(assess([state(False, 12)], t, 10), 10)]
 
 
 # --- the daemon: finalize before power off; cancel in time --------------------------------------
@@ -453,3 +485,71 @@ def test_ups_is_told_to_cut_its_output_before_power_off(tmp_path):
     asyncio.run(run())
     assert b"S.5R0000\r" in mon.sims["ups"].commands
 
+
+
+def _shutdown_ran(out):
+    at = out.with_suffix(".at")
+    return at.exists() and at.read_text().endswith("\n")  # the shell makes the file before `date` writes
+
+
+def test_on_battery_with_the_ups_low_flag_at_a_healthy_voltage_shuts_down_finalized(daemon_factory, tmp_path):
+    """Q1 status with utility fail and battery low set, the battery reading 90 %: upsmon shuts down on OB+LB, and so do we."""
+    out = tmp_path / "shutdown"
+    d = daemon_factory(config_extra=POWER_CFG.format(grace=1, rec=tmp_path / "box" / "recordings", out=out)).start()
+    d.wait_state("READY", timeout=20)
+    d.request("live")
+    d.wait_state(("LIVE", "DEGRADED"))
+    time.sleep(1.0)
+    t0 = time.time()
+    assert d.request("sim", action="mains-fail")["ok"]
+    assert d.request("sim", action="battery", percent=90, ups_low=True)["ok"]
+    wait_until(lambda: _shutdown_ran(out), 20, what="the shutdown command")
+    print(f"OB+LB -> shutdown command: {float(out.with_suffix('.at').read_text()) - t0:.2f} s")
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["complete"] and manifest["open_segment"] is None, "finalized before the command ran"
+    assert "the UPS reports battery low" in d.log()
+    assert d.terminate() == 0
+
+
+def test_a_ups_that_falls_silent_during_the_countdown_still_shuts_the_box_down(daemon_factory, tmp_path):
+    """On battery near empty, the countdown starts, then neither the UPS nor the battery
+    monitor answers: that is a battery about to die, never "mains are back"."""
+    out = tmp_path / "shutdown"
+    d = daemon_factory(config_extra=POWER_CFG.format(grace=4, rec=tmp_path / "box" / "recordings", out=out)).start()
+    d.wait_state("READY", timeout=20)
+    d.request("live")
+    d.wait_state(("LIVE", "DEGRADED"))
+    d.request("sim", action="mains-fail")
+    d.request("sim", action="battery", percent=8)
+    wait_until(lambda: "battery critical" in d.request("status")["status"]["conditions"], 10, what="critical")
+    t0 = time.time()
+    for device in ("ups", "battery"):
+        assert d.request("sim", action="power-unplug", device=device)["ok"]
+    wait_until(lambda: "power monitor not answering" in d.request("status")["status"]["conditions"], 10,
+               what="both sources silent")
+    wait_until(lambda: _shutdown_ran(out), 20, what="the shutdown command all the same")
+    print(f"sources silent -> shutdown command: {float(out.with_suffix('.at').read_text()) - t0:.2f} s")
+    assert "shutdown cancelled" not in d.log()
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["complete"], "finalized before the command ran"
+    assert d.terminate() == 0
+
+
+def test_a_ups_silent_while_on_battery_becomes_critical_after_the_dead_time(daemon_factory, tmp_path):
+    out = tmp_path / "shutdown"
+    d = daemon_factory(config_extra=POWER_CFG.format(grace=1, rec=tmp_path / "box" / "recordings", out=out)
+                       + "dead_seconds = 3\n").start()
+    d.wait_state("READY", timeout=20)
+    d.request("live")
+    d.wait_state(("LIVE", "DEGRADED"))
+    d.request("sim", action="mains-fail")  # on battery, 100 %: nothing to do yet
+    wait_until(lambda: "on battery" in d.request("status")["status"]["conditions"], 10, what="on battery")
+    t0 = time.time()
+    for device in ("ups", "battery"):
+        d.request("sim", action="power-unplug", device=device)
+    wait_until(lambda: _shutdown_ran(out), 30, what="the shutdown command after the dead time")
+    took = float(out.with_suffix(".at").read_text()) - t0
+    print(f"silent on battery -> shutdown command: {took:.2f} s (stale after 5 polls, dead time 3 s, grace 1 s)")
+    assert took >= 3, "not before the dead time"
+    assert "silent for" in d.log() and "while on battery" in d.log()
+    assert d.terminate() == 0

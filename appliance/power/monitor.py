@@ -46,7 +46,7 @@ class PowerMonitor:
         self.sources: list[Source] = []
         self.sims: dict = {}
         self.policy = PowerPolicy(Thresholds(self.cfg.low_percent, self.cfg.critical_percent, self.cfg.low_minutes,
-                                             self.cfg.critical_minutes, self.cfg.grace_seconds))
+                                             self.cfg.critical_minutes, self.cfg.grace_seconds, self.cfg.dead_seconds))
         self.assessment = None
         self.health: dict = {}
         self._hot = False
@@ -121,7 +121,7 @@ class PowerMonitor:
             await asyncio.sleep(TICK)
 
     def tick(self, now: float) -> None:
-        self.assessment = a = assess([s.state for s in self.sources], self.policy.thresholds)
+        self.assessment = a = assess([s.state for s in self.sources], self.policy.thresholds, now)
         for d in self.policy.update(a, now):
             if d.kind == "condition":
                 (log.warning if d.active else log.info)(
@@ -192,7 +192,9 @@ class PowerMonitor:
         elif action == "mains-restore":
             model.set(on_mains=True)
         elif action == "battery":
-            model.set(charge=float(req["percent"]), discharge_per_second=req.get("discharge_per_second"))
+            model.set(charge=float(req["percent"]) if "percent" in req else None,
+                      discharge_per_second=req.get("discharge_per_second"),
+                      ups_low=bool(req["ups_low"]) if "ups_low" in req else None)
         elif action in ("power-unplug", "power-replug"):
             device = req.get("device", "ups")
             if device not in self.sims or device == "model":

@@ -4,8 +4,14 @@
     on battery  -> condition (panel, API)
     low         -> condition, shed load (lower the encoder's bitrate ceiling)
     critical    -> condition and a countdown (grace); when it ends: stop live,
-                   finalize the recording, power off. Mains back during the
-                   countdown cancels it.
+                   finalize the recording, power off. Only a source that answers
+                   and reports mains back cancels it.
+
+Critical as NUT's upsmon judges it (docs/power.md): on battery and the UPS's own
+low-battery flag (OB+LB), or on battery below the critical thresholds; and a
+source that falls silent while on battery is critical once it has been silent
+for the dead time (upsmon's DEADTIME): a UPS that stops answering near empty is
+about to die, not back on mains.
 
 No I/O here: the monitor feeds assessments in and carries the decisions out,
 and the tests walk every path with a fake clock.
@@ -26,6 +32,7 @@ class Thresholds:
     low_minutes: float = 20.0
     critical_minutes: float = 5.0
     grace_seconds: float = 15.0
+    dead_seconds: float = 15.0  # silent this long while on battery: critical (NUT's DEADTIME)
 
 
 @dataclass(frozen=True)
@@ -34,15 +41,22 @@ class Assessment:
     low: bool = False
     critical: bool = False
     monitor_lost: bool = False
+    mains_back: bool = False  # a source that answers reports mains: the only thing that cancels a shutdown
     reason: str = ""  # the figures behind it, for the log
 
 
-def assess(states: list[PowerState], t: Thresholds) -> Assessment:
+def assess(states: list[PowerState], t: Thresholds, now: float | None = None) -> Assessment:
+    """now (monotonic): for a source silent since its last good reading (PowerState.updated)."""
     live = [s for s in states if not s.stale]
     lost = any(s.stale for s in states)
     on_battery = [s for s in live if s.on_mains is False]
     low = critical = False
     reasons = []
+    for s in states:
+        silent = s.age(now) if s.stale else None
+        if s.stale and s.on_mains is False and silent is not None and silent >= t.dead_seconds:
+            critical = True
+            reasons.append(f"{s.source}: silent for {silent:.0f} s while on battery")
     for s in on_battery:
         bits = []
         if s.charge_percent is not None:
@@ -54,10 +68,13 @@ def assess(states: list[PowerState], t: Thresholds) -> Assessment:
             low |= s.runtime_seconds < t.low_minutes * 60
             critical |= s.runtime_seconds < t.critical_minutes * 60
         if "battery low" in s.alarms:
-            low = True
+            critical = True  # OB+LB: the UPS itself says it is about to give out, whatever its figures
+            bits.append("the UPS reports battery low")
         reasons.append(f"{s.source}: on battery" + (", " + ", ".join(bits) if bits else ""))
+    # A source that fell silent on battery is still on battery as far as anyone knows.
+    on_battery = on_battery or [s for s in states if s.stale and s.on_mains is False]
     return Assessment(on_battery=bool(on_battery), low=low or critical, critical=critical, monitor_lost=lost,
-                      reason="; ".join(reasons))
+                      mains_back=any(s.on_mains is True for s in live), reason="; ".join(reasons))
 
 
 @dataclass(frozen=True)
@@ -94,10 +111,15 @@ class PowerPolicy:
             elif now >= self.deadline:
                 self.fired = True
                 out.append(Decision("power_off", reason=a.reason))
-        elif not a.critical and self.deadline is not None and not self.fired:
-            self.deadline = None
-            why = "mains are back" if not a.on_battery else "the battery is above critical again"
-            out.append(Decision("cancel", reason=why))
+        elif self.deadline is not None and not self.fired:
+            if a.mains_back and not a.critical:
+                self.deadline = None
+                out.append(Decision("cancel", reason="mains are back"))
+            elif now >= self.deadline:
+                # Begun, it completes: a battery that reads above critical again under a
+                # lighter load, or a UPS that fell silent, is no reason to run it flat.
+                self.fired = True
+                out.append(Decision("power_off", reason=a.reason or "the countdown ran out"))
         return out
 
     def seconds_left(self, now: float) -> float | None:

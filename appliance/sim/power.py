@@ -32,6 +32,7 @@ class BatteryModel:
         self.discharge_per_second = discharge_per_second
         self.charge_per_second = charge_per_second
         self.load_percent = load_percent
+        self.ups_low = False  # the UPS's own battery-low flag, whatever the charge (a worn battery)
         self._t = time.monotonic()
 
     def _advance(self) -> None:
@@ -49,9 +50,11 @@ class BatteryModel:
             return self._charge
 
     def set(self, charge: float | None = None, on_mains: bool | None = None,
-            discharge_per_second: float | None = None) -> None:
+            discharge_per_second: float | None = None, ups_low: bool | None = None) -> None:
         with self._lock:
             self._advance()
+            if ups_low is not None:
+                self.ups_low = ups_low
             if charge is not None:
                 self._charge = max(0.0, min(100.0, charge))
             if on_mains is not None:
@@ -140,7 +143,7 @@ class UpsSim(_SimDevice):
         low, high = 104 * self.NOMINAL / 120, 130 * self.NOMINAL / 120
         per_cell = (low + charge / 100 * (high - low)) / self.CELLS
         inp = 230.0 if m.on_mains else 0.0
-        bits = f"{int(not m.on_mains)}{int(charge < 20)}0000{int(self._shutdown_pending())}1"
+        bits = f"{int(not m.on_mains)}{int(charge < 20 or m.ups_low)}0000{int(self._shutdown_pending())}1"
         reply = (f"({inp:05.1f} {inp:05.1f} {230.0:05.1f} {int(m.load_percent):03d} {50.0:04.1f} "
                  f"{per_cell:4.2f} {30.0:04.1f} {bits}\r")
         return reply.encode()
