@@ -409,6 +409,18 @@ shutdown_command = ["sh", "-c", "cat {rec}/*/session.json > {out}.json; date +%s
 """
 
 
+def live_on_sim_power(daemon_factory, tmp_path, grace: float, extra: str = ""):
+    """The daemon live on the pty UPS and battery monitor; its shutdown command records
+    the session's manifest and the time it ran (out.json, out.at)."""
+    out = tmp_path / "shutdown"
+    d = daemon_factory(config_extra=POWER_CFG.format(grace=grace, rec=tmp_path / "box" / "recordings", out=out)
+                       + extra).start()
+    d.wait_state("READY", timeout=20)
+    d.request("live")
+    d.wait_state(("LIVE", "DEGRADED"))
+    return d, out
+
+
 def test_critical_battery_stops_live_and_finalizes_before_the_shutdown_command(daemon_factory, tmp_path):
     out = tmp_path / "shutdown"
     d = daemon_factory(config_extra=POWER_CFG.format(grace=1, rec=tmp_path / "box" / "recordings", out=out)).start()
@@ -494,11 +506,7 @@ def _shutdown_ran(out):
 
 def test_on_battery_with_the_ups_low_flag_at_a_healthy_voltage_shuts_down_finalized(daemon_factory, tmp_path):
     """Q1 status with utility fail and battery low set, the battery reading 90 %: upsmon shuts down on OB+LB, and so do we."""
-    out = tmp_path / "shutdown"
-    d = daemon_factory(config_extra=POWER_CFG.format(grace=1, rec=tmp_path / "box" / "recordings", out=out)).start()
-    d.wait_state("READY", timeout=20)
-    d.request("live")
-    d.wait_state(("LIVE", "DEGRADED"))
+    d, out = live_on_sim_power(daemon_factory, tmp_path, grace=1)
     time.sleep(1.0)
     t0 = time.time()
     assert d.request("sim", action="mains-fail")["ok"]
@@ -514,11 +522,7 @@ def test_on_battery_with_the_ups_low_flag_at_a_healthy_voltage_shuts_down_finali
 def test_a_ups_that_falls_silent_during_the_countdown_still_shuts_the_box_down(daemon_factory, tmp_path):
     """On battery near empty, the countdown starts, then neither the UPS nor the battery
     monitor answers: that is a battery about to die, never "mains are back"."""
-    out = tmp_path / "shutdown"
-    d = daemon_factory(config_extra=POWER_CFG.format(grace=4, rec=tmp_path / "box" / "recordings", out=out)).start()
-    d.wait_state("READY", timeout=20)
-    d.request("live")
-    d.wait_state(("LIVE", "DEGRADED"))
+    d, out = live_on_sim_power(daemon_factory, tmp_path, grace=4)
     d.request("sim", action="mains-fail")
     d.request("sim", action="battery", percent=8)
     wait_until(lambda: "battery critical" in d.request("status")["status"]["conditions"], 10, what="critical")
@@ -536,12 +540,7 @@ def test_a_ups_that_falls_silent_during_the_countdown_still_shuts_the_box_down(d
 
 
 def test_a_ups_silent_while_on_battery_becomes_critical_after_the_dead_time(daemon_factory, tmp_path):
-    out = tmp_path / "shutdown"
-    d = daemon_factory(config_extra=POWER_CFG.format(grace=1, rec=tmp_path / "box" / "recordings", out=out)
-                       + "dead_seconds = 3\n").start()
-    d.wait_state("READY", timeout=20)
-    d.request("live")
-    d.wait_state(("LIVE", "DEGRADED"))
+    d, out = live_on_sim_power(daemon_factory, tmp_path, grace=1, extra="dead_seconds = 3\n")
     d.request("sim", action="mains-fail")  # on battery, 100 %: nothing to do yet
     wait_until(lambda: "on battery" in d.request("status")["status"]["conditions"], 10, what="on battery")
     t0 = time.time()
