@@ -21,14 +21,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from appliance import conditions
+from appliance import conditions, hostnames
 from appliance.config import StreamSection
+from appliance.hostnames import NameNotResolved, parse_srt_url
 from appliance.media.encoders import EncodedPacket
 from appliance.media.mux import TsMuxer
 from appliance.outputs import Report, Session
 from appliance.transport.libsrt import LIVE_PAYLOAD, SrtCaller
-from appliance import hostnames
-from appliance.hostnames import NameNotResolved, parse_srt_url
 from appliance.uplinks.abr import VIDEO, VOICE, Abr, AbrLimits, DeliveryMeter
 
 log = logging.getLogger(__name__)
@@ -479,7 +478,7 @@ class SrtOutput:
             self.report(NOT_CONNECTED, False)
 
     def _name_condition(self, error: NameNotResolved | None) -> None:
-        """The condition "relay name does not resolve: HOST" while it is the current cause."""
+        """The condition "relay (or ingest) name does not resolve: HOST" while it is the current cause."""
         now = conditions.unresolved(error.role, error.host) if error is not None else None
         if now != self._unresolved:
             if self._unresolved is not None:

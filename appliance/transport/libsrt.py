@@ -15,8 +15,8 @@ import socket
 import struct
 import threading
 
-from appliance.errors import ApplianceError
 from appliance import hostnames
+from appliance.errors import ApplianceError
 
 LIBRARIES = ("libsrt.so.1.5", "libsrt-openssl.so.1.5", "libsrt-gnutls.so.1.5")
 INSTALL_HINT = "apt-get install libsrt1.5-openssl"
