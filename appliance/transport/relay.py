@@ -105,6 +105,7 @@ class Relay(asyncio.DatagramProtocol):
         self._used: dict[tuple[int, bytes], tuple[float, tuple]] = {}
         self._buckets: dict[str, tuple[float, float]] = {}  # source -> (tokens, when)
         self._groups_of: Counter[str] = Counter()
+        self._buckets_pruned = 0.0
         self.by_addr: dict[tuple, Group] = {}
         self.dropped: Counter[str] = Counter()
         self.forwarded = 0
@@ -345,12 +346,16 @@ class Relay(asyncio.DatagramProtocol):
             self.cleanup(time.monotonic())
 
     def cleanup(self, now: float) -> None:
-        for used, (until, _) in list(self._used.items()):
-            if until < now:
-                del self._used[used]
-        for src, (tokens, then) in list(self._buckets.items()):
-            if tokens + (now - then) * REG_RATE >= REG_BURST:
-                del self._buckets[src]  # full again: as if never seen
+        while self._used:  # in the order they were answered, so in the order they expire
+            first = next(iter(self._used))
+            if self._used[first][0] >= now:
+                break
+            del self._used[first]
+        if now - self._buckets_pruned >= 10.0:
+            self._buckets_pruned = now
+            for src, (tokens, then) in list(self._buckets.items()):
+                if tokens + (now - then) * REG_RATE >= REG_BURST:
+                    del self._buckets[src]  # full again: as if never seen
         for group in list(self.groups.values()):
             for addr, link in list(group.links.items()):
                 if now - link.last > LINK_TIMEOUT:
