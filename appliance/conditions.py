@@ -50,5 +50,10 @@ def state_unsaved(why: str) -> str:
     return f"cannot save state: {why}"
 
 
+def shutdown_failed(why: str) -> str:
+    """The shutdown command did not power the box off; it is tried again while not live."""
+    return f"shutdown failed: {why}"
+
+
 def component_failed(name: str) -> str:
     return f"{name} failed"

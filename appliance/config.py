@@ -262,6 +262,8 @@ class PowerSection(Section):
     # The board's own battery (psutil): "auto" uses it when the kernel has one.
     board_battery: Literal["auto", "yes", "no"] = "auto"
     shutdown_command: list[str] = ["systemctl", "poweroff"]
+    # A shutdown command that fails is run again this long after (twice at most, while not live).
+    shutdown_retry_seconds: float = Field(15.0, ge=1, le=600)
 
 
 class Config(Section):

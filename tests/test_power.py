@@ -348,6 +348,9 @@ def test_policy_walks_battery_low_critical_and_powers_off_after_the_grace():
     assert kinds(p.update(assess([state(False, 7)], t), 12.9)) == []
     assert ("power_off", "", True) in kinds(p.update(assess([state(False, 7)], t), 13))
     assert kinds(p.update(assess([state(False, 6)], t), 14)) == [], "only once"
+    p.update(assess([state(True, 6)], t), 20)  # still here (the command failed), mains back
+    p.update(assess([state(False, 5)], t), 30)
+    assert ("power_off", "", True) in kinds(p.update(assess([state(False, 5)], t), 40)), "a new episode"
 
 
 def test_policy_cancels_when_mains_return_in_time():
@@ -551,4 +554,53 @@ def test_a_ups_silent_while_on_battery_becomes_critical_after_the_dead_time(daem
     print(f"silent on battery -> shutdown command: {took:.2f} s (stale after 5 polls, dead time 3 s, grace 1 s)")
     assert took >= 3, "not before the dead time"
     assert "silent for" in d.log() and "while on battery" in d.log()
+    assert d.terminate() == 0
+
+
+FLAKY_SHUTDOWN = """
+[power]
+poll_seconds = 0.3
+grace_seconds = 1
+shutdown_retry_seconds = {retry}
+shutdown_command = ["sh", "-c", "n=$(cat {out}.n 2>/dev/null || echo 0); echo $((n+1)) > {out}.n; [ $n -ge 1 ] && date +%s.%N > {out}.at"]
+"""
+
+
+def _critical(d):
+    d.request("sim", action="mains-fail")
+    d.request("sim", action="battery", percent=8)
+
+
+def test_a_failing_shutdown_command_is_retried_and_powers_off_the_second_time(daemon_factory, tmp_path):
+    out = tmp_path / "shutdown"
+    d = daemon_factory(config_extra=FLAKY_SHUTDOWN.format(retry=1, out=out)).start()
+    d.wait_state("READY", timeout=20)
+    d.request("live")
+    d.wait_state(("LIVE", "DEGRADED"))
+    _critical(d)
+    wait_until(lambda: "shutdown command sh exited with 1" in d.log(), 20, what="the first attempt failing")
+    wait_until(lambda: _shutdown_ran(out), 10, what="the second attempt")
+    assert out.with_suffix(".n").read_text().strip() == "2"
+    st = d.request("status")["status"]
+    assert st["power_off"]["attempts"] == 2 and "error" not in st["power_off"], st["power_off"]
+    assert d.terminate() == 0
+
+
+def test_after_a_failed_shutdown_command_go_works_and_no_retry_cuts_the_show(daemon_factory, tmp_path):
+    out = tmp_path / "shutdown"
+    d = daemon_factory(config_extra=FLAKY_SHUTDOWN.format(retry=3, out=out)).start()
+    d.wait_state("READY", timeout=20)
+    d.request("live")
+    d.wait_state(("LIVE", "DEGRADED"))
+    _critical(d)
+    wait_until(lambda: any(c.startswith("shutdown failed: sh exited with 1")
+                           for c in d.request("status")["status"]["conditions"]), 20, what="the failure shown")
+    d.request("sim", action="mains-restore")  # the tech plugs the box into another socket ...
+    answer = d.request("live")  # ... and takes it back on air
+    assert answer["ok"], answer
+    d.wait_state(("LIVE", "DEGRADED"), timeout=10)
+    time.sleep(4)
+    assert not _shutdown_ran(out), "the retry never ran while live"
+    assert "shutdown not tried again: the box is" in d.log()
+    assert d.state() in ("LIVE", "DEGRADED")
     assert d.terminate() == 0

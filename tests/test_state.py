@@ -20,43 +20,43 @@ TABLE = {
         K.BOOTED: (S.READY, ()), K.GO: IGNORED, K.STOP: IGNORED, K.OUTPUTS_STARTED: IGNORED,
         K.OUTPUTS_STOPPED: IGNORED, K.OUTPUTS_FAILED: IGNORED, K.DEGRADED: (S.BOOTING, ()),
         K.RECOVERED: IGNORED, K.POWER_CRITICAL: (S.BOOTING, (OFF,)), K.POWER_OFF: (S.BOOTING, (FORGET, OFF)), K.FAULT: (S.FAULT, ()),
-        K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.BOOTING, ()),
+        K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.BOOTING, ()), K.POWER_OFF_FAILED: IGNORED,
     },
     S.READY: {
         K.BOOTED: IGNORED, K.GO: (S.GOING_LIVE, (REM, START)), K.STOP: IGNORED,
         K.OUTPUTS_STARTED: IGNORED, K.OUTPUTS_STOPPED: IGNORED, K.OUTPUTS_FAILED: IGNORED,
         K.DEGRADED: (S.READY, ()), K.RECOVERED: IGNORED, K.POWER_CRITICAL: (S.READY, (OFF,)), K.POWER_OFF: (S.READY, (FORGET, OFF)),
-        K.FAULT: (S.FAULT, ()), K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.READY, ()),
+        K.FAULT: (S.FAULT, ()), K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.READY, ()), K.POWER_OFF_FAILED: IGNORED,
     },
     S.GOING_LIVE: {
         K.BOOTED: IGNORED, K.GO: IGNORED, K.STOP: (S.STOPPING, (FORGET, STOP)),
         K.OUTPUTS_STARTED: (S.LIVE, ()), K.OUTPUTS_STOPPED: IGNORED, K.OUTPUTS_FAILED: (S.FAULT, (STOP,)),
         K.DEGRADED: (S.GOING_LIVE, ()), K.RECOVERED: IGNORED, K.POWER_CRITICAL: (S.STOPPING, (STOP,)), K.POWER_OFF: (S.STOPPING, (FORGET, STOP)),
-        K.FAULT: (S.FAULT, (STOP,)), K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.STOPPING, (STOP,)),
+        K.FAULT: (S.FAULT, (STOP,)), K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.STOPPING, (STOP,)), K.POWER_OFF_FAILED: IGNORED,
     },
     S.LIVE: {
         K.BOOTED: IGNORED, K.GO: IGNORED, K.STOP: (S.STOPPING, (FORGET, STOP)),
         K.OUTPUTS_STARTED: IGNORED, K.OUTPUTS_STOPPED: IGNORED, K.OUTPUTS_FAILED: (S.FAULT, (STOP,)),
         K.DEGRADED: (S.DEGRADED, ()), K.RECOVERED: IGNORED, K.POWER_CRITICAL: (S.STOPPING, (STOP,)), K.POWER_OFF: (S.STOPPING, (FORGET, STOP)),
-        K.FAULT: (S.FAULT, (STOP,)), K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.STOPPING, (STOP,)),
+        K.FAULT: (S.FAULT, (STOP,)), K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.STOPPING, (STOP,)), K.POWER_OFF_FAILED: IGNORED,
     },
     S.DEGRADED: {
         K.BOOTED: IGNORED, K.GO: IGNORED, K.STOP: (S.STOPPING, (FORGET, STOP)),
         K.OUTPUTS_STARTED: IGNORED, K.OUTPUTS_STOPPED: IGNORED, K.OUTPUTS_FAILED: (S.FAULT, (STOP,)),
         K.DEGRADED: (S.DEGRADED, ()), K.RECOVERED: (S.LIVE, ()), K.POWER_CRITICAL: (S.STOPPING, (STOP,)), K.POWER_OFF: (S.STOPPING, (FORGET, STOP)),
-        K.FAULT: (S.FAULT, (STOP,)), K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.STOPPING, (STOP,)),
+        K.FAULT: (S.FAULT, (STOP,)), K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.STOPPING, (STOP,)), K.POWER_OFF_FAILED: IGNORED,
     },
     S.STOPPING: {
         K.BOOTED: IGNORED, K.GO: IGNORED, K.STOP: (S.STOPPING, (FORGET,)),
         K.OUTPUTS_STARTED: IGNORED, K.OUTPUTS_STOPPED: (S.READY, ()), K.OUTPUTS_FAILED: IGNORED,
         K.DEGRADED: (S.STOPPING, ()), K.RECOVERED: IGNORED, K.POWER_CRITICAL: (S.STOPPING, ()), K.POWER_OFF: (S.STOPPING, (FORGET,)),
-        K.FAULT: (S.FAULT, ()), K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.STOPPING, ()),
+        K.FAULT: (S.FAULT, ()), K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.STOPPING, ()), K.POWER_OFF_FAILED: IGNORED,
     },
     S.FAULT: {
         K.BOOTED: IGNORED, K.GO: (S.GOING_LIVE, (REM, START)), K.STOP: (S.FAULT, (FORGET,)),
         K.OUTPUTS_STARTED: IGNORED, K.OUTPUTS_STOPPED: IGNORED, K.OUTPUTS_FAILED: IGNORED,
         K.DEGRADED: (S.FAULT, ()), K.RECOVERED: IGNORED, K.POWER_CRITICAL: (S.FAULT, (OFF,)), K.POWER_OFF: (S.FAULT, (FORGET, OFF)),
-        K.FAULT: (S.FAULT, ()), K.FAULT_CLEARED: (S.READY, ()), K.SHUTDOWN: (S.FAULT, ()),
+        K.FAULT: (S.FAULT, ()), K.FAULT_CLEARED: (S.READY, ()), K.SHUTDOWN: (S.FAULT, ()), K.POWER_OFF_FAILED: IGNORED,
     },
 }
 
@@ -167,3 +167,21 @@ def test_power_off_waits_for_the_outputs_to_be_finalized():
     assert r.snapshot.state is S.READY and r.actions == (OFF,)
     assert step(r.snapshot, Event(K.GO)).ignored == "shutting down"
     assert step(r.snapshot, Event(K.POWER_OFF)).ignored.startswith("already powering off")
+
+
+def test_a_failed_power_off_leaves_the_box_where_go_works():
+    snap = step(step(base(S.LIVE), Event(K.POWER_CRITICAL, "battery 4 %")).snapshot, Event(K.OUTPUTS_STOPPED)).snapshot
+    assert snap.power_off and step(snap, Event(K.GO)).ignored == "shutting down"
+    r = step(snap, Event(K.POWER_OFF_FAILED, "systemctl poweroff exited with 1"))
+    assert r.snapshot.state is S.READY and not r.snapshot.power_off and r.actions == ()
+    r = step(r.snapshot, Event(K.GO))
+    assert r.snapshot.state is S.GOING_LIVE and r.actions == (REM, START)
+
+
+def test_a_fault_while_finalizing_for_a_power_off_does_not_lose_it():
+    snap = step(base(S.LIVE), Event(K.POWER_CRITICAL, "battery 4 %")).snapshot
+    r = step(snap, Event(K.FAULT, "encoder died"))
+    assert r.snapshot.state is S.FAULT and r.snapshot.power_off, "the power-off stands"
+    r = step(r.snapshot, Event(K.OUTPUTS_STOPPED))
+    assert r.actions == (OFF,), "once the outputs are finalized, the command runs"
+    assert step(r.snapshot, Event(K.GO)).ignored == "shutting down"

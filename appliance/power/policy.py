@@ -104,6 +104,10 @@ class PowerPolicy:
         if a.low != self.shedding:
             self.shedding = a.low
             out.append(Decision("shed", active=a.low, reason=a.reason))
+        if self.fired and a.mains_back and not a.critical:
+            # The box is still here (its shutdown command failed) and mains came back:
+            # the next time the battery runs low is a new episode, with its own countdown.
+            self.fired, self.deadline = False, None
         if a.critical and not self.fired:
             if self.deadline is None:
                 self.deadline = now + self.thresholds.grace_seconds

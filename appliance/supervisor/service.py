@@ -26,7 +26,7 @@ from appliance.config import Config, runtime_dir, state_dir
 from appliance.errors import AlreadyRunning
 from appliance.supervisor.control import SOCKET_NAME, ControlServer
 from appliance.supervisor.persist import StateStore
-from appliance.supervisor.state import Action, Event, Kind, Snapshot, step
+from appliance.supervisor.state import Action, Event, Kind, Snapshot, State, step
 from appliance.supervisor.systemd import Notifier, child_env
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # How long outputs get to finalize (close and fsync the recording) on a stop.
 STOP_TIMEOUT = 8.0
 SAVE_RETRY = 10.0  # s between attempts to save the live intent after a failed write
+SHUTDOWN_TRIES = 3  # a failing shutdown command is run this often, power.shutdown_retry_seconds apart
 
 
 class Component(Protocol):
@@ -258,16 +259,43 @@ class Service:
                 log.exception("before-power-off step failed")
         log.warning("powering off (%s): recording finalized, running %s", reason, " ".join(cmd),
                     extra={"POWER_OFF": reason})
-        self.power_off = {"reason": reason, "command": cmd, "at": time.time()}
+        self.power_off = {"reason": reason, "command": cmd, "at": time.time(), "attempts": 0}
+        failed = await self._run_shutdown(cmd)
+        if failed is None:
+            return
+        # The box is still here: GO works again, and the command is tried again while
+        # nobody has taken the box back on air (a dying battery still needs it).
+        condition = conditions.shutdown_failed(failed)
+        self.post(Kind.POWER_OFF_FAILED, failed, "power")
+        self.post(Kind.DEGRADED, condition, "power")
+        retry = self.config.power.shutdown_retry_seconds
+        for _ in range(SHUTDOWN_TRIES - 1):
+            await asyncio.sleep(retry)
+            if self.snapshot.state not in (State.READY, State.FAULT) or self.snapshot.exiting:
+                log.warning("shutdown not tried again: the box is %s", self.snapshot.state.value)
+                break
+            log.warning("powering off (%s): trying %s again", reason, " ".join(cmd), extra={"POWER_OFF": reason})
+            failed = await self._run_shutdown(cmd)
+            if failed is None:
+                break
+        self.post(Kind.RECOVERED, condition, "power")
+
+    async def _run_shutdown(self, cmd: list[str]) -> str | None:
+        """One attempt: None once the command ran well, else what went wrong."""
+        self.power_off["attempts"] += 1
         try:
             proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.DEVNULL, env=child_env())
-            self.power_off["exit"] = await proc.wait()
+            self.power_off["exit"] = code = await proc.wait()
         except OSError as e:
-            self.power_off["error"] = str(e)
-            log.error("shutdown command %s failed: %s", cmd[0], e)
-            return
-        if self.power_off["exit"] != 0:
-            log.error("shutdown command exited with %d", self.power_off["exit"])
+            self.power_off["error"] = why = f"{cmd[0]}: {e.strerror or e}"
+            log.error("shutdown command failed: %s", why)
+            return why
+        if code != 0:
+            self.power_off["error"] = why = f"{cmd[0]} exited with {code}"
+            log.error("shutdown command %s", why)
+            return why
+        self.power_off.pop("error", None)
+        return None
 
     def _spawn(self, coro, name: str) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro, name=name)

@@ -38,6 +38,7 @@ class Kind(enum.Enum):
     RECOVERED = "recovered"  # a condition cleared (reason)
     POWER_CRITICAL = "power_critical"  # battery critical: stop, finalize, power off (intent kept)
     POWER_OFF = "power_off"  # a deliberate safe shutdown (FN held): stop, finalize, power off
+    POWER_OFF_FAILED = "power_off_failed"  # the shutdown command failed (reason): GO works again
     FAULT = "fault"  # the appliance cannot work (reason)
     FAULT_CLEARED = "fault_cleared"
     SHUTDOWN = "shutdown"  # the daemon is terminating (SIGTERM, Ctrl-C)
@@ -107,6 +108,13 @@ def step(snap: Snapshot, event: Event) -> Result:
             return ignore(f"condition {event.reason!r} already {'set' if k is Kind.DEGRADED else 'clear'}")
         state = _live_state(conditions) if snap.live else s
         return Result(replace(snap, state=state, conditions=conditions))
+
+    if k is Kind.POWER_OFF_FAILED:
+        # The box is still here: left where GO works (the service retries the command
+        # while it is not live), not ignoring every press as "shutting down".
+        if not snap.power_off:
+            return ignore("not powering off")
+        return Result(replace(snap, power_off=""))
 
     if k is Kind.SHUTDOWN:
         if snap.exiting:
@@ -180,6 +188,9 @@ def step(snap: Snapshot, event: Event) -> Result:
         return ignore(f"{k.value} has no effect while stopping")
 
     # FAULT
+    if k is Kind.OUTPUTS_STOPPED and snap.power_off:
+        # A fault while the outputs were being finalized for a power-off: the power-off stands.
+        return Result(snap, (Action.POWER_OFF,))
     if k is Kind.FAULT_CLEARED:
         return go(State.READY, fault="")
     if k is Kind.GO:
