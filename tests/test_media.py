@@ -423,3 +423,38 @@ def test_recording_too_slow_clears_once_the_disk_has_kept_up_again(tmp_path):
     time.sleep(0.4)
     rec.packet(pkt)
     assert reports[-1] == (RECORDER_BEHIND, False)
+
+
+@pytest.fixture
+def freezable_disk(tmp_path):
+    """A real ext4 on a loop device that fsfreeze can stop: every write to it blocks until
+    it thaws, as on a card that stops answering."""
+    assert os.geteuid() == 0, "a loop mount needs root (CI runs as root)"
+    image, mnt = tmp_path / "card.img", tmp_path / "card"
+    subprocess.run(["truncate", "-s", "96M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["fsfreeze", "-u", str(mnt)], capture_output=True)
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_stop_that_could_not_finalize_the_recording_says_so(daemon_factory, freezable_disk):
+    rec_dir = freezable_disk / "recordings"
+    d = daemon_factory(config_extra="[recording]\nsegment_seconds = 2\nmin_free_mb = 5\nwarn_free_mb = 10\n")
+    d.config.write_text(d.config.read_text().replace(f'recordings = "{d.dir / "recordings"}"',
+                                                      f'recordings = "{rec_dir}"'))
+    d.start()
+    go_live(d)
+    wait_until(lambda: d.output("recorder")["segments"] >= 1, 20, what="a segment written")
+    subprocess.run(["fsfreeze", "-f", str(freezable_disk)], check=True)
+    try:
+        assert d.request("stop")["ok"]
+        d.wait_state("READY", timeout=30)
+        last = d.request("status")["status"]["last_stop"]
+        assert last["finalized"] is False and "not stopped within" in last["problems"][0], last
+        assert "the recording may not be finalized" in d.log()
+    finally:
+        subprocess.run(["fsfreeze", "-u", str(freezable_disk)], check=True)
+    assert d.terminate() == 0

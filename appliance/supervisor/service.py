@@ -100,6 +100,7 @@ class Service:
         self._unsaved_intent: bool | None = None
         self._last_ignored: tuple[Event, str] | None = None
         self.power_off: dict | None = None
+        self.last_stop: dict = {}  # what the last stop of the outputs did: finalized, or why not
         self._exit: asyncio.Event | None = None
 
     # --- events ---------------------------------------------------------------
@@ -243,12 +244,18 @@ class Service:
         for condition in self._failed_outputs:
             self.post(Kind.RECOVERED, condition, "outputs")
         self._failed_outputs = []
+        problems = []
         for out in reversed(self.outputs):
             try:
                 await asyncio.wait_for(out.stop_live(), STOP_TIMEOUT)
             except Exception as e:
-                log.error("output %s did not stop cleanly: %s", out.name, e, extra={"OUTPUT": out.name})
-        self.post(Kind.OUTPUTS_STOPPED, source="outputs")
+                why = f"not stopped within {STOP_TIMEOUT:g} s" if isinstance(e, asyncio.TimeoutError) else str(e)
+                problems.append(f"{out.name}: {why}")
+                log.error("output %s did not stop cleanly: %s: the recording may not be finalized", out.name, why,
+                          extra={"OUTPUT": out.name})
+        # Said as it is: never a clean stop that was not made.
+        self.last_stop = {"at": time.time(), "finalized": not problems, **({"problems": problems} if problems else {})}
+        self.post(Kind.OUTPUTS_STOPPED, "; ".join(problems), "outputs")
 
     async def _power_off(self, reason: str) -> None:
         cmd = list(self.config.power.shutdown_command)
@@ -257,8 +264,9 @@ class Service:
                 await hook(reason)
             except Exception:
                 log.exception("before-power-off step failed")
-        log.warning("powering off (%s): recording finalized, running %s", reason, " ".join(cmd),
-                    extra={"POWER_OFF": reason})
+        finalized = "recording finalized" if self.last_stop.get("finalized", True) else \
+            "recording NOT finalized (" + "; ".join(self.last_stop.get("problems", [])) + ")"
+        log.warning("powering off (%s): %s, running %s", reason, finalized, " ".join(cmd), extra={"POWER_OFF": reason})
         self.power_off = {"reason": reason, "command": cmd, "at": time.time(), "attempts": 0}
         failed = await self._run_shutdown(cmd)
         if failed is None:
@@ -324,6 +332,7 @@ class Service:
             "fault": s.fault,
             "live_intent": self.store.live_intent,
             "power_off": self.power_off or ({"reason": s.power_off, "pending": True} if s.power_off else None),
+            **({"last_stop": self.last_stop} if self.last_stop else {}),
             "device": self.config.device.name,
             "profile": self.profile_name,
             "version": __version__,
