@@ -427,7 +427,8 @@ def test_every_network_fault_in_a_running_stream_is_survived_and_no_thread_dies(
     carrying("up1")
     # 2. Its route goes (the kernel answers ENETUNREACH), then returns.
     net.ns(net.app, "ip", "route", "replace", "unreachable", "default", "table", "102")
-    wait_until(lambda: links(d)["up1"]["state"] != "up", 10, what="up1 dead without a route")
+    # (dead, or kept because up0 happened to fall silent just then on the loaded machine)
+    wait_until(lambda: links(d)["up1"]["state"] != "up" or links(d)["up1"]["kept"], 20, what="up1 cut off")
     run_for(2, {})
     net.ns(net.app, "ip", "route", "replace", "default", "via", "198.18.2.2", "dev", "up1", "table", "102")
     carrying("up1")

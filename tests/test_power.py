@@ -581,6 +581,8 @@ def test_a_failing_shutdown_command_is_retried_and_powers_off_the_second_time(da
     wait_until(lambda: "shutdown command sh exited with 1" in d.log(), 20, what="the first attempt failing")
     wait_until(lambda: _shutdown_ran(out), 10, what="the second attempt")
     assert out.with_suffix(".n").read_text().strip() == "2"
+    # (the script has written its file; the daemon learns of its exit a moment later)
+    wait_until(lambda: d.request("status")["status"]["power_off"].get("exit") == 0, 10, what="the exit seen")
     st = d.request("status")["status"]
     assert st["power_off"]["attempts"] == 2 and "error" not in st["power_off"], st["power_off"]
     assert d.terminate() == 0

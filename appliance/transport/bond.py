@@ -98,7 +98,7 @@ class Link:
         return {"source": self.source, "state": self.state, "rtt_ms": None if self.srtt is None else round(self.srtt * 1000, 1),
                 "window": self.window, "in_flight": len(self.in_flight), "packets": self.sent, "bytes": self.bytes_sent,
                 "dead_notice_ms": self.notice_ms[-5:], "moved_ms": self.moved_ms[-5:], "naks": self.naks,
-                "weight": self.weight, "standby": self.standby, "acked": self.acked}
+                "weight": self.weight, "standby": self.standby, "acked": self.acked, "kept": self.kept}
 
 
 class Bonder(Worker):
