@@ -173,3 +173,14 @@ def test_unplug_and_replug(modem):
     sim.replug()
     wait_until(lambda: client.answering and client.radio.cell_id == "5550001", 15, what="recovered after replug")
     assert client.cell_changed_at > 0
+
+
+def test_a_port_that_never_sends_a_line_end_keeps_the_buffer_bounded(modem):
+    from appliance.uplinks.modem import LINE_MAX
+
+    sim, client = modem
+    wait_until(lambda: client.answering, 5, what="the modem answering")
+    sim.garbage = bytes(range(32, 127)) * 200  # 19 kB of noise without a CR or an LF
+    wait_until(lambda: "no line end" in client.last_error, 10, what="the noise named")
+    assert len(client._buf) <= LINE_MAX
+    wait_until(lambda: client.answering and client.radio.rsrp is not None, 10, what="answering again")

@@ -110,6 +110,7 @@ class ApiServer:
         self._failures: OrderedDict[str, deque] = OrderedDict()
         self._sessions: OrderedDict[str, float] = OrderedDict()  # session id -> until (wall clock)
         self._subscribers: set[asyncio.Queue] = set()
+        self._snapshots = asyncio.Lock()
         self.url = ""
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -308,7 +309,12 @@ class ApiServer:
         frame = getattr(self.media, "latest_frame", None)
         if frame is None:
             return _error(503, "no video frame yet")
-        jpeg = await asyncio.to_thread(_jpeg, frame)
+        if self._snapshots.locked():
+            # One encode at a time, never a queue of them: a page polling from many phones
+            # (or a script) must not eat the CPU the show needs, nor the executor's threads.
+            return _error(503, "busy encoding a snapshot: try again")
+        async with self._snapshots:
+            jpeg = await asyncio.to_thread(_jpeg, frame)
         return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     async def _metrics(self, request):

@@ -33,6 +33,7 @@ class PtyDevice:
         self.master, self._slave = os.openpty()
         tty.setraw(self._slave)
         tty.setraw(self.master)
+        os.set_blocking(self.master, False)  # a write to a reader that stopped reading must not hang us
         self.slave_path = os.ttyname(self._slave)
         self.received = bytearray()
         self._lock = threading.Lock()
@@ -41,17 +42,24 @@ class PtyDevice:
         self._thread.start()
 
     def write(self, data: bytes) -> None:
-        """Send bytes to our code (paced at `baud` if set)."""
+        """Send bytes to our code (paced at `baud` if set). While nobody reads, the
+        line's buffer fills and the rest waits, until the device is unplugged."""
         with self._lock:
             if self.master < 0:
                 return
-            if not self.baud:
-                os.write(self.master, data)
-                return
-            per_byte = 10 / self.baud
-            for i in range(len(data)):
-                os.write(self.master, data[i:i + 1])
-                time.sleep(per_byte)
+            step = 1 if self.baud else len(data)
+            for i in range(0, len(data), step):
+                self._write_all(data[i:i + step])
+                if self.baud:
+                    time.sleep(10 / self.baud)
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and not self._stop.is_set():
+            try:
+                view = view[os.write(self.master, view):]
+            except BlockingIOError:
+                select.select([], [self.master], [], 0.05)
 
     def _run(self) -> None:
         while not self._stop.is_set():

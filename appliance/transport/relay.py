@@ -41,6 +41,7 @@ LINK_TIMEOUT = 10.0
 GROUP_TIMEOUT = 10.0
 CLEANUP_EVERY = 1.0
 SERVER_RETRY = 1.0  # s between attempts to open a group's socket towards the ingest
+WAITING_MAX = 64  # packets kept for the ingest while its socket is being made
 IDLE_GROUP = 5.0  # s: registered and never carried data (irlserver/srtla reaps them after 5 s)
 CHALLENGE_TTL = 10  # s a challenge is good for (once)
 USED_MAX = 200_000  # challenges remembered: beyond that, proofs are refused until some expire
@@ -77,6 +78,7 @@ class Group:
     transport: asyncio.DatagramTransport | None = None
     opening: bool = False  # the server-side socket is being made: a second REG2 must not make another
     opened_at: float = 0.0  # when it was last tried (the ingest's name may not resolve yet)
+    waiting: list[bytes] = field(default_factory=list)  # what came while it was being made
     bytes_in: int = 0
 
 
@@ -284,12 +286,18 @@ class Relay(asyncio.DatagramProtocol):
                     lambda: _ServerSide(self, group), remote_addr=self.server)
                 if self.groups.get(self._key(group.gid)) is group:
                     group.transport = transport
+                    for d in group.waiting:
+                        transport.sendto(d)
+                        self.forwarded += 1
+                    group.waiting.clear()
                 else:
                     transport.close()  # the group expired while its socket was being made
                 if self._server_error:
                     log.info("relay: the SRT server %s is reachable again", _show(self.server))
                     self._server_error = ""
             except OSError as e:  # (socket.gaierror among them: a name that does not resolve)
+                self.dropped["server side not ready"] += len(group.waiting)
+                group.waiting.clear()
                 if str(e) != self._server_error:
                     log.error("relay: cannot reach the SRT server %s: %s: retrying", _show(self.server), e)
                 self._server_error = str(e)
@@ -317,6 +325,8 @@ class Relay(asyncio.DatagramProtocol):
         if group.transport is not None:
             group.transport.sendto(d)
             self.forwarded += 1
+        elif group.opening and len(group.waiting) < WAITING_MAX:
+            group.waiting.append(d)  # the first packets (SRT's handshake) while the socket is made
         else:
             self.dropped["server side not ready"] += 1
             if not group.opening and time.monotonic() - group.opened_at >= SERVER_RETRY:

@@ -20,6 +20,7 @@ from appliance.polling import Polled, ReplyError, SerialPort
 from appliance.uplinks import at
 
 log = logging.getLogger(__name__)
+LINE_MAX = 4096  # bytes: the longest AT reply line is a few hundred
 
 INIT = ("AT", "ATE0", "AT+CMEE=1")
 
@@ -108,6 +109,11 @@ class ModemAt(SerialPort, ModemSource):
             chunk = self.port.read(256)
             if chunk:
                 self._buf += chunk
+                if len(self._buf) > LINE_MAX:
+                    # A port that never sends a line end (noise, a wrong baud rate): no line
+                    # is that long; what came is dropped, and the wait goes on.
+                    self._buf = b""
+                    raise ReplyError(f"no line end in {LINE_MAX} bytes from the modem")
 
     def command(self, cmd: str, expect: str | None = None) -> list[str]:
         """Send one command; its reply lines (echo and URCs taken out). Raises
