@@ -188,13 +188,13 @@ def test_garbage_headers_and_tokens_get_4xx_never_500_and_count_as_failures(box)
         b"Authorization: Bearer " + "\udcff".encode("utf-8", "surrogatepass") + b"\r\n",
         b"Cookie: appliance_session=\xc3\x28\r\n",
     ]
+    for body in (b'{"token": "\xff"}', b'{"token": "\\ud800"}'):  # not UTF-8; a lone surrogate in JSON
+        login = raw_request(port, b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                                  b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert login in (400, 401), (body, login)
     codes = [raw_request(port, b"POST /api/live HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n" + g + b"\r\n")
              for g in garbage]
     assert all(400 <= c < 500 for c in codes), codes
-    body = b'{"token": "\xff"}'
-    login = raw_request(port, b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-    assert login in (400, 401), login
     status, _, _ = http(box.base + "/api/live", "POST", headers=box.auth)
     assert status == 429, "five failures: the right token waits its minute too"
     assert "Traceback" not in box.log() and box.state() == "READY"

@@ -229,7 +229,7 @@ class ApiServer:
 
     def _check(self, peer: str, given: str) -> bool:
         # Header values arrive as str, undecodable bytes as lone surrogates: compare bytes.
-        ok = bool(given) and hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.token.encode())
+        ok = bool(given) and hmac.compare_digest(given.encode("utf-8", "surrogatepass"), self.token.encode())
         if not ok:
             self._failed(peer)
         return ok
