@@ -57,6 +57,7 @@ class Recorder:
         self.segments: list[dict] = []
         self.dropped = 0
         self.bytes = 0
+        self._open_bytes = 0  # the open segment's size at its last fsync (the recorder thread's)
         self.dead = ""
         self.deleted_sessions: list[str] = []
         self.undeletable: dict[str, str] = {}  # old sessions retention could not delete -> why (skipped)
@@ -106,6 +107,7 @@ class Recorder:
         self.segments = []
         self.dropped = 0
         self.bytes = 0
+        self._open_bytes = 0
         self.dead = ""
         self._seg_index = 0
         self._behind = False
@@ -135,23 +137,13 @@ class Recorder:
             "session": self.session.name if self.session else None,
             "directory": str(self.session_dir) if self.session_dir else None,
             "segments": len(self.segments),
-            "bytes": self.bytes + self._open_segment_bytes(),
+            "bytes": self.bytes + self._open_bytes,
             "seconds": round(sum(s["duration"] or 0 for s in self.segments), 1),  # (a truncated one: unknown)
             "dropped_packets": self.dropped,
             "recording": self._thread is not None and not self.dead,
             **({"stopped": self.dead} if self.dead else {}),
             **({"undeletable_sessions": dict(self.undeletable)} if self.undeletable else {}),
         }
-
-    def _open_segment_bytes(self) -> int:
-        # Any thread, while the recorder thread may be renaming the segment to its final
-        # name: read the path once, and a segment just closed counts as nothing for that
-        # instant (self.bytes takes it a moment later), not as an error in the status.
-        path = self._seg_path
-        try:
-            return path.stat().st_size if path is not None else 0
-        except FileNotFoundError:
-            return 0
 
     # --- the recorder thread ------------------------------------------------------------
 
@@ -190,6 +182,9 @@ class Recorder:
         if now - self._last_fsync >= FSYNC_EVERY:
             self._fsync(self._seg_path)
             self._last_fsync = now
+            # For the status, which must not touch the disk: a stat on the loop waits behind
+            # a rename in this directory on a card that has stopped answering.
+            self._open_bytes = self._seg_path.stat().st_size
 
     def _open_segment(self, t: float) -> bool:
         if not self._make_room():
@@ -214,7 +209,7 @@ class Recorder:
         os.replace(path, final)
         fsync_dir(final.parent)
         size = final.stat().st_size
-        self.bytes += size
+        self.bytes, self._open_bytes = self.bytes + size, 0
         self._seg_path = None
         self.segments.append({"file": final.name, "start": round(start, 3),
                               "duration": round(last - start + 1 / self.session.video.fps, 3), "bytes": size})
