@@ -22,6 +22,9 @@ from conftest import ROOT, free_port, wait_until
 from test_relay import register
 
 SECRET = b"a-secret-for-the-booted-relay"
+# Where the checkout and this venv's packages are in the container (not under /tmp, wherever
+# they are here: the container's own /tmp is a fresh tmpfs over them).
+SRC, SITE = "/opt/appliance/src", "/opt/appliance/site-packages"
 VENV_SITE = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
 
 
@@ -37,7 +40,8 @@ class Booted:
         # its packages and the project from this checkout.
         self.proc = subprocess.Popen(
             ["systemd-nspawn", "--quiet", "--volatile=yes", "--directory=/", "--boot", "--console=pipe",
-             "--register=no", "--keep-unit", f"--bind-ro={ROOT}", f"--bind-ro={sys.base_prefix}:/opt/py"],
+             "--register=no", "--keep-unit", f"--bind-ro={ROOT}:{SRC}", f"--bind-ro={VENV_SITE}:{SITE}",
+             f"--bind-ro={sys.base_prefix}:/opt/py"],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             self._setup()
@@ -51,7 +55,7 @@ class Booted:
                    in ("running", "degraded"), 90, interval=0.5, what="the container booted")
         version = f"python{sys.version_info.major}.{sys.version_info.minor}"
         self.sh(f"/opt/py/bin/{version} -m venv /opt/appliance/.venv && "
-                f"printf '%s\\n%s\\n' {VENV_SITE} {ROOT} > /opt/appliance/.venv/lib/{version}/site-packages/host.pth && "
+                f"printf '%s\\n%s\\n' {SITE} {SRC} > /opt/appliance/.venv/lib/{version}/site-packages/host.pth && "
                 "printf '#!/opt/appliance/.venv/bin/python\\nimport sys\\nfrom appliance.cli import main\\n"
                 "sys.exit(main())\\n' > /opt/appliance/.venv/bin/appliance && chmod 755 /opt/appliance/.venv/bin/appliance "
                 "&& ldconfig && mkdir -p /etc/appliance /etc/systemd/system")
