@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from appliance.fsutil import atomic_write
 from appliance.media.h264 import IDR, PPS, SPS, ParameterSetInserter, nal_types
-from appliance.supervisor.systemd import child_argv, child_env
+from appliance.children import child_argv, child_env
 
 if TYPE_CHECKING:  # the probe child must start fast: no pydantic there
     from appliance.config import EncoderRung

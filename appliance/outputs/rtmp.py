@@ -23,7 +23,7 @@ from appliance.config import RtmpSection, redact_url
 from appliance.media.encoders import EncodedPacket
 from appliance.media.mux import TsMuxer
 from appliance.outputs import Report, Session
-from appliance.supervisor.systemd import child_argv, child_env
+from appliance.children import child_argv, child_env
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from appliance.errors import ComponentError
-from appliance.supervisor.systemd import child_env
+from appliance.children import child_env
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ from appliance.errors import AlreadyRunning
 from appliance.supervisor.control import SOCKET_NAME, ControlServer
 from appliance.supervisor.persist import StateStore
 from appliance.supervisor.state import Action, Event, Kind, Snapshot, State, step
-from appliance.supervisor.systemd import Notifier, child_env
+from appliance.children import child_env
+from appliance.supervisor.systemd import Notifier
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Callable
 
+from appliance.children import child_argv, child_env
 from appliance.polling import Polled, ReplyError, SerialPort
 from appliance.uplinks import at
 
@@ -200,7 +201,9 @@ class ModemManagerSource(ModemSource):
 
     def _run_mmcli(self, *args: str) -> dict:
         try:
-            p = subprocess.run([self.mmcli, "-m", self.modem, *args, "-K"], capture_output=True, text=True, timeout=5)
+            # (without the daemon's capabilities, nor its sd_notify socket)
+            p = subprocess.run(child_argv([self.mmcli, "-m", self.modem, *args, "-K"]), capture_output=True, text=True,
+                               timeout=5, env=child_env())
         except (OSError, subprocess.TimeoutExpired) as e:
             raise ReplyError(f"mmcli: {e}") from None
         if p.returncode:
