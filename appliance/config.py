@@ -257,6 +257,9 @@ class PowerSection(Section):
     # Before powering off, tell the UPS to cut its output after this many
     # minutes and restore it when mains return (0: leave the UPS alone).
     ups_off_delay_minutes: float = Field(0.0, ge=0, le=10)
+    # A Q1 UPS's nominal battery voltage (12, 24, 36, 48 ...), for its charge from the battery
+    # voltage when it does not answer F (NUT's override.battery.voltage.nominal); 0: from F.
+    ups_battery_volts: float = Field(0.0, ge=0, le=480)
     # A UPS managed by NUT: "upsname@host[:port]" ("" = none).
     nut: str = Field("", pattern=r"^$|^[A-Za-z0-9_.-]+@[A-Za-z0-9_.:-]+$")
     # The board's own battery (psutil): "auto" uses it when the kernel has one.

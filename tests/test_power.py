@@ -206,6 +206,25 @@ def test_q1_ups_reads_mains_fail_within_two_polls(ups):
     assert time.monotonic() - t0 <= 2 * 0.3 + 0.5  # 2 poll intervals (plus 2400-baud replies)
 
 
+@pytest.mark.parametrize("nominal", [None, 24.0])
+def test_q1_ups_that_does_not_answer_f_gets_its_charge_from_the_configured_nominal_voltage(tmp_path, nominal):
+    sim = UpsSim(tmp_path / "ups", BatteryModel())
+    sim.answers_f = False
+    src = Q1Ups("ups", sim.path, nominal_volts=nominal, poll_seconds=0.3, stale_polls=3)
+    src.start()
+    try:
+        sim.model.set(on_mains=False, charge=40)
+        wait_until(lambda: src.state.on_mains is False and src.state.battery_volts, 5, what="a reading on battery")
+        assert src.rating is None, "F went unanswered"
+        if nominal is None:
+            assert src.state.charge_percent is None  # (its LB flag still makes on-battery critical)
+        else:
+            assert src.state.charge_percent == pytest.approx(40, abs=3)
+    finally:
+        src.stop()
+        sim.close()
+
+
 def test_q1_ups_garbage_reply_is_counted_not_fatal(ups):
     sim, src = ups
     wait_until(lambda: src.polls >= 1, 5, what="first reading")

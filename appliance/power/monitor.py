@@ -59,7 +59,8 @@ class PowerMonitor:
         kw = {"poll_seconds": self.cfg.poll_seconds, "stale_polls": self.cfg.stale_polls}
         serial = self.config.serial
         if serial.ups:
-            self.sources.append(Q1Ups("ups", self._port("ups", serial.ups), **kw))
+            self.sources.append(Q1Ups("ups", self._port("ups", serial.ups), nominal_volts=self.cfg.ups_battery_volts or None,
+                                      **kw))
         if serial.battery:
             self.sources.append(VeDirectMonitor("battery", self._port("battery", serial.battery), **kw))
         if self.cfg.nut:

@@ -98,8 +98,10 @@ class Q1Ups(SerialSource):
     kind = "ups"
     baud = 2400
 
-    def __init__(self, name: str, port: str, **kwargs):
+    def __init__(self, name: str, port: str, nominal_volts: float | None = None, **kwargs):
         super().__init__(name, port, **kwargs)
+        self.nominal_volts = nominal_volts  # configured: overrides F (as NUT's override.* does)
+        self._no_charge_said = False
         self.rating: q1.Q1Rating | None = None
         self.identity: q1.Q1Identity | None = None
         self.bad_replies = 0
@@ -144,8 +146,14 @@ class Q1Ups(SerialSource):
             self.bad_replies += 1
             raise ReplyError(str(e)) from None
         charge = None
-        if s.battery_volts is not None and self.rating and self.rating.battery_volts:
-            charge = q1.charge_percent(s.battery_volts, self.rating.battery_volts)
+        nominal = self.nominal_volts or (self.rating.battery_volts if self.rating else None)
+        if s.battery_volts is not None and nominal:
+            charge = q1.charge_percent(s.battery_volts, nominal)
+        elif not nominal and not self._no_charge_said:
+            # Its own LB flag still makes on-battery critical; only the percentages are missing.
+            self._no_charge_said = True
+            log.warning("power: %s gives no nominal battery voltage (no F reply): no charge figure; set "
+                        "power.ups_battery_volts to get one from the battery voltage", self.name)
         volts = s.battery_volts
         return {"on_mains": not s.utility_fail, "charge_percent": charge, "battery_volts": volts,
                 "load_percent": s.load_percent, "temperature_c": s.temperature_c, "alarms": s.alarms}

@@ -127,6 +127,7 @@ class UpsSim(_SimDevice):
         self.commands: list[bytes] = []
         self.garbage: bytes | None = None  # reply this once instead of the next Q1 reply
         self.silent = False  # answer nothing (a hung UPS)
+        self.answers_f = True  # False: F goes unanswered (many cheap UPSes)
         self._buf = b""
         self._port = _Plugged(link, "sim-ups", 2400 if paced else None, self._respond)
 
@@ -170,7 +171,7 @@ class UpsSim(_SimDevice):
                 return g
             return self.q1_reply()
         if cmd == b"F\r":
-            return b"#230.0 004 024.0 50.0\r"
+            return b"#230.0 004 024.0 50.0\r" if self.answers_f else None
         if cmd == b"I\r":
             return b"#" + b"SIMULATED".ljust(15) + b" " + b"Q1-SIM".ljust(10) + b" " + b"1.0".ljust(10) + b"\r"
         if cmd in self.refuse:
