@@ -124,7 +124,7 @@ class Daemon:
         self._log = open(self.log_path, "ab")
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
-            [*self.prefix, *APPLIANCE, "run", "--profile", self.profile, "--config", str(self.config), *self.args],
+            [*self.prefix, *APPLIANCE, "run", *(["--profile", self.profile] if self.profile else []), "--config", str(self.config), *self.args],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.dir,
         )
         return self

@@ -112,7 +112,10 @@ class Panel:
 
     async def start(self) -> None:
         if self.config.backend == "none":
-            raise ComponentError("no panel fitted on this board (backend = none)")
+            # Not a fault: a box without a front panel (the generic profile, a PC) is steered
+            # from the phone page or `appliance live`.
+            log.info("panel: none fitted (panel.backend = none): GO from the status page or `appliance live`")
+            return
         self.factory = make_pin_factory(self.config)
         from gpiozero import LED, PWMLED
 
@@ -156,6 +159,7 @@ class Panel:
     def status(self) -> dict:
         return {
             "backend": self.config.backend,
+            "fitted": self.config.backend != "none",
             "leds": {name: {"pattern": row.pattern.value, "meaning": row.meaning, "lit": _lit(self.leds.get(name))}
                      for name, row in self._rows.items() if name in self.leds},
             "acknowledged": sorted(self.acknowledged),
