@@ -92,6 +92,8 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
         service.sim_actions["video-unplug"] = lambda req: media.video.unplug()
         service.sim_actions["video-replug"] = lambda req: media.video.replug()
         service.sim_actions["encoder-fail"] = lambda req: media.inject_encoder_fault()
+        service.sim_actions["encoder-hang"] = lambda req: media.inject_encoder_hang(_seconds(req, "encoder-hang"))
+        service.sim_actions["hang"] = _hang
         for action in ("modem", "modem-unplug", "modem-replug", "modem-reboot"):
             service.sim_actions[action] = uplinks.sim_action
 
@@ -104,6 +106,31 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
         if sim_go_after is not None or console:
             service.components.append(sim_console)
     return service
+
+
+def _seconds(req: dict, action: str) -> float:
+    try:
+        seconds = float(req.get("seconds", 5))
+    except (TypeError, ValueError):
+        raise ValueError(f"sim {action}: seconds must be a number, not {req.get('seconds')!r}") from None
+    if not 0 < seconds <= 600:
+        raise ValueError(f"sim {action}: seconds must be in (0, 600]")
+    return seconds
+
+
+def _hang(req: dict) -> None:
+    """A thread blocks at its next heartbeat, as one wedged in a call would (a serial read, a lock)."""
+    from appliance import heartbeat
+
+    seconds = _seconds(req, "hang")
+    name = req.get("thread")
+    beating = heartbeat.running()
+    chosen = [hb for hb in beating if hb.name == name]
+    if not chosen:
+        known = ", ".join(sorted({hb.name for hb in beating}))
+        raise ValueError(f"sim hang: no running thread {name!r} (running: {known})")
+    for hb in chosen:
+        hb.hang(seconds)
 
 
 def _press(console, req: dict) -> None:

@@ -41,6 +41,8 @@ def cmd_run(args) -> int:
 
     # `kill -USR1 <pid>` dumps every thread's stack: how to see where a hung box hangs.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # systemd's watchdog ends a stuck box with SIGABRT: every thread's stack goes to the journal first.
+    faulthandler.enable(all_threads=True)
 
     setup_logging("info")
     try:

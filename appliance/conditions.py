@@ -15,6 +15,7 @@ DISK_FULL = "recording stopped: disk full"
 RECORDER_FAILED = "recording stopped: write error"
 DISK_LOW = "recording disk nearly full"
 RECORDER_BEHIND = "recording disk too slow: packets dropped"
+DISK_NOT_ANSWERING = "recording stalled: the disk does not answer"
 
 ON_BATTERY = "on battery"
 BATTERY_LOW = "battery low"
@@ -53,6 +54,11 @@ def state_unsaved(why: str) -> str:
 def shutdown_failed(why: str) -> str:
     """The shutdown command did not power the box off; it is tried again while not live."""
     return f"shutdown failed: {why}"
+
+
+def thread_stuck(name: str) -> str:
+    """A long-running thread has made no progress within its bound (see appliance/heartbeat.py)."""
+    return f"thread {name} stuck"
 
 
 def component_failed(name: str) -> str:

@@ -20,10 +20,13 @@ class Polled(Worker):
     to do with `_good(updates)` and `_failed(why)`."""
 
     poll_seconds = 2.0
+    # A poll is a few exchanges, each with its own reply timeout: longer than that is stuck.
+    stuck_after = 30.0
 
     def _run(self) -> None:
         attempt, opened = 0, False
         while not self._stop.is_set():
+            self.heartbeat.beat()
             started = time.monotonic()
             if not opened:
                 try:

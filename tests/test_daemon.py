@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import statistics
 import time
@@ -252,3 +253,80 @@ def _ask(control, d):
         return control.request(d.socket, "live")
     except OSError:
         return None
+
+
+class WatchdogKeeper:
+    """What systemd does with WatchdogSec=: no WATCHDOG=1 within WATCHDOG_USEC, and the
+    daemon gets SIGABRT (WatchdogSignal's default) and is started again (Restart=)."""
+
+    def __init__(self, notify_socket, usec: int):
+        self.ns, self.timeout = notify_socket, usec / 1e6
+
+    def last_ping(self) -> float | None:
+        pings = self.ns.lines("WATCHDOG=1")
+        return pings[-1][0] if pings else None
+
+    def wait_for_a_missed_ping(self, within: float) -> float:
+        """The time of the last ping, once none has come for WATCHDOG_USEC."""
+        return wait_until(lambda: (last := self.last_ping()) is not None and time.monotonic() - last > self.timeout
+                          and last, within, what="a missed watchdog ping")
+
+    def restart(self, d, daemon_factory, env):
+        d.proc.send_signal(signal.SIGABRT)
+        d.proc.wait(10)
+        return daemon_factory(env=env).start()  # same directory: same state, same live intent
+
+
+def test_a_wedged_encoder_stops_the_pings_and_the_box_comes_back_live_by_itself(daemon_factory, notify_socket):
+    env = notify_env(notify_socket, 2_000_000)  # pings every second
+    keeper = WatchdogKeeper(notify_socket, 2_000_000)
+    d = daemon_factory(env=env).start()
+    notify_socket.wait_for("READY=1", timeout=10)
+    assert d.request("live")["ok"]
+    d.wait_state(("LIVE", "DEGRADED"), timeout=15)
+    wait_until(lambda: d.component("media")["frames_encoded"] > 30, 15, what="frames encoded")
+
+    blocked_at = time.monotonic()
+    assert d.request("sim", action="encoder-hang", seconds=120)["ok"]
+    last = keeper.wait_for_a_missed_ping(within=20)
+    bound = 1.0  # the media thread's: 10 frames at 30 fps, never under 1 s (then one ping interval)
+    print(f"\nwedged encoder -> last WATCHDOG=1: {last - blocked_at:.2f} s")
+    assert last - blocked_at < bound + 1.0 + 2.0, "the pings went on too long (2 s slack for a loaded box)"
+    log = d.log()
+    assert "thread media has made no progress" in log
+    stack = log[log.index("thread media has made no progress"):]
+    assert "in encode" in stack and "encoders.py" in stack, "the log names where the thread is stuck"
+    assert "withholding WATCHDOG=1" in log
+
+    again = keeper.restart(d, daemon_factory, env)
+    again.wait_state(("LIVE", "DEGRADED"), timeout=20)  # no GO: the live intent
+    wait_until(lambda: "go from resume" in again.log(), 5, what="the resume in the log")
+    wait_until(lambda: again.component("media")["frames_encoded"] > 30, 15, what="encoding again")
+    assert again.terminate() == 0
+
+
+def test_a_stuck_poller_is_a_condition_and_the_pings_go_on(daemon_factory, notify_socket):
+    d = daemon_factory(env=notify_env(notify_socket, 2_000_000)).start()
+    notify_socket.wait_for("READY=1", timeout=10)
+    d.wait_state("READY", timeout=10)
+    hung_at = time.monotonic()
+    assert d.request("sim", action="hang", thread="power-ups", seconds=20)["ok"]
+    wait_until(lambda: "thread power-ups stuck" in d.request("status")["status"]["conditions"], 25,
+               what="the stuck poller's condition")
+    pings = [t for t, _ in notify_socket.lines("WATCHDOG=1") if t > hung_at]
+    assert len(pings) >= 8 and max(b - a for a, b in zip(pings, pings[1:])) < 2.0, "the pings went on"
+    assert "withholding" not in d.log()
+    # It moves again, and the condition goes with it.
+    wait_until(lambda: "thread power-ups stuck" not in d.request("status")["status"]["conditions"], 20,
+               what="the condition cleared")
+    assert d.terminate() == 0
+
+
+def test_sim_hang_names_the_threads_it_knows(daemon_factory):
+    d = daemon_factory().start()
+    d.wait_state("READY", timeout=10)
+    answer = d.request("sim", action="hang", thread="nope", seconds=1)
+    assert not answer["ok"] and "no running thread 'nope'" in answer["error"] and "media" in answer["error"]
+    answer = d.request("sim", action="encoder-hang", seconds=1)
+    assert not answer["ok"] and "only while live" in answer["error"]
+    assert d.terminate() == 0

@@ -177,6 +177,7 @@ class AudioDevice(Worker):
                 return
             self.reopens += 1
             self._stop.wait(BACKOFF[min(attempt, len(BACKOFF) - 1)])
+            self.heartbeat.beat()
             attempt = 0 if self.ok else attempt + 1
 
     def _watch(self) -> str | None:
@@ -184,6 +185,7 @@ class AudioDevice(Worker):
         first = self.callbacks
         self._last_callback = time.monotonic()
         while not self._stop.wait(0.1):
+            self.heartbeat.beat()
             since = time.monotonic() - self._last_callback
             limit = STALL_AFTER if self.callbacks > first else FIRST_BLOCK_WITHIN
             if since > limit:

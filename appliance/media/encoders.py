@@ -128,11 +128,16 @@ class VideoEncoder:
         self.frames_in = 0
         self.packets_out = 0
         self._fault: str | None = None
+        self._hang_seconds = 0.0
         self._stall_frames = max(2 * settings.fps, 10)
 
     def inject_fault(self, why: str = "simulated encoder failure") -> None:
         """Simulated hardware failure (sim profile, tests): the next encode fails."""
         self._fault = why
+
+    def inject_hang(self, seconds: float) -> None:
+        """Simulated wedged hardware (sim profile, tests): the next encode call blocks."""
+        self._hang_seconds = seconds
 
     def set_bitrate(self, kbps: int) -> None:
         kbps = int(kbps)
@@ -157,6 +162,9 @@ class VideoEncoder:
 
         if self._fault:
             raise EncoderError(self._fault)
+        if self._hang_seconds:
+            seconds, self._hang_seconds = self._hang_seconds, 0.0
+            time.sleep(seconds)  # as an ioctl to a wedged hardware encoder does: nothing returns
         frame.pts = pts
         frame.time_base = VIDEO_TB
         # Decoded frames say "I": that would force a keyframe every frame.

@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from appliance import conditions
+from appliance import conditions, heartbeat
 from appliance.config import Config
 from appliance.media.audio import RATE, AudioCapture, init_portaudio
 from appliance.media.encoders import (
@@ -43,6 +43,14 @@ log = logging.getLogger(__name__)
 # and the stream alike. Catching up costs a burst of encodes (a few ms each).
 MAX_BEHIND_SECONDS = 0.5
 SKIP_LOG_EVERY = 10.0
+# The media thread ticks every frame: this many frame times without a tick (and never
+# under a second: a loaded box has been seen to miss a quarter of one) is a wedged call,
+# an encoder that does not return, and the show is frozen while the box looks LIVE.
+STUCK_FRAMES = 10
+STUCK_MIN_SECONDS = 1.0
+# A command (GO: open the encoder and the outputs; STOP: flush, finalize) bounds its own
+# waits; this long and no longer it may keep the thread from ticking.
+COMMAND_SECONDS = 12.0
 
 
 class MediaPipeline:
@@ -175,6 +183,12 @@ class MediaPipeline:
         """Simulated encoder failure (sim profile, tests)."""
         self._commands.append(lambda: self._venc and self._venc.inject_fault())
 
+    def inject_encoder_hang(self, seconds: float) -> None:
+        """Simulated wedged encoder (sim profile, tests): the next encode call blocks."""
+        if not self._live:
+            raise RuntimeError("encoder-hang: the encoder runs only while live")
+        self._commands.append(lambda: self._venc and self._venc.inject_hang(seconds))
+
     def _call(self, fn) -> None:
         """Run fn in the media thread between ticks and wait for it."""
         done = threading.Event()
@@ -281,14 +295,21 @@ class MediaPipeline:
             self._venc.set_bitrate(kbps)
 
     def _run(self) -> None:
+        fps = self.cfg.video.fps
+        with heartbeat.beating("media", max(STUCK_MIN_SECONDS, STUCK_FRAMES / fps), show=True) as hb:
+            self._ticks(hb)
+
+    def _ticks(self, hb: heartbeat.Heartbeat) -> None:
         period = 1 / self.cfg.video.fps
         max_behind = max(1, int(MAX_BEHIND_SECONDS * self.cfg.video.fps))
         next_t = time.monotonic()
         logged_at = -SKIP_LOG_EVERY
         while not self._stop.is_set():
+            hb.beat()
             while self._commands:
                 try:
-                    self._commands.popleft()()
+                    with hb.allow(COMMAND_SECONDS):
+                        self._commands.popleft()()
                 except Exception:  # a bad request must not end the show
                     log.exception("media: a command failed")
             now = time.monotonic()
@@ -300,6 +321,7 @@ class MediaPipeline:
                 # Too slow to keep up: skip video frames (audio is still pulled for them).
                 for _ in range(behind):
                     self._one_tick(now, video=False)
+                    hb.beat()
                 next_t += behind * period
                 if now - logged_at >= SKIP_LOG_EVERY:  # at most every 10 s under a sustained overload
                     logged_at = now

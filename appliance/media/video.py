@@ -100,6 +100,7 @@ class VideoSource(Worker):
                         return
                     if self._fault:
                         raise self._fault
+                    self.heartbeat.beat()
                     frame = self._convert(frame)
                     with self._lock:
                         self._latest, self._latest_at = frame, time.monotonic()
@@ -118,6 +119,7 @@ class VideoSource(Worker):
                 attempt += 1
                 self.reopens += 1
                 self._stop.wait(delay)
+                self.heartbeat.beat()
 
     def _convert(self, frame):
         c = self.cfg

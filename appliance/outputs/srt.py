@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from appliance import conditions, hostnames
+from appliance import conditions, heartbeat, hostnames
 from appliance.config import StreamSection
 from appliance.hostnames import NameNotResolved, parse_srt_url
 from appliance.media.encoders import EncodedPacket
@@ -46,6 +46,10 @@ SHED_AFTER_MIN, SHED_AFTER_OF_LATENCY = 1.0, 1.0
 ABR_EVERY = 0.1
 SLATE_FPS = 5
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 5.0)
+# The sender's loop turns every few ms; its longest waits are a backoff (5 s) and a
+# send (SRTO_SNDTIMEO, 1 s). A connect bounds itself (a lookup, 3 s per address).
+STUCK_SECONDS = 8.0
+CONNECT_SECONDS = 30.0
 NOT_CONNECTED = conditions.SRT_NOT_CONNECTED
 _END = object()
 
@@ -248,7 +252,8 @@ class SrtOutput:
         # or refused address, an address gone with its interface, timeouts) is an OSError
         # and is retried inside the loop; what reaches here is a bug of ours.
         try:
-            self._send_loop()
+            with heartbeat.beating("srt-sender", STUCK_SECONDS, show=True) as hb:
+                self._send_loop(hb)
         except Exception as e:  # a bug of ours: the stream stops, loudly; the recording goes on
             log.exception("stream: the sender failed: %s", e, extra={"OUTPUT": self.name})
             self.connected, self.last_error = False, f"sender failed: {e}"
@@ -258,9 +263,10 @@ class SrtOutput:
             if self.caller is not None:
                 self.caller.close()
 
-    def _send_loop(self) -> None:
+    def _send_loop(self, hb: heartbeat.Heartbeat) -> None:
         attempt, last_stats, waiting_since = 0, 0.0, time.monotonic()
         while not self._stop.is_set():
+            hb.beat()
             if not self.connected and self.bonder is not None and not self.bonder.ready():
                 # No uplink has registered with the relay yet: connecting now would only fail.
                 self._name_condition(self.bonder.name_error)
@@ -272,7 +278,8 @@ class SrtOutput:
                 try:
                     began = time.monotonic()
                     self.caller = self.caller or self._caller()
-                    self.caller.connect()
+                    with hb.allow(CONNECT_SECONDS):
+                        self.caller.connect()
                 except OSError as e:
                     self._name_condition(e if isinstance(e, NameNotResolved) else None)
                     self._broken(str(e))

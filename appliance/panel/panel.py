@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Callable
 
+from appliance import heartbeat
 from appliance.config import PanelSection
 from appliance.errors import ComponentError
 from appliance.panel import patterns
@@ -75,8 +76,10 @@ class LedDriver:
             led.off()
 
     def _run(self) -> None:
-        while not self._stop.wait(TICK):
-            self._apply()
+        with heartbeat.beating("panel-leds", 10.0) as hb:
+            while not self._stop.wait(TICK):
+                hb.beat()
+                self._apply()
 
     def _apply(self) -> None:
         now = self.clock()

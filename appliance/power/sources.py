@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 class Source(Polled):
     kind = "source"
+    # A poll is at most a connect (3 s) and a few one-second replies, every poll_seconds.
+    stuck_after = 12.0
 
     def __init__(self, name: str, poll_seconds: float = 2.0, stale_polls: int = 5,
                  on_change: Callable[["Source"], None] | None = None):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
 from appliance import __version__
-from appliance import conditions
+from appliance import conditions, heartbeat
 from appliance.conditions import component_failed
 from appliance.config import Config, runtime_dir, state_dir
 from appliance.errors import AlreadyRunning
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT = 8.0
 SAVE_RETRY = 10.0  # s between attempts to save the live intent after a failed write
 SHUTDOWN_TRIES = 3  # a failing shutdown command is run this often, power.shutdown_retry_seconds apart
+WATCH_EVERY = 0.25  # s between looks at the threads' heartbeats
 
 
 class Component(Protocol):
@@ -100,6 +101,8 @@ class Service:
         self._unsaved: str | None = None  # the condition while the live intent cannot be saved
         self._unsaved_intent: bool | None = None
         self._last_ignored: tuple[Event, str] | None = None
+        self._stuck: dict[int, str] = {}  # heartbeat -> its condition, while stuck
+        self._show_stuck: str | None = None  # why the show is frozen: the pings are withheld
         self.power_off: dict | None = None
         self.last_stop: dict = {}  # what the last stop of the outputs did: finalized, or why not
         self._exit: asyncio.Event | None = None
@@ -401,24 +404,66 @@ class Service:
 
     # --- watchdog -------------------------------------------------------------------
 
-    def healthy(self) -> bool:
-        """The loop runs (we are in it) and no event has been stuck in handling."""
+    def unhealthy(self) -> str | None:
+        """Why the box must be restarted, or None: the loop runs (we are in it), no event
+        has been stuck in handling, and every thread the show needs makes progress."""
         busy = self._busy_since
         interval = self.notifier.watchdog_interval() or 5.0
-        return busy is None or time.monotonic() - busy < interval
+        if busy is not None and time.monotonic() - busy >= interval:
+            return "event handling is stuck"
+        return self._show_stuck
 
     async def _watchdog(self, interval: float) -> None:
-        was_healthy = True
+        was = None
         while True:
             await asyncio.sleep(interval)
-            ok = self.healthy()
-            if ok:
+            why = self.unhealthy()
+            if why is None:
                 self.notifier.send("WATCHDOG=1")
-            if ok != was_healthy:
-                (log.info if ok else log.error)(
-                    "watchdog: %s", "healthy again" if ok else "event handling is stuck: withholding WATCHDOG=1"
-                )
-                was_healthy = ok
+            if why != was:
+                if why is None:
+                    log.info("watchdog: healthy again")
+                else:
+                    log.error("watchdog: %s: withholding WATCHDOG=1 (systemd restarts the box, which goes live "
+                              "again by itself if it was)", why)
+                was = why
+
+    async def _watch_threads(self) -> None:
+        """Every thread's heartbeat, four times a second (see appliance/heartbeat.py)."""
+        while True:
+            await asyncio.sleep(WATCH_EVERY)
+            self._look_at_threads(time.monotonic())
+
+    def _look_at_threads(self, now: float) -> None:
+        still, show_stuck = set(), None
+        for hb in heartbeat.running():
+            since = hb.stuck_for(now)
+            if not since:
+                continue
+            key = id(hb)
+            still.add(key)
+            # Stuck on the card, in the kernel: a restart would not free it (a process in
+            # uninterruptible sleep does not even exit) and would end the stream that works.
+            restart = hb.show and not (hb.disk and hb.in_kernel_wait())
+            if restart and show_stuck is None:
+                show_stuck = f"thread {hb.name} has made no progress within {hb.bound:g} s"  # (stable: logged on change)
+            if key in self._stuck:
+                continue
+            condition = conditions.DISK_NOT_ANSWERING if hb.disk and not restart else conditions.thread_stuck(hb.name)
+            self._stuck[key] = condition
+            log.error("thread %s has made no progress for %.1f s (bound %g s)%s; it is at:\n%s", hb.name, since,
+                      hb.bound, "" if restart else (": the show goes on without it" if not hb.show else
+                                                    ": waiting on the disk, the stream goes on"),
+                      hb.stack().rstrip(), extra={"THREAD": hb.name})
+            self.post(Kind.DEGRADED, condition, "watchdog")
+        for key in [k for k in self._stuck if k not in still]:
+            condition = self._stuck.pop(key)
+            log.info("%s: moving again", condition)
+            if condition not in self._stuck.values():
+                self.post(Kind.RECOVERED, condition, "watchdog")
+        if show_stuck and not self.notifier.watchdog_interval() and show_stuck != self._show_stuck:
+            log.error("%s, and no systemd watchdog is set to restart the box", show_stuck)
+        self._show_stuck = show_stuck
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -439,6 +484,7 @@ class Service:
         if self.store.live_intent:
             log.info("live intent found in %s: will go live again once ready", self.store.path)
         dispatcher = self._spawn(self._dispatch(), "dispatch")
+        self._spawn(self._watch_threads(), "thread-watch")
         interval = self.notifier.watchdog_interval()
         if interval:
             self._spawn(self._watchdog(interval), "watchdog")

@@ -105,6 +105,9 @@ class Bonder(Worker):
     """Call start(); point the SRT caller at ("127.0.0.1", bonder.local_port)."""
 
     worker_name = "srtla-bond"
+    # Every packet of the stream passes through it; its loop turns every 10 ms.
+    show_needs = True
+    stuck_after = 2.0
 
     def __init__(self, relay: tuple[str, int], sources: dict[str, str], secret: bytes | None = None,
                  dead_range: tuple[float, float] = (DEAD_MIN, DEAD_MAX), rescue: bool = True):
@@ -241,6 +244,7 @@ class Bonder(Worker):
     def _run(self) -> None:
         next_house = 0.0
         while not self._stop.is_set():
+            self.heartbeat.beat()
             for key, _ in self.sel.select(timeout=0.01):
                 try:
                     if key.data is None:
