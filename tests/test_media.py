@@ -454,9 +454,19 @@ def test_a_stop_that_could_not_finalize_the_recording_says_so(daemon_factory, fr
         d.wait_state("READY", timeout=30)
         # (1 loaded run in 16 found the control socket silent for 5 s here, frozen card and
         # all: not explained yet, see the session note; what this test asserts is the report)
-        last = wait_until(lambda: _status_or_none(d), 30, what="the status")["last_stop"]
-        assert last["finalized"] is False and "not stopped within" in last["problems"][0], last
+        status = wait_until(lambda: _status_or_none(d), 30, what="the status")
+        last = status["last_stop"]
+        assert last["finalized"] is False and "recording not finalized" in last["problems"][0], last
         assert "the recording may not be finalized" in d.log()
+        assert "not finalized" in status["components"]["media"]["outputs"]["recorder"]["not_finalized"]
+        # The card holds the recorder's thread in the kernel: said, and no restart asked for.
+        wait_until(lambda: "recording stalled: the disk does not answer" in d.request("status")["status"]["conditions"], 20,
+                   what="the condition")
+        assert "withholding WATCHDOG" not in d.log()
+        # The card does not stop the show: GO goes live again, without the recorder.
+        assert d.request("live")["ok"]
+        d.wait_state(("LIVE", "DEGRADED"), timeout=15)  # (live, with conditions)
+        wait_until(lambda: "output recorder failed" in d.request("status")["status"]["conditions"], 10, what="the recorder's condition")
     finally:
         subprocess.run(["fsfreeze", "-u", str(freezable_disk)], check=True)
     assert d.terminate() == 0

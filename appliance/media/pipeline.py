@@ -243,15 +243,19 @@ class MediaPipeline:
         for a in self._aencs:
             packets += a.flush()
         self._deliver(packets)
+        problems = []
         for out in self._active:
             try:
                 out.stop()
             except Exception as e:
                 log.error("output %s did not stop cleanly: %s", out.name, e)
+                problems.append(f"{out.name}: {e}")
         for name in self._broken:
             self.report(conditions.component_failed(f"output {name}"), False)
         self._active, self._broken = [], []
         self._venc, self._aencs = None, []
+        if problems:  # for the stop's record (last_stop): never a clean stop that was not made
+            raise RuntimeError("; ".join(problems))
 
     def _open_encoder(self) -> VideoEncoder:
         while self._rung_index < len(self._rungs):

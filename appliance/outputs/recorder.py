@@ -29,6 +29,7 @@ import threading
 import time
 from pathlib import Path
 
+from appliance import heartbeat
 from appliance.conditions import DISK_FULL, DISK_LOW, RECORDER_BEHIND, RECORDER_FAILED
 from appliance.config import RecordingSection
 from appliance.fsutil import atomic_write, fsync_dir
@@ -42,7 +43,17 @@ QUEUE_PACKETS = 1500  # ~15 s of 30 fps video plus two audio tracks
 FSYNC_EVERY = 2.0
 MANIFEST = "session.json"
 KEPT_UP_FOR = 60.0  # s without a dropped packet: "too slow" clears
+# A stop waits this long for the last segment's close, fsync and rename: a card that
+# has stopped answering must not hold the media thread (and the next GO) for ever.
+FINALIZE_SECONDS = 5.0
+# The queue holds ~15 s; a card's garbage collection stalls a write for a second or
+# two. This long without a packet written is a recorder that no longer records.
+STUCK_SECONDS = 10.0
 
+
+
+class RecorderNotFinalized(OSError):
+    """The stop's finalize did not complete in time (the card does not answer)."""
 
 
 class Recorder:
@@ -63,6 +74,9 @@ class Recorder:
         self.undeletable: dict[str, str] = {}  # old sessions retention could not delete -> why (skipped)
         self._queue: queue.Queue = queue.Queue(QUEUE_PACKETS)
         self._thread: threading.Thread | None = None
+        self._unfinished: threading.Thread | None = None  # a session's thread that did not finalize in time
+        self.not_finalized = ""  # why the last stop did not finalize the recording
+        self._ending = threading.Event()
         self._mux: TsMuxer | None = None
         self._seg_path: Path | None = None
         self._seg_start: float | None = None
@@ -98,6 +112,10 @@ class Recorder:
     # --- lifecycle (loop side, through to_thread) -------------------------------------------
 
     def start(self, session: Session) -> None:
+        if self._unfinished is not None and self._unfinished.is_alive():
+            # It still holds this recorder's open segment: a second writer would interleave with it.
+            raise RuntimeError("the last session's recording is still being finalized: the disk does not answer")
+        self._unfinished, self.not_finalized = None, ""
         # A new session starts with a clean slate: last session's disk-full or
         # write error is history (retention runs again before every segment).
         for condition in (DISK_FULL, RECORDER_FAILED, DISK_LOW):
@@ -111,24 +129,32 @@ class Recorder:
         self.dead = ""
         self._seg_index = 0
         self._behind = False
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # Called in the media thread: the directory and the first manifest are made in
+        # the recorder's own thread, so a card that does not answer holds only that one.
         self.session_dir = self.directory / session.name
-        self.session_dir.mkdir(parents=True, exist_ok=True)
-        self._write_manifest(open_segment=None)
         self._queue = queue.Queue(QUEUE_PACKETS)
-        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
+        self._ending = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(self._queue, self._ending), name="recorder",
+                                        daemon=True)
         self._thread.start()
         log.info("recording to %s", self.session_dir, extra={"OUTPUT": self.name, "SESSION": session.name})
 
     def stop(self) -> None:
-        """Finalize: the last segment closed, fsync'ed, renamed; manifest written."""
-        if self._thread is None:
+        """Finalize: the last segment closed, fsync'ed, renamed; manifest written. Raises
+        RecorderNotFinalized when that did not happen within FINALIZE_SECONDS."""
+        thread, self._thread = self._thread, None
+        if thread is None:
             return
-        self._queue.put(None)
-        self._thread.join()
-        self._thread = None
+        self._ending.set()
+        with heartbeat.allowing(FINALIZE_SECONDS + 1):
+            thread.join(FINALIZE_SECONDS)
         if self._behind:
             self.report(RECORDER_BEHIND, False)
+        if thread.is_alive():
+            self._unfinished = thread
+            self.not_finalized = why = f"recording not finalized: the disk did not answer within {FINALIZE_SECONDS:g} s"
+            log.error("%s (%s)", why, self.session_dir, extra={"OUTPUT": self.name})
+            raise RecorderNotFinalized(why)
         log.info("recording finalized: %d segments, %.1f MB in %s", len(self.segments), self.bytes / 1e6,
                  self.session_dir, extra={"OUTPUT": self.name})
 
@@ -142,16 +168,31 @@ class Recorder:
             "dropped_packets": self.dropped,
             "recording": self._thread is not None and not self.dead,
             **({"stopped": self.dead} if self.dead else {}),
+            **({"not_finalized": self.not_finalized} if self.not_finalized else {}),
             **({"undeletable_sessions": dict(self.undeletable)} if self.undeletable else {}),
         }
 
     # --- the recorder thread ------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, packets: queue.Queue, ending: threading.Event) -> None:
+        with heartbeat.beating("recorder", STUCK_SECONDS, show=True, disk=True) as hb:
+            self._record(packets, ending, hb)
+
+    def _record(self, packets: queue.Queue, ending: threading.Event, hb: heartbeat.Heartbeat) -> None:
+        try:
+            self.session_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            self._fail(e)
+        else:
+            self._write_manifest(open_segment=None)
         while True:
-            pkt = self._queue.get()
-            if pkt is None:
-                break
+            hb.beat()
+            try:
+                pkt = packets.get(timeout=0.25)
+            except queue.Empty:
+                if ending.is_set():
+                    break  # (all that was queued before the stop is written first)
+                continue
             if self.dead:
                 continue
             try:

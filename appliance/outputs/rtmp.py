@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 
-from appliance import conditions
+from appliance import conditions, heartbeat
 from appliance.config import RtmpSection, redact_url
 from appliance.media.encoders import EncodedPacket
 from appliance.media.mux import TsMuxer
@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 QUEUE_PACKETS = 600  # ~6 s of video and two audio tracks
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 5.0)
 STOP_WAIT = 5.0
+# Its loop turns every 0.2 s; a write into a stalled server's pipe waits until the
+# pusher gives up on it (RTMP's own timeouts). The stream over SRT and the recording
+# do not wait on it: stuck, it is reported, not restarted.
+STUCK_SECONDS = 20.0
 
 
 class RtmpOutput:
@@ -61,8 +65,10 @@ class RtmpOutput:
     def start(self, session: Session) -> None:
         self._session = session
         self._queue = queue.Queue(QUEUE_PACKETS)
+        self._ending = threading.Event()
         self._gap = False
-        self._thread = threading.Thread(target=self._run, name="rtmp-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(self._queue, self._ending), name="rtmp-writer",
+                                        daemon=True)
         self._thread.start()
 
     def packet(self, pkt: EncodedPacket) -> None:
@@ -78,13 +84,22 @@ class RtmpOutput:
             self._gap = True
 
     def stop(self) -> None:
-        try:
-            self._queue.put(None, timeout=STOP_WAIT)
-        except queue.Full:
-            self._close_child(kill=True)  # the writer is stuck on a stalled server
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        """The writer sends what is queued, ends the pusher (EOF: a clean FLV end) and exits.
+        Only the writer touches the muxer and the pipe; from here, at most a signal."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._ending.set()
+            with heartbeat.allowing(3 * STOP_WAIT):
+                thread.join(STOP_WAIT)
+                child = self._child
+                if thread.is_alive() and child is not None:
+                    # The writer is stuck in a write to a stalled server: killed, the pusher's
+                    # pipe breaks, and the writer's own failure path closes the rest.
+                    log.warning("rtmp: the pusher does not take the last packets: ending it", extra={"OUTPUT": self.name})
+                    child.kill()
+                thread.join(STOP_WAIT)
+            if thread.is_alive():
+                log.error("rtmp: the writer did not stop within %g s", 2 * STOP_WAIT, extra={"OUTPUT": self.name})
         if self._reported:
             self._reported = False
             self.report(conditions.RTMP_NOT_CONNECTED, False)
@@ -96,15 +111,20 @@ class RtmpOutput:
 
     # --- the writer thread --------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, packets: queue.Queue, ending: threading.Event) -> None:
+        with heartbeat.beating("rtmp-writer", STUCK_SECONDS) as hb:
+            self._write(packets, ending, hb)
+
+    def _write(self, packets: queue.Queue, ending: threading.Event, hb: heartbeat.Heartbeat) -> None:
         attempt, retry_at = 0, 0.0
         while True:
+            hb.beat()
             try:
-                pkt = self._queue.get(timeout=0.2)
+                pkt = packets.get(timeout=0.2)
             except queue.Empty:
+                if ending.is_set():
+                    break  # (what was queued before the stop is written first)
                 pkt = False
-            if pkt is None:
-                break
             if self._child is not None and self._child.poll() is not None:
                 self._failed()
                 attempt, retry_at = attempt + 1, time.monotonic() + BACKOFF[min(attempt, len(BACKOFF) - 1)]
@@ -114,7 +134,7 @@ class RtmpOutput:
             if not pkt:
                 continue
             if self._child is None:
-                if time.monotonic() < retry_at or not (pkt.stream == 0 and pkt.key):
+                if ending.is_set() or time.monotonic() < retry_at or not (pkt.stream == 0 and pkt.key):
                     continue  # a viewer can only start on a keyframe
                 try:
                     self._spawn()
