@@ -297,6 +297,9 @@ def test_a_wedged_encoder_stops_the_pings_and_the_box_comes_back_live_by_itself(
     stack = log[log.index("thread media has made no progress"):]
     assert "in encode" in stack and "encoders.py" in stack, "the log names where the thread is stuck"
     assert "withholding WATCHDOG=1" in log
+    # Nothing pulls the audio meanwhile: its buffers hold 2 s and drop the rest, never grow.
+    wait_until(lambda: d.component("media")["audio"]["program"]["overflow_samples"] > 0, 10,
+               what="the audio buffer bounded")
 
     again = keeper.restart(d, daemon_factory, env)
     again.wait_state(("LIVE", "DEGRADED"), timeout=20)  # no GO: the live intent

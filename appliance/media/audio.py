@@ -28,6 +28,9 @@ TARGET = 0.060
 TOLERANCE = 0.015
 # A backlog this large (a burst at stream start, a stall) is dropped at once.
 RESYNC_ABOVE = 0.300
+# Only the media thread trims a buffer: while it is stuck, the device's callbacks would
+# grow it without end (0.4 MB/s a track). Beyond this the oldest samples go.
+HOLD_AT_MOST = 2.0
 # No callback for this long: the device is gone, reopen it. A stream that has
 # just opened gets longer (some devices, PulseAudio's among them, take ~2 s).
 STALL_AFTER = 1.0
@@ -50,12 +53,17 @@ class TrackBuffer:
         self.underrun_samples = 0
         self.corrected_samples = 0
         self.resyncs = 0
+        self.overflow_samples = 0
 
     def push(self, block: np.ndarray) -> None:
         """block: (n, 2) float32."""
         with self._lock:
             self._blocks.append(block)
             self._fill += len(block)
+            over = self._fill - int(HOLD_AT_MOST * self.rate)
+            if over > 0:
+                self._discard(over)
+                self.overflow_samples += over
 
     def reset(self) -> None:
         with self._lock:

@@ -77,6 +77,8 @@ class MediaPipeline:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._commands: deque = deque()
+        self._bitrate_pending: int | None = None
+        self._bitrate_lock = threading.Lock()
         self._live = False
         self._active: list = []  # the outputs running this session
         self._broken: list[str] = []
@@ -153,6 +155,7 @@ class MediaPipeline:
             "video": self.video.status(),
             "audio": {name: {**self.meters[name].status(), "device_ok": self.audio.device_ok(name),
                              "underrun_samples": self.audio.buffers[name].underrun_samples,
+                             "overflow_samples": self.audio.buffers[name].overflow_samples,
                              "drift_corrections": self.audio.buffers[name].corrected_samples}
                       for name in self.tracks},
             "outputs": {o.name: {**o.status(), "failed": o.name in self._broken} for o in self.outputs},
@@ -169,8 +172,18 @@ class MediaPipeline:
         await asyncio.to_thread(self._call, self._end)
 
     def set_bitrate(self, kbps: int) -> None:
-        """Called by the adaptive bitrate (any thread); applied on the next tick."""
-        self._commands.append(lambda: self._apply_bitrate(kbps))
+        """Called by the adaptive bitrate (any thread, ten times a second); applied on the
+        next tick. Only the newest figure waits: a stuck media thread must not queue them up."""
+        with self._bitrate_lock:
+            pending, self._bitrate_pending = self._bitrate_pending, int(kbps)
+            if pending is None:
+                self._commands.append(self._apply_pending_bitrate)
+
+    def _apply_pending_bitrate(self) -> None:
+        with self._bitrate_lock:
+            kbps, self._bitrate_pending = self._bitrate_pending, None
+        if kbps is not None:
+            self._apply_bitrate(kbps)
 
     def set_bitrate_cap(self, kbps: int | None) -> None:
         """A ceiling below the configured maximum (power saving); None lifts it."""
