@@ -17,6 +17,8 @@ from gpiozero.exc import PinInvalidFunction, PinInvalidPin, PinInvalidPull, PinS
 from gpiozero.pins import BoardInfo, Factory, HeaderInfo, PinInfo
 from gpiozero.pins.pi import PiPin
 
+from appliance import heartbeat
+
 CONSUMER = "appliance"
 
 
@@ -192,9 +194,11 @@ class GpiodPin(PiPin):
     def _watch(self):
         from gpiod.edge_event import EdgeEvent
 
-        while self._watching.is_set():
-            if not self._request.wait_edge_events(timedelta(milliseconds=100)):
-                continue
-            for event in self._request.read_edge_events():
-                rising = event.event_type is EdgeEvent.Type.RISING_EDGE
-                self._call_when_changed(event.timestamp_ns / 1e9, rising)
+        with heartbeat.beating(f"gpiod-line-{self.offset}", 10.0) as hb:
+            while self._watching.is_set():
+                hb.beat()
+                if not self._request.wait_edge_events(timedelta(milliseconds=100)):
+                    continue
+                for event in self._request.read_edge_events():
+                    rising = event.event_type is EdgeEvent.Type.RISING_EDGE
+                    self._call_when_changed(event.timestamp_ns / 1e9, rising)
