@@ -70,6 +70,7 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
 
     uplinks = UplinkMonitor(config, lambda c, a: report(c, a, "uplinks"), srt, sim_dir=run_dir / "sim-serial",
                             state_dir=state_dir(config))
+    uplinks.on_facts = panel.set_facts  # the link LEDs: which uplinks carry the show
     service.components.append(uplinks)
     service.components.append(media)
     media.session_extras = uplinks.session_record

@@ -41,6 +41,13 @@ def link_standby(link: str) -> str:
     return f"uplink {link} standby"
 
 
+def link_fact(role: str, what: str) -> str:
+    """Not a condition but a fact the panel shows (it never makes the state DEGRADED):
+    what the uplinks of a role ("wired", "cell") are doing. "carrying": in READY up and
+    ready, while live carrying part of the show; "poor": carrying, in poor health."""
+    return f"link {role}: {what}"
+
+
 def unresolved(role: str, host: str) -> str:
     """A host name the box dials gives no address: role is "relay", "ingest", ..."""
     return f"{role} name does not resolve: {host}"

@@ -187,7 +187,48 @@ def test_every_table_row_is_reachable_and_distinct_on_its_led():
     for row in patterns.TABLE:
         state = row.states[0] if row.states else State.READY
         present = {row.condition.replace("*", "program")} if row.condition else set()
-        assert patterns.choose(state, present)[row.led] == row, row
+        facts = {row.fact} if row.fact else set()
+        assert patterns.choose(state, present, facts=facts)[row.led] == row, row
+
+
+LINK_PINS = {"link_wired": 22, "link_cell": 23}
+LINK_ROWS = [r for r in patterns.TABLE if r.led in LINK_PINS]
+
+
+@pytest.mark.parametrize("row", LINK_ROWS, ids=lambda r: f"{r.led}-{r.pattern.name}")
+def test_every_link_led_row_plays_on_its_pin(row):
+    """Each row of the two link LEDs, "solid while it carries the show" among them, as the pin sees it."""
+    p = Panel(PanelSection(backend="mock", leds=LINK_PINS), Collector())
+    asyncio.run(p.start())
+    try:
+        at(p, State.LIVE)  # nothing known of the links: off
+        time.sleep(patterns_lamp_test() + 0.1)
+        pin = p.factory.pin(LINK_PINS[row.led])
+        assert pin.state == 0
+        pin.clear_states()
+        p.set_facts(frozenset({row.fact} if row.fact else ()))
+        at(p, row.states[0] if row.states else State.LIVE, {row.condition} if row.condition else ())
+        time.sleep(2 * sum(d for _, d in patterns.TIMINGS[row.pattern]) + 0.05)
+        assert p.status()["leds"][row.led]["meaning"] == row.meaning
+        pin.assert_states_and_times(expected_states(row.pattern))
+    finally:
+        asyncio.run(p.stop())
+
+
+def patterns_lamp_test() -> float:
+    from appliance.panel.panel import LAMP_TEST
+
+    return LAMP_TEST
+
+
+def test_a_link_carrying_the_show_is_solid_and_one_not_in_use_is_off():
+    carrying = patterns.choose(State.LIVE, set(), facts={C.link_fact("wired", "carrying")})
+    assert carrying["link_wired"].pattern is Pattern.SOLID and carrying["link_cell"].pattern is Pattern.OFF
+    # Down outranks what the bond said a moment ago; poor health shows while it carries.
+    assert patterns.choose(State.LIVE, {C.link_down("cell")}, facts={C.link_fact("cell", "carrying")}
+                           )["link_cell"].pattern is Pattern.SLOW
+    assert patterns.choose(State.LIVE, set(), facts={C.link_fact("cell", "poor"), C.link_fact("cell", "carrying")}
+                           )["link_cell"].pattern is Pattern.WINK
 
 
 def test_live_stays_readable_whatever_the_battery_does():

@@ -107,6 +107,7 @@ class Panel:
         self.driver: LedDriver | None = None
         self.acknowledged: frozenset[str] = frozenset()
         self._snapshot = Snapshot()
+        self._facts: frozenset[str] = frozenset()  # what the uplinks are doing (conditions.link_fact)
         self._rows: dict[str, patterns.Row] = {}
         self._lock = threading.Lock()
         self._go_pressed_live = False
@@ -205,10 +206,18 @@ class Panel:
             self.acknowledged = self.acknowledged & after.conditions
         self._show()
 
+    def set_facts(self, facts: frozenset[str]) -> None:
+        """What the uplinks are doing (loop thread, from the uplink monitor): shown on change."""
+        with self._lock:
+            if facts == self._facts:
+                return
+            self._facts = facts
+        self._show()
+
     def _show(self) -> None:
         with self._lock:
-            snap, acked = self._snapshot, self.acknowledged
-        self._rows = patterns.choose(snap.state, snap.conditions, acked)
+            snap, acked, facts = self._snapshot, self.acknowledged, self._facts
+        self._rows = patterns.choose(snap.state, snap.conditions, acked, facts)
         if self.driver:
             for name, row in self._rows.items():
                 if name in self.leds:

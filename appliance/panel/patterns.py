@@ -57,6 +57,7 @@ class Row:
     states: tuple[State, ...] = ()  # any of these states (empty: any state)
     condition: str = ""  # a condition (glob) that must be present ("" = none needed)
     acknowledgeable: bool = True  # FN short press silences it until it recurs
+    fact: str = ""  # a fact that must hold ("" = none): what is so, not a problem (C.link_fact)
 
 
 def _link_rows(led: str, name: str, label: str) -> list[Row]:
@@ -67,7 +68,12 @@ def _link_rows(led: str, name: str, label: str) -> list[Row]:
             condition=C.link_down(name)),
         Row(led, 80, Pattern.DOUBLE, f"{label} uplink on standby (backup, or data cap reached)", "nothing, unless you expected it to carry traffic",
             condition=C.link_standby(name)),
-        Row(led, 0, Pattern.OFF, f"{label} uplink not in use", "nothing"),
+        Row(led, 70, Pattern.WINK, f"{label} uplink carries the show, in poor health (loss, delay, weak signal)",
+            "nothing now; the other link takes more; check the cable or the antenna after the show",
+            fact=C.link_fact(name, "poor"), acknowledgeable=False),
+        Row(led, 60, Pattern.SOLID, f"{label} uplink carries the show (in READY: up, ready to)", "nothing",
+            fact=C.link_fact(name, "carrying"), acknowledgeable=False),
+        Row(led, 0, Pattern.OFF, f"no {label} uplink (absent or not configured)", "nothing, unless you plugged one in"),
     ]
 
 
@@ -117,29 +123,33 @@ TABLE: tuple[Row, ...] = (
 )
 
 
-def _matches(row: Row, state: State, present: frozenset[str]) -> bool:
+def _matches(row: Row, state: State, present: frozenset[str], facts: frozenset[str]) -> bool:
     if row.states and state not in row.states:
         return False
     if row.condition and not any(fnmatch.fnmatchcase(c, row.condition) for c in present):
+        return False
+    if row.fact and row.fact not in facts:
         return False
     return True
 
 
 def choose(state: State, conditions: frozenset[str] | set[str],
-           acknowledged: frozenset[str] | set[str] = frozenset()) -> dict[str, Row]:
+           acknowledged: frozenset[str] | set[str] = frozenset(),
+           facts: frozenset[str] | set[str] = frozenset()) -> dict[str, Row]:
     """The winning row for every LED.
 
     Acknowledged conditions (FN short press) no longer light their warning, but
-    a row marked not acknowledgeable always shows.
+    a row marked not acknowledgeable always shows. Facts (conditions.link_fact) say what is
+    so without being a problem: they never make the state DEGRADED.
     """
-    conditions = frozenset(conditions)
+    conditions, facts = frozenset(conditions), frozenset(facts)
     unacked = conditions - frozenset(acknowledged)
     out: dict[str, Row] = {}
     for led in LEDS:
         rows = sorted((r for r in TABLE if r.led == led), key=lambda r: -r.priority)
         for row in rows:
             present = conditions if not row.acknowledgeable else unacked
-            if _matches(row, state, present):
+            if _matches(row, state, present, facts):
                 out[led] = row
                 break
     return out

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 TICK = 0.5
 SAVE_EVERY = 10.0
+SHARE_WINDOW = 3.0  # s of traffic a link's share is taken over
+CARRIES_FROM = 0.01  # a link with at least this share of the traffic carries the show
 
 
 class UplinkMonitor:
@@ -64,6 +66,10 @@ class UplinkMonitor:
         self._save_failing = False
         self._streaming_since: float | None = None
         self._task: asyncio.Task | None = None
+        self._sent: list[tuple[float, dict[str, int]]] = []  # (time, bytes each link sent that tick), SHARE_WINDOW
+        self.shares: dict[str, float] = {}  # each link's part of the traffic, 0..1
+        self.facts: frozenset[str] = frozenset()  # what each role's links are doing, for the panel
+        self.on_facts: Callable[[frozenset[str]], None] = lambda facts: None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -114,6 +120,7 @@ class UplinkMonitor:
                            "cap_mb": None if v.cap_bytes is None else v.cap_bytes // 1_000_000,
                            **self.scores.get(name, {}),
                            "standby": bool(d and name in d.standby),
+                           "share_percent": round(self.shares.get(name, 0.0) * 100, 1),
                            **({"radio": v.radio.as_dict()} if v.radio is not None else {})}
         return {"policy": self.policy.mode, **({"active": d.active} if d and d.active else {}), "links": links,
                 **({"modem": self.modem.status()} if self.modem is not None else {})}
@@ -147,7 +154,7 @@ class UplinkMonitor:
         links = bond.status()["links"] if bond is not None else {}
         if bond is not self._bonder_id:
             self._bonder_id, self._last_bytes, self._loss = bond, {}, LossMeter()
-        views = {}
+        views, delta = {}, {}
         # A named uplink that is missing altogether (the modem re-enumerating) is down, not absent from view.
         configured = {e.partition("@")[0] for e in self.config.stream.uplinks if e != "auto"}
         for name in sorted(set(present) | set(links) | configured):
@@ -162,7 +169,8 @@ class UplinkMonitor:
             if b:
                 v.loss = self._loss.update(name, now, b.get("naks", 0), b.get("packets", 0))
                 sent = b.get("bytes", 0)
-                self.usage[name] = self.usage.get(name, 0) + max(0, sent - self._last_bytes.get(name, 0))
+                delta[name] = max(0, sent - self._last_bytes.get(name, 0))
+                self.usage[name] = self.usage.get(name, 0) + delta[name]
                 self._last_bytes[name] = sent
             v.used_bytes = self.usage.get(name, 0)
             if self.modem is not None and name == self.config.modem.interface and self.modem.answering:
@@ -191,6 +199,8 @@ class UplinkMonitor:
             self._streaming_since = now
         # Links register in the first second of a stream: judge them after that.
         self._conditions(views, d, streaming=bond is not None and now - self._streaming_since > 3.0)
+        self._share(now, delta, streaming=bond is not None)
+        self._tell_facts(views, streaming=bond is not None)
         if now - self._saved_at >= SAVE_EVERY:
             self._saved_at = now
             self._save_due = True
@@ -201,6 +211,35 @@ class UplinkMonitor:
             (log.info if band == "good" else log.warning)(
                 "uplinks: %s health %s (%.2f)%s", name, band, h.score, f": {', '.join(h.reasons)}" if h.reasons else "",
                 extra={"LINK": name})
+
+    def _share(self, now: float, delta: dict[str, int], streaming: bool) -> None:
+        """Each link's part of the bytes sent over the last SHARE_WINDOW seconds."""
+        if not streaming:
+            self._sent, self.shares = [], {}
+            return
+        self._sent = [(t, d) for t, d in self._sent if now - t < SHARE_WINDOW] + [(now, delta)]
+        totals: dict[str, int] = {}
+        for _, d in self._sent:
+            for name, n in d.items():
+                totals[name] = totals.get(name, 0) + n
+        whole = sum(totals.values())
+        self.shares = {name: n / whole for name, n in totals.items()} if whole else {}
+
+    def _tell_facts(self, views: dict[str, LinkView], streaming: bool) -> None:
+        """The panel's link LEDs: which roles carry the show (READY: which are up and ready)."""
+        facts = set()
+        for name, v in views.items():
+            role = self._role(name)
+            if not streaming:
+                if v.present:
+                    facts.add(C.link_fact(role, "carrying"))
+            elif v.state == "up" and self.shares.get(name, 0.0) >= CARRIES_FROM:
+                poor = self._health_bands.band.get(name) == "poor"
+                facts.add(C.link_fact(role, "poor" if poor else "carrying"))
+        facts = frozenset(facts)
+        if facts != self.facts:
+            self.facts = facts
+            self.on_facts(facts)
 
     def _role(self, name: str) -> str:
         return "cell" if name == self.config.modem.interface else "wired"
