@@ -86,6 +86,9 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
     from appliance.api.http import ApiServer
 
     service.components.append(ApiServer(config, service, media))
+    from appliance.summary import LiveSummary
+
+    service.components.append(LiveSummary(service.status, config.log.summary_seconds))
     if sim:
         for action in ("mains-fail", "mains-restore", "battery", "power-unplug", "power-replug"):
             service.sim_actions[action] = power.sim_action

@@ -74,76 +74,35 @@ def _socket(args) -> Path:
 
 
 def cmd_status(args) -> int:
+    from appliance.errors import ControlError
+    from appliance.statusview import render
     from appliance.supervisor.control import request
 
-    answer = request(_socket(args), "status")
-    if args.json:
-        print(json.dumps(answer.get("status", answer), indent=2))
-        return 0 if answer.get("ok") else 1
-    if not answer.get("ok"):
-        print(f"error: {answer.get('error')}", file=sys.stderr)
-        return 1
-    s = answer["status"]
-    since = time.strftime("%H:%M:%S", time.localtime(s["since"]))
-    print(f"{s['device']}: {s['state']} since {since}  (profile {s['profile']}, up {s['uptime']:.0f} s)")
-    if s["fault"]:
-        print(f"  FAULT: {s['fault']}")
-    for c in s["conditions"]:
-        print(f"  ! {c}")
-    print(f"  live intent: {'yes' if s['live_intent'] else 'no'}")
-    media = s["components"].get("media", {})
-    if media.get("state") == "running":
-        print(media_summary(media))
-    power = s["components"].get("power", {})
-    if power.get("state") == "running":
-        print(power_summary(power))
-    for name, c in s["components"].items():
-        print(f"  {name:<14} {c['state']}" + (f"  ({c['error']})" if c.get("error") else ""))
-    return 0
-
-
-def power_summary(p: dict) -> str:
-    lines = []
-    for name, src in p["sources"].items():
-        if src["stale"]:
-            lines.append(f"  power {name}: NOT ANSWERING ({src.get('last_error', '')})")
-            continue
-        mains = {True: "on mains", False: "ON BATTERY", None: "no reading yet"}[src["on_mains"]]
-        bits = [mains]
-        if src["charge_percent"] is not None:
-            bits.append(f"{src['charge_percent']:.0f} %")
-        if src["runtime_seconds"] is not None:
-            bits.append(f"{src['runtime_seconds'] / 60:.0f} min left ({src['runtime_from']})")
-        lines.append(f"  power {name}: " + ", ".join(bits) + (f"  [{src['detail']}]" if src["detail"] else ""))
-    if p.get("shutdown_in_seconds") is not None:
-        lines.append(f"  POWERING OFF in {p['shutdown_in_seconds']:.0f} s unless mains return")
-    temps = p.get("health", {}).get("temperatures_c") or {}
-    if temps:
-        lines.append(f"  board: {max(temps.values()):.0f} °C")
-    return "\n".join(lines) if lines else "  power: no power monitor configured"
-
-
-def media_summary(m: dict) -> str:
-    """The media lines of `appliance status` (and the sim console)."""
-    video = m["video"]
-    lines = [f"  video: {video['source']}, {'signal' if video['signal'] else 'NO SIGNAL'}"]
-    if m["live"]:
-        hw = " (hardware)" if m["encoder_hardware"] else ""
-        lines.append(f"  encoder: {m['encoder']}{hw}, {m['fps']} fps, {m['bitrate_kbps']} kb/s "
-                     f"(target {m['target_bitrate_kbps']}), {m['frames_dropped']} dropped")
-    for name, a in m["audio"].items():
-        if not a["device_ok"]:
-            level = "device missing"
-        else:
-            lufs = "" if a["loudness_lufs"] is None else f"  {a['loudness_lufs']:.1f} LUFS"
-            level = f"peak {a['peak_dbfs']:.1f} dBFS  rms {a['rms_dbfs']:.1f} dBFS{lufs}"
-            level += ("  CLIP" if a["clipping"] else "") + ("  SILENT" if a["silent"] else "")
-        lines.append(f"  audio {name}: {level}")
-    rec = m["outputs"].get("recorder")
-    if rec and rec.get("session"):
-        state = "recording" if rec["recording"] else rec.get("stopped", "finalized")
-        lines.append(f"  recorder: {state}, {rec['segments']} segments, {rec['bytes'] / 1e6:.1f} MB in {rec['directory']}")
-    return "\n".join(lines)
+    if args.json or not args.watch:
+        answer = request(_socket(args), "status")
+        if args.json:
+            print(json.dumps(answer.get("status", answer), indent=2))
+            return 0 if answer.get("ok") else 1
+        if not answer.get("ok"):
+            print(f"error: {answer.get('error')}", file=sys.stderr)
+            return 1
+        print(render(answer["status"]))
+        return 0
+    # --watch: redrawn in place with plain ANSI (home, clear to the end), fine over SSH.
+    try:
+        while True:
+            try:
+                answer = request(_socket(args), "status")
+                text = render(answer["status"]) if answer.get("ok") else f"error: {answer.get('error')}"
+            except ControlError as e:
+                text = f"{e} (trying again)"
+            stamp = time.strftime("%H:%M:%S")
+            sys.stdout.write("\x1b[H\x1b[2J" + text + f"\n\n  {stamp}, every {args.watch:g} s; Ctrl-C to stop\n")
+            sys.stdout.flush()
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        return 0
 
 
 def cmd_preflight(args) -> int:
@@ -328,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("status", help="show the daemon's state")
     common(sp, socket=True)
+    sp.add_argument("--watch", nargs="?", type=float, const=1.0, default=0.0, metavar="SECONDS",
+                    help="redraw it in place every SECONDS (default 1) until Ctrl-C")
     sp.set_defaults(func=cmd_status)
     for name, text in (("live", "go live (as the GO button)"), ("stop", "stop the show")):
         sp = sub.add_parser(name, help=text)

@@ -64,6 +64,9 @@ class PathsSection(Section):
 
 class LogSection(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
+    # While live, the steady figures (bitrate, uplink shares, recording) go to the journal
+    # as one line this often; changes of state and faults are logged as they happen.
+    summary_seconds: float = Field(60.0, ge=1, le=3600)
 
 
 class VideoSection(Section):

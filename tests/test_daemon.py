@@ -333,3 +333,20 @@ def test_sim_hang_names_the_threads_it_knows(daemon_factory):
     answer = d.request("sim", action="encoder-hang", seconds=1)
     assert not answer["ok"] and "only while live" in answer["error"]
     assert d.terminate() == 0
+
+
+def test_a_live_box_logs_changes_and_faults_and_one_summary_a_period(daemon_factory):
+    d = daemon_factory(config_extra="[log]\nsummary_seconds = 2\n").start()
+    d.wait_state("READY")
+    assert d.request("live")["ok"]
+    d.wait_state(("LIVE", "DEGRADED"))
+    time.sleep(3)  # the start's own lines (encoder, recorder, connections)
+    mark = len(d.log().splitlines())
+    time.sleep(7)
+    steady = [line for line in d.log().splitlines()[mark:] if " INFO " in line]
+    summaries = [line for line in steady if " live: " in line]
+    assert 2 <= len(summaries) <= 4, steady
+    assert steady == summaries, "nothing else at INFO while a show runs steadily"
+    assert "kb/s (target" in summaries[-1]
+    assert "ignored: condition" not in d.log(), "a condition that was already so is DEBUG"
+    assert d.terminate() == 0

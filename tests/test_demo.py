@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import re
 import subprocess
+import time
 
-from conftest import ROOT, free_port, wait_until
+from conftest import APPLIANCE, ROOT, free_port, run_cli, wait_until
 from media_check import decode_files, missing_frames
 
 
@@ -25,6 +27,18 @@ def test_demo_goes_live_and_streams_through_the_local_relay(tmp_path):
                    interval=0.2, what="the demo going live")
         wait_until(lambda: (demo / "received.ts").exists() and (demo / "received.ts").stat().st_size > 2_000_000, 30,
                    interval=0.2, what="the stream arriving at the demo's ingest")
+        # What the tech reads: where the stream goes, each uplink's share, the link LEDs solid.
+        sock = ["--socket", str(demo / "run" / "control.sock")]
+        text = wait_until(lambda: _status_with_both_links_carrying(sock), 15, what="both uplinks carrying")
+        assert "stream: srt://" in text and "(bonded, SRTLA), connected since" in text, text
+        assert "WIRED[solid]" in text and "5G[solid]" in text, text
+        watch = subprocess.Popen([*APPLIANCE, "status", *sock, "--watch", "0.3"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        watch.send_signal(signal.SIGINT)  # Ctrl-C
+        out, err = watch.communicate(timeout=10)
+        assert watch.returncode == 0, err
+        assert out.count("\x1b[H\x1b[2J") >= 2 and "uplink sim-cell" in out and "Traceback" not in err
     finally:
         os.killpg(p.pid, signal.SIGINT)  # Ctrl-C, as a user would
         rc = p.wait(30)
@@ -35,3 +49,9 @@ def test_demo_goes_live_and_streams_through_the_local_relay(tmp_path):
     got = decode_files([demo / "received.ts"])
     assert len(got.video_pts) >= 60 and missing_frames(got.video_pts) == 0
     assert len(got.audio) == 2
+
+
+def _status_with_both_links_carrying(sock) -> str | None:
+    text = run_cli("status", *sock).stdout
+    shares = dict(re.findall(r"uplink (sim-wired|sim-cell): up[^\n]*?, (\d+) % of the traffic", text))
+    return text if len(shares) == 2 and all(int(v) > 0 for v in shares.values()) else None

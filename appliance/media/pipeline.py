@@ -305,7 +305,7 @@ class MediaPipeline:
         ceiling = min(e.bitrate_kbps, self._cap_kbps or e.bitrate_kbps)
         kbps = max(e.min_bitrate_kbps, min(ceiling, int(kbps)))
         if kbps != self.settings.bitrate_kbps:
-            log.info("encoder bitrate: %d kb/s%s", kbps, f" (capped at {self._cap_kbps})" if self._cap_kbps else "")
+            log.debug("encoder bitrate: %d kb/s%s", kbps, f" (capped at {self._cap_kbps})" if self._cap_kbps else "")
         self.settings = replace(self.settings, bitrate_kbps=kbps)
         if self._venc:
             self._venc.settings = self.settings

@@ -75,6 +75,7 @@ class SrtOutput:
         self.set_bitrate = set_bitrate or (lambda kbps: None)
         self.abr: Abr | None = None
         self.abr_changes: deque = deque(maxlen=50)  # (monotonic time, kb/s, lane, why)
+        self.abr_moves = 0  # every change, this process
         self.lane = VIDEO
         self._slate_on = False  # media thread: the stream's video is the slate
         self._slate_next = 0
@@ -100,6 +101,7 @@ class SrtOutput:
         self._stop = threading.Event()
         self.caller: SrtCaller | None = None
         self.connected = False
+        self.connected_since: float | None = None  # wall time of the current connection
         self.chunks_sent = 0
         self.frames_dropped = 0  # queue overflow, and stale on reconnect
         self.video_shed = 0  # video frames not sent so that the audio goes on
@@ -227,13 +229,16 @@ class SrtOutput:
             self.report(conditions.VOICE_LANE, False)
 
     def status(self) -> dict:
-        return {"url": self.where(), "connected": self.connected, "chunks_sent": self.chunks_sent,
+        return {"url": self.where(), "connected": self.connected,
+                **({"connected_since": self.connected_since} if self.connected else {}),
+                "chunks_sent": self.chunks_sent,
                 "frames_dropped": self.frames_dropped, "reconnects": self.reconnects, "queued": len(self._frames),
                 **({"last_error": self.last_error} if self.last_error else {}), "srt": self.stats,
                 **({"bond": self.bonder.status()} if self.bonder is not None else {}),
                 "lane": self.lane, "video_shed": self.video_shed,
                 **({"abr": {"bitrate_kbps": self.abr.bitrate, "delivered_kbps": None if self.abr.delivered_kbps is None
-                            else round(self.abr.delivered_kbps), "changes": list(self.abr_changes)[-10:]}}
+                            else round(self.abr.delivered_kbps), "changes": list(self.abr_changes)[-10:],
+                            "moves": self.abr_moves}}
                    if self.abr is not None else {})}
 
     # --- the sender thread --------------------------------------------------------------------
@@ -440,11 +445,13 @@ class SrtOutput:
             self.report(conditions.VOICE_LANE, out.lane == VOICE)
         if out.bitrate_kbps != before_kbps or out.lane != before_lane:
             self.abr_changes.append((round(now, 3), out.bitrate_kbps, out.lane, out.reason))
+            self.abr_moves += 1
             # In the voice lane the stream carries no video: the recording gets the full bitrate back.
             self.set_bitrate(self.abr_limits.max_kbps if out.lane == VOICE else out.bitrate_kbps)
             if out.bitrate_kbps < before_kbps:
-                log.info("stream: bitrate %d -> %d kb/s: %s", before_kbps, out.bitrate_kbps, out.reason,
-                         extra={"OUTPUT": self.name})
+                # (DEBUG: every few seconds on a busy cell; the journal gets them once a minute, summed up)
+                log.debug("stream: bitrate %d -> %d kb/s: %s", before_kbps, out.bitrate_kbps, out.reason,
+                          extra={"OUTPUT": self.name})
 
     def set_uplinks(self, now: dict[str, str]) -> None:
         """Interfaces come and go (a modem re-attaching): the bond follows, live.
@@ -474,7 +481,7 @@ class SrtOutput:
         # and the gate would hold the stream back to that.
         self._meter.reset()
         self._need_key = True
-        self.connected = True
+        self.connected, self.connected_since = True, time.time()
         if self.reconnects or self._reported:
             log.info("stream: reconnected to %s (%d stale frames dropped)", self.where(), stale,
                      extra={"OUTPUT": self.name})

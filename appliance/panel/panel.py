@@ -164,7 +164,8 @@ class Panel:
         return {
             "backend": self.config.backend,
             "fitted": self.config.backend != "none",
-            "leds": {name: {"pattern": row.pattern.value, "meaning": row.meaning, "lit": _lit(self.leds.get(name))}
+            "leds": {name: {"label": patterns.LED_LABELS[name], "pattern": row.pattern.value, "meaning": row.meaning,
+                            "lit": _lit(self.leds.get(name))}
                      for name, row in self._rows.items() if name in self.leds},
             "acknowledged": sorted(self.acknowledged),
             "buttons": {name: {"presses": b.presses, "ignored_bounces": b.ignored_edges,

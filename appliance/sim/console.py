@@ -117,8 +117,7 @@ class SimConsole:
         print(f"\r{'':11}{self.lamps()}", flush=True)
 
     def lamps(self) -> str:
-        """The panel as text: each LED's label and the pattern it plays."""
-        from appliance.panel.patterns import LED_LABELS
+        """The panel as text, as `appliance status` shows it."""
+        from appliance.statusview import lamps
 
-        leds = self.panel.status().get("leds", {}) if self.panel.factory else {}
-        return "  ".join(f"{LED_LABELS[name]}[{led['pattern']}]" for name, led in leds.items())
+        return lamps(self.panel.status()) if self.panel.factory else ""

@@ -142,7 +142,10 @@ class Service:
         after = result.snapshot
         who = f" from {event.source}" if event.source else ""
         if result.ignored:
-            log.info("%s%s ignored: %s", event.kind.value, who, result.ignored)
+            # A condition reported that was already so changes nothing (every GO clears the
+            # recorder's last-session conditions): DEBUG. A GO or STOP refused is for the tech.
+            quiet = event.kind in (Kind.DEGRADED, Kind.RECOVERED)
+            (log.debug if quiet else log.info)("%s%s ignored: %s", event.kind.value, who, result.ignored)
             self._last_ignored = (event, result.ignored)
         self.snapshot = after
         if after.state is not before.state:
