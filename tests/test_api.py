@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import wait_until
+from conftest import ROOT, wait_until
 
 TOKEN = "tok-" + secrets.token_hex(8)
 SECRET_VALUES = [TOKEN, "very-secret-passphrase", "publish:hidden-stream-key"]
@@ -347,3 +347,76 @@ def test_schemathesis_finds_no_server_errors(box, tmp_path):
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert box.terminate() == 0
+
+
+# --- the phone page's graphs, panel and preview ----------------------------------------------------
+
+HEAP_BOUND_MB = 6.0  # measured 2.8 MB after one minute of events and 2.9 MB after ten (Chromium 156, 360 px)
+
+
+def test_phone_page_graphs_panel_and_preview(box, tmp_path):
+    pytest.importorskip("playwright.sync_api")
+    from browser import canvas_ink, heap_mb, log_in, phone
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with phone() as page:
+        page.goto(box.base + "/")
+        # Before it has a frame: a placeholder, never a broken image.
+        assert page.is_visible("#preview-wait") and not page.is_visible("#preview")
+        log_in(page, box.base, box.token)
+        page.wait_for_selector("#state.READY", timeout=15000)
+        # The front panel as the daemon's table lights it.
+        page.wait_for_selector("#panel .led.status.solid", timeout=10000)
+        assert page.eval_on_selector("#panel .led.status", "e => e.title").startswith("STATUS: solid: READY")
+        # The audio chart draws, and moves on.
+        wait_until(lambda: canvas_ink(page, "chart-audio") > 500, 15, what="the audio chart drawn")
+        points = page.evaluate("charts.audio.h.t.length")
+        wait_until(lambda: page.evaluate("charts.audio.h.t.length") >= points + 2, 10, what="the chart updating")
+        page.wait_for_selector("#preview:not([hidden])", timeout=10000)
+        page.screenshot(path=str(shots / "ready.png"), full_page=True)
+
+        assert box.request("sim", action="mains-fail")["ok"]
+        page.wait_for_function("document.getElementById('power').textContent.includes('ON BATTERY')", timeout=15000)
+        page.wait_for_selector("#panel .led.power.slow-blink", timeout=10000)
+        page.screenshot(path=str(shots / "on-battery.png"), full_page=True)
+        assert box.request("sim", action="mains-restore")["ok"]
+
+        page.click("#go")
+        page.wait_for_selector("#state.LIVE, #state.DEGRADED", timeout=15000)
+        wait_until(lambda: "target" in page.evaluate("charts.bitrate.keys") and canvas_ink(page, "chart-bitrate") > 500,
+                   15, what="the bitrate chart drawn")
+        page.screenshot(path=str(shots / "live.png"), full_page=True)
+
+        # Ten minutes of events at the real rate (one a second), played at once on the page's
+        # clock: the history stays five minutes long and the heap where it was.
+        page.evaluate("""async () => {
+            window.__status = await (await fetch('/api/status')).json();
+            window.__clock = Date.now();
+            Date.now = () => window.__clock;
+            window.__play = (n) => { for (let i = 0; i < n; i++) { window.__clock += 1000; render(window.__status); } };
+        }""")
+        page.evaluate("__play(60)")
+        after_one = heap_mb(page)
+        page.evaluate("__play(540)")
+        after_ten = heap_mb(page)
+        assert page.evaluate("Math.max(...Object.values(charts).map(c => c.h.t.length))") == 300
+        print(f"\nphone page JS heap: {after_one:.2f} MB after 1 min of events, {after_ten:.2f} MB after 10 min")
+        assert after_ten < HEAP_BOUND_MB and after_ten < after_one + 0.5, (after_one, after_ten)
+        errors = [e for e in page.errors if "status of 401" not in e]
+        assert errors == [], errors
+    for name in ("ready", "on-battery", "live"):
+        assert (shots / f"{name}.png").stat().st_size > 10_000
+    assert box.terminate() == 0
+
+
+def test_the_vendored_chart_library_is_the_one_the_readme_names():
+    import hashlib
+
+    vendor = ROOT / "appliance" / "api" / "static" / "vendor"
+    readme = (vendor / "README.md").read_text()
+    for name in ("uPlot.iife.min.js", "uPlot.min.css"):
+        digest = hashlib.sha256((vendor / name).read_bytes()).hexdigest()
+        assert f"| {name} | {digest} |" in readme, f"{name} changed without its README"
+    assert "MIT License" in (vendor / "uPlot.LICENSE").read_text()
+    assert (vendor / "uPlot.iife.min.js").stat().st_size < 100_000

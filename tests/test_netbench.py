@@ -456,3 +456,27 @@ def test_every_network_fault_in_a_running_stream_is_survived_and_no_thread_dies(
     local = decode_files(segments(only_session(d.dir / "recordings")))
     assert missing_frames(local.video_pts) == 0, "the recording never noticed"
     assert d.terminate() == 0
+
+
+def test_the_phone_page_live_with_one_uplink_down(daemon_factory, net, tmp_path):
+    """A screenshot for the eye, and what it must show: the dead link, the survivor carrying, its graph."""
+    pytest.importorskip("playwright.sync_api")
+    from browser import canvas_ink, log_in, phone
+
+    d, out = bonded_daemon(daemon_factory, net, tmp_path)
+    run_for(4, {})
+    net.blackhole("up1")
+    wait_until(lambda: links(d).get("up1", {}).get("state") == "dead", 10, what="up1 dead")
+    base = f"http://127.0.0.1:{d.api_port}"
+    with phone(netns=net.app, workdir=tmp_path) as page:
+        log_in(page, base, (d.dir / "state" / "api.token").read_text().strip())
+        page.wait_for_selector("#state.DEGRADED", timeout=15000)
+        page.wait_for_function("document.getElementById('links').textContent.includes('up1: dead')", timeout=15000)
+        page.wait_for_selector("#panel .led.link_wired.slow-blink", timeout=10000)  # a wired uplink down
+        wait_until(lambda: canvas_ink(page, "chart-throughput") > 500 and canvas_ink(page, "chart-rtt") > 500, 15,
+                   what="the uplink charts drawn")
+        page.screenshot(path=str(tmp_path / "live-one-uplink-down.png"), full_page=True)
+        assert [e for e in page.errors if "status of 401" not in e] == [], page.errors
+    assert (tmp_path / "live-one-uplink-down.png").stat().st_size > 10_000
+    net.clear("up1")
+    assert d.terminate() == 0
