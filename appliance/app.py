@@ -20,7 +20,20 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
     from appliance.panel.panel import Panel
 
     sim = profile_name == "sim"
+    run_dir = runtime_dir(config)
+    sim_serial = None
+    if sim:
+        from appliance.sim.serial import PARTS, SimSerial
+
+        # The serial ports named "sim" become ptys speaking the real protocols: the monitors
+        # get their paths as they would get udev names.
+        wanted = {part for part in PARTS if getattr(config.serial, part) == "sim"}
+        if wanted:
+            sim_serial = SimSerial(run_dir / "sim-serial", wanted)
+            config = config.model_copy(update={"serial": config.serial.model_copy(update=sim_serial.paths)})
     service = Service(config, profile_name, sim=sim)
+    if sim_serial is not None:
+        service.components.append(sim_serial)  # (first: the ptys exist before the monitors open them)
 
     def report(condition: str, active: bool, source: str = "media") -> None:
         service.post(Kind.DEGRADED if active else Kind.RECOVERED, condition, source)
@@ -28,7 +41,6 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
     def fault(why: str) -> None:
         service.post(Kind.FAULT, why, "media")
 
-    run_dir = runtime_dir(config)
     if sim:
         from appliance.sim.audio import PulseSim
 
@@ -50,7 +62,7 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
     if config.stream.enabled:
         from appliance.outputs.srt import SrtOutput
 
-        from appliance.uplinks.abr import AbrLimits
+        from appliance.outputs.abr import AbrLimits
 
         e = config.encoder
         audio_kbps = int(len(config.audio.tracks) * e.audio_bitrate_kbps * 1.15)  # + TS/PES overhead
@@ -64,12 +76,11 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
         outputs.append(RtmpOutput(config.rtmp, lambda c, a: report(c, a, "rtmp")))
     media = MediaPipeline(config, report, run_dir, outputs=outputs, fault=fault)
     power = PowerMonitor(config, service.post, lambda c, a: report(c, a, "power"), media.set_bitrate_cap,
-                         sim_dir=run_dir / "sim-serial", recordings=recordings_dir(config))
+                         recordings=recordings_dir(config))
     service.components.append(power)
     from appliance.uplinks.monitor import UplinkMonitor
 
-    uplinks = UplinkMonitor(config, lambda c, a: report(c, a, "uplinks"), srt, sim_dir=run_dir / "sim-serial",
-                            state_dir=state_dir(config))
+    uplinks = UplinkMonitor(config, lambda c, a: report(c, a, "uplinks"), srt, state_dir=state_dir(config))
     uplinks.on_facts = panel.set_facts  # the link LEDs: which uplinks carry the show
     service.components.append(uplinks)
     service.components.append(media)
@@ -89,17 +100,19 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
     from appliance.summary import LiveSummary
 
     service.components.append(LiveSummary(service.status, config.log.summary_seconds))
-    if sim:
-        for action in ("mains-fail", "mains-restore", "battery", "power-unplug", "power-replug"):
-            service.sim_actions[action] = power.sim_action
+    if sim_serial is not None:
+        from appliance.sim.serial import MODEM_ACTIONS, POWER_ACTIONS
+
+        for action in POWER_ACTIONS:
+            service.sim_actions[action] = sim_serial.power_action
+        for action in MODEM_ACTIONS:
+            service.sim_actions[action] = sim_serial.modem_action
     if sim:
         service.sim_actions["video-unplug"] = lambda req: media.video.unplug()
         service.sim_actions["video-replug"] = lambda req: media.video.replug()
         service.sim_actions["encoder-fail"] = lambda req: media.inject_encoder_fault()
         service.sim_actions["encoder-hang"] = lambda req: media.inject_encoder_hang(_seconds(req, "encoder-hang"))
         service.sim_actions["hang"] = _hang
-        for action in ("modem", "modem-unplug", "modem-replug", "modem-reboot"):
-            service.sim_actions[action] = uplinks.sim_action
 
     if sim:
         from appliance.sim.console import SimConsole

@@ -85,7 +85,8 @@ def probe_audio(cfg: Config) -> list[Finding]:
 
 def probe_encoders(cfg: Config) -> list[Finding]:
     """Each rung really encodes in a child process (not cached: a probe is asked for)."""
-    from appliance.media.encoders import Ladder, VideoSettings
+    from appliance.media.encoders import Ladder
+    from appliance.media.packets import VideoSettings
 
     v, e = cfg.video, cfg.encoder
     ladder = Ladder(list(e.ladder), VideoSettings(v.width, v.height, v.fps, e.bitrate_kbps, e.bitrate_kbps,

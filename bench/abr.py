@@ -91,7 +91,7 @@ class Ours:
     interval = 0.1
 
     def __init__(self):
-        from appliance.uplinks.abr import Abr, AbrLimits
+        from appliance.outputs.abr import Abr, AbrLimits
 
         self.abr = Abr(AbrLimits(MIN_KBPS, MAX_KBPS, LATENCY_MS, AUDIO_KBPS))
         self.sent = 0

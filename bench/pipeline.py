@@ -25,7 +25,8 @@ import av
 import psutil
 
 from appliance.config import Config
-from appliance.media.encoders import VideoEncoder, VideoSettings
+from appliance.media.encoders import VideoEncoder
+from appliance.media.packets import VideoSettings
 from appliance.media.pipeline import MediaPipeline
 from appliance.media.video import VideoSource
 from appliance.outputs.recorder import Recorder

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from appliance.config import EncoderRung
-from appliance.media.encoders import Ladder, VideoSettings
+from appliance.media.encoders import Ladder
+from appliance.media.packets import VideoSettings
 from appliance.media.meters import Meter
 from conftest import wait_until
 from media_check import (
@@ -406,7 +407,7 @@ def test_recording_too_slow_clears_once_the_disk_has_kept_up_again(tmp_path):
 
     from appliance.conditions import RECORDER_BEHIND
     from appliance.config import RecordingSection
-    from appliance.media.encoders import EncodedPacket
+    from appliance.media.packets import EncodedPacket
     from appliance.outputs.recorder import QUEUE_PACKETS, Recorder
 
     reports = []

@@ -504,10 +504,11 @@ def test_low_battery_caps_the_encoder_bitrate(daemon_factory):
 
 
 def test_ups_is_told_to_cut_its_output_before_power_off(tmp_path):
-    cfg = Config.model_validate({"serial": {"ups": "sim"}, "power": {"poll_seconds": 0.3, "ups_off_delay_minutes": 0.5,
-                                                                     "board_battery": "no"}})
+    sim = UpsSim(tmp_path / "ups", BatteryModel())
+    cfg = Config.model_validate({"serial": {"ups": sim.path}, "power": {"poll_seconds": 0.3, "ups_off_delay_minutes": 0.5,
+                                                                        "board_battery": "no"}})
     posted = []
-    mon = PowerMonitor(cfg, lambda *a: posted.append(a), lambda c, a: None, sim_dir=tmp_path)
+    mon = PowerMonitor(cfg, lambda *a: posted.append(a), lambda c, a: None)
 
     async def run():
         await mon.start()
@@ -517,7 +518,8 @@ def test_ups_is_told_to_cut_its_output_before_power_off(tmp_path):
         finally:
             await mon.stop()
     asyncio.run(run())
-    assert b"S.5R0000\r" in mon.sims["ups"].commands
+    sim.close()
+    assert b"S.5R0000\r" in sim.commands
 
 
 

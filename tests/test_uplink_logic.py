@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from appliance.uplinks.abr import VIDEO, VOICE, Abr, AbrLimits, DeliveryMeter
+from appliance.outputs.abr import VIDEO, VOICE, Abr, AbrLimits, DeliveryMeter
 from appliance.uplinks.at import Radio
 from appliance.uplinks.policy import (BAND_HOLD_S, FailoverMemory, HealthBands, LinkView, LossMeter, PolicyConfig, decide,
                                       health)

@@ -20,54 +20,22 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
+from appliance.children import child_argv, child_env
 from appliance.fsutil import atomic_write
 from appliance.media.h264 import IDR, PPS, SPS, ParameterSetInserter, nal_types
-from appliance.children import child_argv, child_env
+from appliance.media.packets import AUDIO_TB, VIDEO_TB, EncodedPacket, VideoSettings
 
 if TYPE_CHECKING:  # the probe child must start fast: no pydantic there
     from appliance.config import EncoderRung
 
 log = logging.getLogger(__name__)
 
-VIDEO_TB = Fraction(1, 90000)
-AUDIO_TB = Fraction(1, 48000)
 PROBE_FRAMES = 30
 PROBE_TIMEOUT = 15.0
 
 
 class EncoderError(RuntimeError):
     """The running encoder failed or stalled: switch to the next rung."""
-
-
-@dataclass(frozen=True)
-class VideoSettings:
-    width: int
-    height: int
-    fps: int
-    bitrate_kbps: int
-    max_bitrate_kbps: int
-    keyframe_seconds: float = 1.0
-    vbv_seconds: float = 1.0  # how big a burst (an IDR) may be, in seconds of the max rate
-
-    @property
-    def gop(self) -> int:
-        return max(1, round(self.fps * self.keyframe_seconds))
-
-
-@dataclass
-class EncodedPacket:
-    """An encoded packet every output can keep (its own bytes, not FFmpeg's)."""
-
-    stream: int  # 0 video, 1.. audio tracks
-    data: bytes
-    pts: int
-    dts: int
-    key: bool
-    time_base: Fraction
-
-    @property
-    def seconds(self) -> float:
-        return float(self.pts * self.time_base)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Callable
 
-from appliance.media.encoders import AUDIO_TB, VIDEO_TB, EncodedPacket, VideoSettings
+from appliance.media.packets import AUDIO_TB, VIDEO_TB, EncodedPacket, VideoSettings
 
 TS_PACKET = 188
 

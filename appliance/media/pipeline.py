@@ -29,12 +29,10 @@ from typing import Callable
 from appliance import conditions, heartbeat
 from appliance.config import Config
 from appliance.media.audio import RATE, AudioCapture, init_portaudio
-from appliance.media.encoders import (
-    AudioEncoder, EncodedPacket, EncoderError, Ladder, VideoEncoder, VideoSettings,
-)
+from appliance.media.encoders import AudioEncoder, EncoderError, Ladder, VideoEncoder
 from appliance.media.meters import Meter
+from appliance.media.packets import EncodedPacket, Output, Session, VideoSettings
 from appliance.media.video import Slate, make_source
-from appliance.outputs import Session
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +55,11 @@ class MediaPipeline:
     name = "media"
 
     def __init__(self, cfg: Config, report: Callable[[str, bool], None], runtime_dir: Path,
-                 outputs: list | None = None, fault: Callable[[str], None] | None = None):
+                 outputs: list[Output] | None = None, fault: Callable[[str], None] | None = None):
         self.cfg = cfg
         self.report = report
         self.fault = fault or (lambda why: None)
-        self.outputs = list(outputs or [])
+        self.outputs: list[Output] = list(outputs or [])
         v, e = cfg.video, cfg.encoder
         self.settings = VideoSettings(v.width, v.height, v.fps, e.bitrate_kbps, e.bitrate_kbps, e.keyframe_seconds)
         self.samples_per_tick = RATE // v.fps
@@ -80,7 +78,7 @@ class MediaPipeline:
         self._bitrate_pending: int | None = None
         self._bitrate_lock = threading.Lock()
         self._live = False
-        self._active: list = []  # the outputs running this session
+        self._active: list[Output] = []  # the outputs running this session
         self._broken: list[str] = []
         self._venc: VideoEncoder | None = None
         self._rungs: list = []

@@ -33,9 +33,8 @@ from appliance import heartbeat
 from appliance.conditions import DISK_FULL, DISK_LOW, RECORDER_BEHIND, RECORDER_FAILED
 from appliance.config import RecordingSection
 from appliance.fsutil import atomic_write, fsync_dir
-from appliance.media.encoders import EncodedPacket
 from appliance.media.mux import TsMuxer
-from appliance.outputs import Report, Session
+from appliance.media.packets import EncodedPacket, Report, Session
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,8 @@ import time
 
 from appliance import conditions, heartbeat
 from appliance.config import RtmpSection, redact_url
-from appliance.media.encoders import EncodedPacket
 from appliance.media.mux import TsMuxer
-from appliance.outputs import Report, Session
+from appliance.media.packets import EncodedPacket, Report, Session
 from appliance.children import child_argv, child_env
 
 log = logging.getLogger(__name__)

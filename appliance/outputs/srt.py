@@ -24,11 +24,10 @@ from typing import Callable
 from appliance import conditions, heartbeat, hostnames
 from appliance.config import StreamSection
 from appliance.hostnames import NameNotResolved, parse_srt_url
-from appliance.media.encoders import EncodedPacket
 from appliance.media.mux import TsMuxer
-from appliance.outputs import Report, Session
+from appliance.media.packets import EncodedPacket, Report, Session
 from appliance.transport.libsrt import LIVE_PAYLOAD, SrtCaller
-from appliance.uplinks.abr import VIDEO, VOICE, Abr, AbrLimits, DeliveryMeter
+from appliance.outputs.abr import VIDEO, VOICE, Abr, AbrLimits, DeliveryMeter
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +183,8 @@ class SrtOutput:
         try:
             if tick.first or self._need_key or self._slate_enc is None:
                 from appliance.config import EncoderRung
-                from appliance.media.encoders import VideoEncoder, VideoSettings
+                from appliance.media.encoders import VideoEncoder
+                from appliance.media.packets import VideoSettings
                 from appliance.media.video import Slate
 
                 # Each slate run (and the slate after a shed) opens on a keyframe: the viewer's

@@ -34,17 +34,14 @@ class PowerMonitor:
     name = "power"
 
     def __init__(self, config: Config, post: Callable, report: Callable[[str, bool], None],
-                 set_bitrate_cap: Callable[[int | None], None] | None = None, sim_dir: Path | None = None,
-                 recordings: Path | None = None):
+                 set_bitrate_cap: Callable[[int | None], None] | None = None, recordings: Path | None = None):
         self.config = config
         self.cfg = config.power
         self.post = post
         self.report = report
         self.set_bitrate_cap = set_bitrate_cap or (lambda kbps: None)
-        self.sim_dir = sim_dir
         self.recordings = recordings
         self.sources: list[Source] = []
-        self.sims: dict = {}
         self.policy = PowerPolicy(Thresholds(self.cfg.low_percent, self.cfg.critical_percent, self.cfg.low_minutes,
                                              self.cfg.critical_minutes, self.cfg.grace_seconds, self.cfg.dead_seconds))
         self.assessment = None
@@ -59,10 +56,10 @@ class PowerMonitor:
         kw = {"poll_seconds": self.cfg.poll_seconds, "stale_polls": self.cfg.stale_polls}
         serial = self.config.serial
         if serial.ups:
-            self.sources.append(Q1Ups("ups", self._port("ups", serial.ups), nominal_volts=self.cfg.ups_battery_volts or None,
+            self.sources.append(Q1Ups("ups", serial.ups, nominal_volts=self.cfg.ups_battery_volts or None,
                                       **kw))
         if serial.battery:
-            self.sources.append(VeDirectMonitor("battery", self._port("battery", serial.battery), **kw))
+            self.sources.append(VeDirectMonitor("battery", serial.battery, **kw))
         if self.cfg.nut:
             ups, _, where = self.cfg.nut.partition("@")
             host, _, port = where.partition(":")
@@ -74,28 +71,12 @@ class PowerMonitor:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="power-policy")
         log.info("power: watching %s", ", ".join(f"{s.name} ({s.kind})" for s in self.sources) or "nothing")
 
-    def _port(self, which: str, configured: str) -> str:
-        if configured != "sim":
-            return configured
-        from appliance.sim.power import BatteryModel, UpsSim, VeDirectSim
-
-        if self.sim_dir is None:
-            raise RuntimeError("sim serial ports need a directory")
-        self.sim_dir.mkdir(parents=True, exist_ok=True)
-        model = self.sims.setdefault("model", BatteryModel())
-        sim = (UpsSim if which == "ups" else VeDirectSim)(self.sim_dir / which, model)
-        self.sims[which] = sim
-        return sim.path
-
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         for s in self.sources:
             await asyncio.to_thread(s.stop)
-        for key, sim in self.sims.items():
-            if key != "model":
-                sim.close()
 
     def status(self) -> dict:
         a = self.assessment
@@ -181,28 +162,6 @@ class PowerMonitor:
             self._under_voltage = under
             self.report(UNDER_VOLTAGE, under)
 
-    # --- simulation ------------------------------------------------------------------------------
-
-    def sim_action(self, req: dict) -> None:
-        model = self.sims.get("model")
-        if model is None:
-            raise RuntimeError("no simulated power devices (serial ports are not 'sim')")
-        action = req["action"]
-        if action == "mains-fail":
-            model.set(on_mains=False, discharge_per_second=req.get("discharge_per_second"))
-        elif action == "mains-restore":
-            model.set(on_mains=True)
-        elif action == "battery":
-            model.set(charge=float(req["percent"]) if "percent" in req else None,
-                      discharge_per_second=req.get("discharge_per_second"),
-                      ups_low=bool(req["ups_low"]) if "ups_low" in req else None)
-        elif action in ("power-unplug", "power-replug"):
-            device = req.get("device", "ups")
-            if device not in self.sims or device == "model":
-                raise ValueError(f"no simulated {device!r} (have: {', '.join(k for k in self.sims if k != 'model')})")
-            (self.sims[device].unplug if action == "power-unplug" else self.sims[device].replug)()
-        else:
-            raise ValueError(f"unknown power action {action!r}")
 
 
 def _has_board_battery() -> bool:

@@ -37,17 +37,15 @@ class UplinkMonitor:
     name = "uplinks"
 
     def __init__(self, config: Config, report: Callable[[str, bool], None], srt_output=None,
-                 sim_dir: Path | None = None, state_dir: Path | None = None, post_event: Callable | None = None):
+                 state_dir: Path | None = None, post_event: Callable | None = None):
         self.config = config
         self.report = report
         self.srt = srt_output
-        self.sim_dir = sim_dir
         self.usage_path = state_dir / "usage.json" if state_dir else None
         self.preflight_path = state_dir / "preflight.json" if state_dir else None
         self.last_preflight: dict | None = None
         self._preflight_running = False
         self.modem = None
-        self.modem_sim = None
         self.memory = FailoverMemory()
         self.policy = PolicyConfig(config.links.policy, config.links.primary, config.links.hold_seconds)
         self.caps = {n: mb * 1_000_000 for n, mb in config.links.caps_mb.items()}
@@ -79,7 +77,7 @@ class UplinkMonitor:
         if m.source == "at" and self.config.serial.modem_at:
             from appliance.uplinks.modem import ModemAt
 
-            self.modem = ModemAt("modem", self._modem_port(self.config.serial.modem_at), m.poll_seconds)
+            self.modem = ModemAt("modem", self.config.serial.modem_at, m.poll_seconds)
         elif m.source == "modemmanager":
             from appliance.uplinks.modem import ModemManagerSource
 
@@ -91,23 +89,12 @@ class UplinkMonitor:
                  f" (primary {self.policy.primary})" if self.policy.mode == "failover" else "",
                  f"{m.source} for {m.interface or '?'}" if self.modem else "none")
 
-    def _modem_port(self, configured: str) -> str:
-        if configured != "sim":
-            return configured
-        from appliance.sim.modem import ModemSim
-
-        self.sim_dir.mkdir(parents=True, exist_ok=True)
-        self.modem_sim = ModemSim(self.sim_dir / "modem")
-        return self.modem_sim.path
-
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self.modem is not None:
             await asyncio.to_thread(self.modem.stop)
-        if self.modem_sim is not None:
-            self.modem_sim.close()
         await asyncio.to_thread(self._save_usage)
 
     def status(self) -> dict:
@@ -366,26 +353,3 @@ class UplinkMonitor:
         if p and time.time() - p.get("at", 0) < 12 * 3600:
             return {"preflight": p}
         return {}
-
-    # --- sim actions --------------------------------------------------------------------------
-
-    def sim_action(self, req: dict) -> None:
-        sim = self.modem_sim
-        if sim is None:
-            raise ValueError("no simulated modem (serial.modem_at = \"sim\")")
-        action = req["action"]
-        if action == "modem-unplug":
-            sim.unplug()
-        elif action == "modem-replug":
-            sim.replug()
-        elif action == "modem-reboot":
-            sim.reboot()
-        elif action == "modem":
-            for key in ("sinr", "rsrp", "rsrq"):
-                if key in req:
-                    setattr(sim.cell, key, int(req[key]))
-            for key in ("rat", "cell_id", "state"):
-                if key in req:
-                    setattr(sim.cell, key, str(req[key]))
-            if "sim" in req:
-                sim.sim = str(req["sim"])
