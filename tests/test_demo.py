@@ -7,7 +7,6 @@ import os
 import signal
 import re
 import subprocess
-import time
 
 from conftest import APPLIANCE, ROOT, free_port, run_cli, wait_until
 from media_check import decode_files, missing_frames
@@ -32,13 +31,16 @@ def test_demo_goes_live_and_streams_through_the_local_relay(tmp_path):
         text = wait_until(lambda: _status_with_both_links_carrying(sock), 15, what="both uplinks carrying")
         assert "stream: srt://" in text and "(bonded, SRTLA), connected since" in text, text
         assert "WIRED[solid]" in text and "5G[solid]" in text, text
-        watch = subprocess.Popen([*APPLIANCE, "status", *sock, "--watch", "0.3"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)
-        watch.send_signal(signal.SIGINT)  # Ctrl-C
-        out, err = watch.communicate(timeout=10)
+        screen = tmp_path / "watch.out"
+        with open(screen, "w") as f:
+            watch = subprocess.Popen([*APPLIANCE, "status", *sock, "--watch", "0.3"], stdout=f,
+                                     stderr=subprocess.PIPE, text=True)
+        # Ctrl-C once it has redrawn (a loaded box takes a while to start Python).
+        wait_until(lambda: screen.read_text().count("\x1b[H\x1b[2J") >= 2, 30, what="two redraws")
+        watch.send_signal(signal.SIGINT)
+        _, err = watch.communicate(timeout=10)
         assert watch.returncode == 0, err
-        assert out.count("\x1b[H\x1b[2J") >= 2 and "uplink sim-cell" in out and "Traceback" not in err
+        assert "uplink sim-cell" in screen.read_text() and "Traceback" not in err
     finally:
         os.killpg(p.pid, signal.SIGINT)  # Ctrl-C, as a user would
         rc = p.wait(30)
