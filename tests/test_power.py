@@ -351,8 +351,10 @@ def test_a_nut_server_name_that_does_not_resolve_is_said_and_retried_not_fatal()
 
 # --- the policy -----------------------------------------------------------------------------------
 
-def state(on_mains, charge=None, runtime=None, stale=False):
-    return PowerState("ups", "ups", on_mains=on_mains, charge_percent=charge, runtime_seconds=runtime, stale=stale)
+def state(on_mains, charge=None, runtime=None, stale=False, at=0.0):
+    """at: when the reading was taken (monotonic)."""
+    return PowerState("ups", "ups", on_mains=on_mains, charge_percent=charge, runtime_seconds=runtime, stale=stale,
+                      updated=at)
 
 
 def test_policy_walks_battery_low_critical_and_powers_off_after_the_grace():
@@ -367,7 +369,7 @@ def test_policy_walks_battery_low_critical_and_powers_off_after_the_grace():
     assert kinds(p.update(assess([state(False, 7)], t), 12.9)) == []
     assert ("power_off", "", True) in kinds(p.update(assess([state(False, 7)], t), 13))
     assert kinds(p.update(assess([state(False, 6)], t), 14)) == [], "only once"
-    p.update(assess([state(True, 6)], t), 20)  # still here (the command failed), mains back
+    p.update(assess([state(True, 6, at=20)], t), 20)  # still here (the command failed), mains back
     p.update(assess([state(False, 5)], t), 30)
     assert ("power_off", "", True) in kinds(p.update(assess([state(False, 5)], t), 40)), "a new episode"
 
@@ -375,7 +377,7 @@ def test_policy_walks_battery_low_critical_and_powers_off_after_the_grace():
 def test_policy_cancels_when_mains_return_in_time():
     p = PowerPolicy(Thresholds(grace_seconds=10))
     p.update(assess([state(False, 5)], p.thresholds), 0)
-    ds = p.update(assess([state(True, 5)], p.thresholds), 5)
+    ds = p.update(assess([state(True, 5, at=5)], p.thresholds), 5)
     assert [d.kind for d in ds if d.kind in ("cancel", "power_off")] == ["cancel"]
     assert "mains are back" in next(d.reason for d in ds if d.kind == "cancel")
     assert p.seconds_left(6) is None
@@ -419,6 +421,23 @@ def test_policy_once_begun_only_an_answering_source_on_mains_cancels():
     assert "cancel" not in [d.kind for d in p.update(assess([state(False, 12)], t, 5), 5)], \
         "above critical again under a lighter load: still on battery, the sequence goes on"
     assert "power_off" in [d.kind for d in p.update(assess([state(False, 12)], t, 10), 10)]
+
+
+def test_policy_a_mains_reading_from_before_the_countdown_does_not_cancel_it():
+    """The battery monitor reads the mains failure first; the UPS, polled a moment earlier,
+    last said "on mains" and is unplugged before its next poll (not stale yet): that is no
+    news of mains coming back."""
+    t = Thresholds(grace_seconds=4)
+    p = PowerPolicy(t)
+    ups, battery = state(True, 100, at=9.5), state(False, 8, at=10)
+    assert "countdown" in [d.kind for d in p.update(assess([ups, battery], t, 10), 10)]
+    battery.stale = True  # silent too, but not yet for the dead time
+    kinds = [d.kind for d in p.update(assess([ups, battery], t, 11), 11)]
+    assert "cancel" not in kinds, "an old reading is not mains back"
+    assert "power_off" in [d.kind for d in p.update(assess([ups, battery], t, 14), 14)], "the countdown ran out"
+    p = PowerPolicy(t)
+    p.update(assess([ups, state(False, 8, at=10)], t, 10), 10)
+    assert "cancel" in [d.kind for d in p.update(assess([state(True, 100, at=12)], t, 12), 12)], "a fresh one is"
 
 
 # --- the daemon: finalize before power off; cancel in time --------------------------------------

@@ -41,7 +41,11 @@ class Assessment:
     low: bool = False
     critical: bool = False
     monitor_lost: bool = False
-    mains_back: bool = False  # a source that answers reports mains: the only thing that cancels a shutdown
+    mains_back: bool = False  # a source that answers reports mains
+    # When that was read (monotonic; the newest such reading): only a reading taken after a
+    # countdown began cancels it. A UPS read on mains a moment before the mains failed, and
+    # unplugged before its next poll, still looks "answering" until it goes stale.
+    mains_seen_at: float | None = None
     reason: str = ""  # the figures behind it, for the log
 
 
@@ -73,8 +77,10 @@ def assess(states: list[PowerState], t: Thresholds, now: float | None = None) ->
         reasons.append(f"{s.source}: on battery" + (", " + ", ".join(bits) if bits else ""))
     # A source that fell silent on battery is still on battery as far as anyone knows.
     on_battery = on_battery or [s for s in states if s.stale and s.on_mains is False]
+    on_mains = [s.updated for s in live if s.on_mains is True]
     return Assessment(on_battery=bool(on_battery), low=low or critical, critical=critical, monitor_lost=lost,
-                      mains_back=any(s.on_mains is True for s in live), reason="; ".join(reasons))
+                      mains_back=bool(on_mains), mains_seen_at=max(on_mains) if on_mains else None,
+                      reason="; ".join(reasons))
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,12 @@ class PowerPolicy:
     conditions: set[str] = field(default_factory=set)
     shedding: bool = False
     deadline: float | None = None  # when the critical countdown ends
+    began: float | None = None  # when it started: what cancels it is read after this
     fired: bool = False
+
+    def _mains_since_began(self, a: Assessment) -> bool:
+        return a.mains_back and not a.critical and a.mains_seen_at is not None and \
+            (self.began is None or a.mains_seen_at > self.began)
 
     def update(self, a: Assessment, now: float) -> list[Decision]:
         out: list[Decision] = []
@@ -104,19 +115,19 @@ class PowerPolicy:
         if a.low != self.shedding:
             self.shedding = a.low
             out.append(Decision("shed", active=a.low, reason=a.reason))
-        if self.fired and a.mains_back and not a.critical:
+        if self.fired and self._mains_since_began(a):
             # The box is still here (its shutdown command failed) and mains came back:
             # the next time the battery runs low is a new episode, with its own countdown.
             self.fired, self.deadline = False, None
         if a.critical and not self.fired:
             if self.deadline is None:
-                self.deadline = now + self.thresholds.grace_seconds
+                self.deadline, self.began = now + self.thresholds.grace_seconds, now
                 out.append(Decision("countdown", active=True, reason=a.reason))
             elif now >= self.deadline:
                 self.fired = True
                 out.append(Decision("power_off", reason=a.reason))
         elif self.deadline is not None and not self.fired:
-            if a.mains_back and not a.critical:
+            if self._mains_since_began(a):
                 self.deadline = None
                 out.append(Decision("cancel", reason="mains are back"))
             elif now >= self.deadline:
