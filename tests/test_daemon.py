@@ -289,7 +289,7 @@ def test_a_wedged_encoder_stops_the_pings_and_the_box_comes_back_live_by_itself(
     blocked_at = time.monotonic()
     assert d.request("sim", action="encoder-hang", seconds=120)["ok"]
     last = keeper.wait_for_a_missed_ping(within=20)
-    bound = 1.0  # the media thread's: 10 frames at 30 fps, never under 1 s (then one ping interval)
+    bound = 3.0  # the media thread's: 60 frames at 30 fps, never under 3 s (then one ping interval)
     print(f"\nwedged encoder -> last WATCHDOG=1: {last - blocked_at:.2f} s")
     assert last - blocked_at < bound + 1.0 + 2.0, "the pings went on too long (2 s slack for a loaded box)"
     log = d.log()

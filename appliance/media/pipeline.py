@@ -41,11 +41,12 @@ log = logging.getLogger(__name__)
 # and the stream alike. Catching up costs a burst of encodes (a few ms each).
 MAX_BEHIND_SECONDS = 0.5
 SKIP_LOG_EVERY = 10.0
-# The media thread ticks every frame: this many frame times without a tick (and never
-# under a second: a loaded box has been seen to miss a quarter of one) is a wedged call,
-# an encoder that does not return, and the show is frozen while the box looks LIVE.
-STUCK_FRAMES = 10
-STUCK_MIN_SECONDS = 1.0
+# The media thread ticks every frame: this many frame times without a tick is a wedged
+# call, an encoder that does not return, and the show is frozen while the box looks LIVE.
+# Never under 3 s: a healthy libx264 starved of CPU (two cores three times oversubscribed)
+# was seen to take 2.4 s over one frame, and a restart costs the show ten seconds.
+STUCK_FRAMES = 60
+STUCK_MIN_SECONDS = 3.0
 # A command (GO: open the encoder and the outputs; STOP: flush, finalize) bounds its own
 # waits; this long and no longer it may keep the thread from ticking.
 COMMAND_SECONDS = 12.0

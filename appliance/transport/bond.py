@@ -105,9 +105,10 @@ class Bonder(Worker):
     """Call start(); point the SRT caller at ("127.0.0.1", bonder.local_port)."""
 
     worker_name = "srtla-bond"
-    # Every packet of the stream passes through it; its loop turns every 10 ms.
+    # Every packet of the stream passes through it; its loop turns every 10 ms (5 s: a
+    # thread starved of CPU on an overloaded box is late, not wedged).
     show_needs = True
-    stuck_after = 2.0
+    stuck_after = 5.0
 
     def __init__(self, relay: tuple[str, int], sources: dict[str, str], secret: bytes | None = None,
                  dead_range: tuple[float, float] = (DEAD_MIN, DEAD_MAX), rescue: bool = True):
