@@ -179,13 +179,15 @@ def cmd_config(args) -> int:
         print(f"{args.file}: OK (over profile {profile.name})")
         return 0
     config, profile = load_config(args)
-    data = cfgmod.masked(config)
+    from appliance.configshow import masked, to_toml
+
+    data = masked(config)
     if args.json:
         print(json.dumps(data, indent=2))
     else:
         print(f"# profile {profile.name} ({profile.path}); config {_config_path(args.config) or 'defaults only'}")
         print("# secrets are masked")
-        print(cfgmod.to_toml(data), end="")
+        print(to_toml(data), end="")
     return 0
 
 

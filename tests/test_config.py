@@ -9,6 +9,7 @@ import pytest
 
 from appliance import config as cfgmod
 from appliance import profiles
+from appliance.configshow import SECRET_MASK
 from appliance.errors import ConfigError
 from conftest import run_cli
 
@@ -101,9 +102,9 @@ token = "{SECRETS[2]}"
         assert r.returncode == 0, r.stderr
         for secret in SECRETS:
             assert secret not in r.stdout + r.stderr
-        assert cfgmod.SECRET_MASK in r.stdout
+        assert SECRET_MASK in r.stdout
     shown = json.loads(run_cli("config", "show", "--profile", "sim", "--config", str(site), "--json").stdout)
-    assert shown["api"]["token"] == cfgmod.SECRET_MASK
+    assert shown["api"]["token"] == SECRET_MASK
     assert shown["stream"]["url"] == ""  # unset secrets and plain values are not masked
     # And the secret is really there for the code that needs it.
     cfg = cfgmod.load(site, {}, "profile")

@@ -359,3 +359,16 @@ def test_a_link_counted_afresh_starts_a_fresh_figure():
     # The link left the bond and came back: the bonder's counts start from zero.
     fresh = [f for _, f in _lossy_link(meter, 10, 100, 0.0, seed=6, t0=t + 0.5)]
     assert fresh and max(fresh) == 0.0, fresh
+
+
+def test_the_send_gate_holds_srt_to_a_share_of_its_latency_and_nudges_a_stalled_buffer():
+    from appliance.outputs.send_gate import SRT_STALL, SendGate
+
+    gate = SendGate()
+    # 4 Mb/s of links, 1 s of latency: SRT may hold a quarter second of them (125 kB).
+    assert gate.has_room(0.0, 4000, 1000, 40, held=20_000, span_ms=10)
+    assert not gate.has_room(0.0, 4000, 1000, 40, held=130_000, span_ms=50), "over its share"
+    assert not gate.has_room(0.1, 4000, 1000, 40, held=120_000, span_ms=200), "its oldest packet waited too long"
+    # Not draining at all: after SRT_STALL one more frame goes (SRT reports a tail loss only then).
+    assert not gate.has_room(0.1 + SRT_STALL / 2, 4000, 1000, 40, held=120_000, span_ms=200)
+    assert gate.has_room(0.1 + SRT_STALL, 4000, 1000, 40, held=120_000, span_ms=200)

@@ -19,7 +19,8 @@ import threading
 import time
 
 from appliance import conditions, heartbeat
-from appliance.config import RtmpSection, redact_url
+from appliance.config import RtmpSection
+from appliance.configshow import redact_url
 from appliance.media.mux import TsMuxer
 from appliance.media.packets import EncodedPacket, Report, Session
 from appliance.children import child_argv, child_env

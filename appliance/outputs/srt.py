@@ -18,7 +18,6 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Callable
 
 from appliance import conditions, heartbeat, hostnames
@@ -26,24 +25,18 @@ from appliance.config import StreamSection
 from appliance.hostnames import NameNotResolved, parse_srt_url
 from appliance.media.mux import TsMuxer
 from appliance.media.packets import EncodedPacket, Report, Session
-from appliance.transport.libsrt import LIVE_PAYLOAD, SrtCaller
 from appliance.outputs.abr import VIDEO, VOICE, Abr, AbrLimits, DeliveryMeter
+from appliance.outputs.send_gate import SendGate
+from appliance.outputs.slate_lane import SLATE_FPS, SlateEncoder, SlateTick
+from appliance.transport.libsrt import LIVE_PAYLOAD, SrtCaller
 
 log = logging.getLogger(__name__)
 
 QUEUE_FRAMES = 1000  # ~8 s of frames (30 video + 2 x 47 audio a second): beyond it, backlog to shed
-# SRT may hold what the links deliver in this share of the latency, and always a frame or two
-# (what they carry in two frame times, at most 24 kB); and its oldest packet may have waited a
-# few round trips (a loss and its repair), no more.
-SRT_ROOM_OF_LATENCY = 0.25
-SRT_ROOM_MIN, SRT_ROOM_MIN_S = 24_000, 0.066
-SRT_SPAN_MIN, SRT_SPAN_OF_RTT, SRT_SPAN_SLACK = 60.0, 3.0, 30.0  # ms, x SRT's RTT, ms
-SRT_STALL = 0.2  # s: SRT's buffer full and not draining for this long: it needs a nudge
 # The oldest queued frame waited this long (s): the video is shed up to its next keyframe.
 # (our queue does not count against SRT's latency, which starts when SRT gets a packet)
 SHED_AFTER_MIN, SHED_AFTER_OF_LATENCY = 1.0, 1.0
 ABR_EVERY = 0.1
-SLATE_FPS = 5
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 5.0)
 # The sender's loop turns every few ms; its longest waits are a backoff (5 s) and a
 # send (SRTO_SNDTIMEO, 1 s). A connect bounds itself (a lookup, 3 s per address).
@@ -51,17 +44,6 @@ STUCK_SECONDS = 8.0
 CONNECT_SECONDS = 30.0
 NOT_CONNECTED = conditions.SRT_NOT_CONNECTED
 _END = object()
-
-
-@dataclass
-class _SlateTick:
-    """A slate frame due at pts: the sender thread encodes it (a 1080p slate frame
-    costs the media thread's tick milliseconds it does not have)."""
-
-    pts: int
-    first: bool  # a slate run opens here: on a keyframe
-    stream: int = 0  # (to the queue: a video item of no bytes)
-    data: bytes = b""
 
 
 class SrtOutput:
@@ -78,9 +60,7 @@ class SrtOutput:
         self.lane = VIDEO
         self._slate_on = False  # media thread: the stream's video is the slate
         self._slate_next = 0
-        self._slate_enc = None  # sender thread
-        self._slate_src = None
-        self._slate_failed = False
+        self._slate_lane = SlateEncoder(self.name)  # sender thread
         self.host, self.port, self.query = parse_srt_url(cfg.url)
         self.latency_ms = int(self.query.get("latency", cfg.latency_ms))
         self.report = report or (lambda condition, active: None)
@@ -93,8 +73,7 @@ class SrtOutput:
         self._pending = bytearray()
         self._mux: TsMuxer | None = None
         self._meter = DeliveryMeter()
-        self._full_since: float | None = None  # sender thread: SRT's buffer at its limit since
-        self._full_held = 0
+        self._gate = SendGate()  # sender thread
         self._resent = self._resent_seen = 0  # sender thread: SRT's re-sends, all connections; this one's
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -124,7 +103,7 @@ class SrtOutput:
         self._pending = bytearray()
         self._session = session
         self.lane, self._slate_on, self._need_key, self._shedding = VIDEO, False, True, None
-        self._slate_enc, self._slate_src, self._slate_failed = None, None, False
+        self._slate_lane = SlateEncoder(self.name)
         self.abr = Abr(self.abr_limits) if self.abr_limits else None
         self._meter = self.abr.meter if self.abr else DeliveryMeter()
         self._mux = TsMuxer(self._bytes, session.video, session.audio_extradata, session.track_names,
@@ -174,32 +153,7 @@ class SrtOutput:
         self._slate_next = pkt.pts + 90000 // SLATE_FPS
         # The slate goes like the audio, never shed: a few bytes a frame, and a slate frame
         # shed behind a backlog of audio would blank it until its next keyframe.
-        self._put(_SlateTick(pkt.pts, first), keep=True)
-
-    def _encode_slate(self, tick: _SlateTick) -> list[EncodedPacket]:
-        if self._slate_failed:
-            return []
-        s = self._session.video
-        try:
-            if tick.first or self._need_key or self._slate_enc is None:
-                from appliance.config import EncoderRung
-                from appliance.media.encoders import VideoEncoder
-                from appliance.media.packets import VideoSettings
-                from appliance.media.video import Slate
-
-                # Each slate run (and the slate after a shed) opens on a keyframe: the viewer's
-                # decoder has since held other pictures, and a frame referring to an older
-                # slate would show garbage.
-                self._slate_enc = VideoEncoder(
-                    EncoderRung(codec="libx264", options={"preset": "ultrafast", "tune": "zerolatency"}),
-                    VideoSettings(s.width, s.height, SLATE_FPS, 100, 150, keyframe_seconds=1.0))
-                self._slate_src = self._slate_src or Slate(s.width, s.height, "VIDEO PAUSED", "AUDIO CONTINUES")
-            return self._slate_enc.encode(self._slate_src.frame(), tick.pts)
-        except Exception as e:  # no slate (the picture holds), the audio goes on
-            self._slate_failed = True
-            log.error("stream: the voice lane's slate failed, the audio goes on without it: %s", e,
-                      extra={"OUTPUT": self.name})
-            return []
+        self._put(SlateTick(pkt.pts, first), keep=True)
 
     def stop(self) -> None:
         if self._accepting:
@@ -223,7 +177,7 @@ class SrtOutput:
             self._reported = False
             self.report(NOT_CONNECTED, False)
         self._name_condition(None)
-        self._slate_enc = None
+        self._slate_lane.close()
         if self.lane == VOICE:
             self.lane = VIDEO
             self.report(conditions.VOICE_LANE, False)
@@ -332,32 +286,9 @@ class SrtOutput:
         rate = self._meter.kbps
         if rate is None:
             return True
-        per_s = min(rate, self._meter.kbps_now) * 1000 / 8  # bytes/s; a sudden fall shows in kbps_now first
-        room = per_s * self.latency_ms / 1000 * SRT_ROOM_OF_LATENCY
-        # Not a fixed floor: 24 kB is 280 ms of queue on links that carry 0.7 Mb/s, and a
-        # standing queue that deep leaves a lost packet's repair no time within the latency.
-        room_min = min(SRT_ROOM_MIN, per_s * SRT_ROOM_MIN_S)
-        # The rate is measured ten times a second; the span is there at every frame. When
-        # the links fall, what goes out before the fall is seen fills their queues and is
-        # lost there, and its repair comes too late: the span stops it within a few round trips.
-        # (SRT's smoothed RTT, not the path's best: a standing queue under a moderate cap
-        # raises it, so the gate does not throttle links that are merely busy.)
-        span_limit = min(self.latency_ms * SRT_ROOM_OF_LATENCY,
-                         max(SRT_SPAN_MIN, SRT_SPAN_OF_RTT * self.stats.get("rtt_ms", 100.0) + SRT_SPAN_SLACK))
         held, span = self.caller.buffered()
-        if held <= room_min or (held < room and span < span_limit):
-            self._full_since = None
-            return True
-        if self._full_since is None or held < self._full_held:
-            self._full_since, self._full_held = now, held  # (still draining)
-            return False
-        # Nothing drained for a while: in live mode SRT re-sends only what the receiver
-        # reports missing, and drops what is too late only when given more; a packet lost
-        # at the tail is reported only when a later one arrives. So one more frame goes.
-        if now - self._full_since >= SRT_STALL:
-            self._full_since = None
-            return True
-        return False
+        return self._gate.has_room(now, min(rate, self._meter.kbps_now), self.latency_ms,
+                                   self.stats.get("rtt_ms", 100.0), held, span)
 
     def _shed(self, now: float) -> None:
         """The links fell behind: the queued video goes (up to its next keyframe), the audio and the slate stay."""
@@ -380,9 +311,9 @@ class SrtOutput:
         """How long a frame may wait in the queue and still be worth sending to a live viewer."""
         return max(SHED_AFTER_MIN, self.latency_ms / 1000 * SHED_AFTER_OF_LATENCY)
 
-    def _send_frame(self, pkt: EncodedPacket | _SlateTick) -> None:
-        if isinstance(pkt, _SlateTick):
-            for frame in self._encode_slate(pkt):
+    def _send_frame(self, pkt: EncodedPacket | SlateTick) -> None:
+        if isinstance(pkt, SlateTick):
+            for frame in self._slate_lane.encode(pkt, self._session.video, self._need_key):
                 self._send_frame(frame)
             return
         if pkt.stream == 0:

@@ -20,23 +20,22 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
 from appliance import __version__
-from appliance import conditions, heartbeat
+from appliance import conditions
 from appliance.conditions import component_failed
 from appliance.config import Config, runtime_dir, state_dir
 from appliance.errors import AlreadyRunning
+from appliance.supervisor import commands, poweroff
 from appliance.supervisor.control import SOCKET_NAME, ControlServer
 from appliance.supervisor.persist import StateStore
-from appliance.supervisor.state import Action, Event, Kind, Snapshot, State, step
-from appliance.children import child_env
+from appliance.supervisor.state import Action, Event, Kind, Snapshot, step
 from appliance.supervisor.systemd import Notifier
+from appliance.supervisor.watch import ThreadWatch
 
 log = logging.getLogger(__name__)
 
 # How long outputs get to finalize (close and fsync the recording) on a stop.
 STOP_TIMEOUT = 8.0
 SAVE_RETRY = 10.0  # s between attempts to save the live intent after a failed write
-SHUTDOWN_TRIES = 3  # a failing shutdown command is run this often, power.shutdown_retry_seconds apart
-WATCH_EVERY = 0.25  # s between looks at the threads' heartbeats
 
 
 class Component(Protocol):
@@ -101,8 +100,7 @@ class Service:
         self._unsaved: str | None = None  # the condition while the live intent cannot be saved
         self._unsaved_intent: bool | None = None
         self._last_ignored: tuple[Event, str] | None = None
-        self._stuck: dict[int, str] = {}  # heartbeat -> its condition, while stuck
-        self._show_stuck: str | None = None  # why the show is frozen: the pings are withheld
+        self._threads = ThreadWatch(self.post, self.notifier.watchdog_interval)
         self.power_off: dict | None = None
         self.last_stop: dict = {}  # what the last stop of the outputs did: finalized, or why not
         self._exit: asyncio.Event | None = None
@@ -265,52 +263,7 @@ class Service:
         self.post(Kind.OUTPUTS_STOPPED, "; ".join(problems), "outputs")
 
     async def _power_off(self, reason: str) -> None:
-        cmd = list(self.config.power.shutdown_command)
-        for hook in self.before_power_off:
-            try:
-                await hook(reason)
-            except Exception:
-                log.exception("before-power-off step failed")
-        finalized = "recording finalized" if self.last_stop.get("finalized", True) else \
-            "recording NOT finalized (" + "; ".join(self.last_stop.get("problems", [])) + ")"
-        log.warning("powering off (%s): %s, running %s", reason, finalized, " ".join(cmd), extra={"POWER_OFF": reason})
-        self.power_off = {"reason": reason, "command": cmd, "at": time.time(), "attempts": 0}
-        failed = await self._run_shutdown(cmd)
-        if failed is None:
-            return
-        # The box is still here: GO works again, and the command is tried again while
-        # nobody has taken the box back on air (a dying battery still needs it).
-        condition = conditions.shutdown_failed(failed)
-        self.post(Kind.POWER_OFF_FAILED, failed, "power")
-        self.post(Kind.DEGRADED, condition, "power")
-        retry = self.config.power.shutdown_retry_seconds
-        for _ in range(SHUTDOWN_TRIES - 1):
-            await asyncio.sleep(retry)
-            if self.snapshot.state not in (State.READY, State.FAULT) or self.snapshot.exiting:
-                log.warning("shutdown not tried again: the box is %s", self.snapshot.state.value)
-                break
-            log.warning("powering off (%s): trying %s again", reason, " ".join(cmd), extra={"POWER_OFF": reason})
-            failed = await self._run_shutdown(cmd)
-            if failed is None:
-                break
-        self.post(Kind.RECOVERED, condition, "power")
-
-    async def _run_shutdown(self, cmd: list[str]) -> str | None:
-        """One attempt: None once the command ran well, else what went wrong."""
-        self.power_off["attempts"] += 1
-        try:
-            proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.DEVNULL, env=child_env())
-            self.power_off["exit"] = code = await proc.wait()
-        except OSError as e:
-            self.power_off["error"] = why = f"{cmd[0]}: {e.strerror or e}"
-            log.error("shutdown command failed: %s", why)
-            return why
-        if code != 0:
-            self.power_off["error"] = why = f"{cmd[0]} exited with {code}"
-            log.error("shutdown command %s", why)
-            return why
-        self.power_off.pop("error", None)
-        return None
+        await poweroff.power_off(self, reason)
 
     def _spawn(self, coro, name: str) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -356,54 +309,14 @@ class Service:
     # --- control commands -------------------------------------------------------
 
     async def handle_command(self, req: dict) -> dict:
-        cmd = req["cmd"]
-        if cmd == "status":
-            return {"ok": True, "status": self.status()}
-        if cmd in ("live", "stop"):
-            self._last_ignored = None
-            self.post(Kind.GO if cmd == "live" else Kind.STOP, source=str(req.get("source", "control")))
-            # Let the event be applied so the answer shows its effect.
-            await self._settle()
-            ignored = self._last_ignored
-            if ignored is not None and ignored[0].kind is Kind.GO and ignored[1] in ("still booting", "shutting down"):
-                # Not "ok" and then dropped: the tech is told to press again once READY.
-                return {"ok": False, "state": self.snapshot.state.value,
-                        "error": f"GO refused: {ignored[1]} (press it again once READY)"}
-            return {"ok": True, "state": self.snapshot.state.value}
-        if cmd == "sim":
-            return await self._sim_command(req)
-        if cmd in self.commands:
-            return await self.commands[cmd](req)
-        known = ", ".join(["status", "live", "stop", *sorted(self.commands), *(["sim"] if self.sim else [])])
-        return {"ok": False, "error": f"unknown command {cmd!r} (known: {known})"}
+        """A control socket or API request (see supervisor/commands.py)."""
+        return await commands.handle(self, req)
 
     async def _settle(self) -> None:
         for _ in range(50):
             if self._queue.empty() and self._busy_since is None:
                 return
             await asyncio.sleep(0.01)
-
-    async def _sim_command(self, req: dict) -> dict:
-        if not self.sim:
-            return {"ok": False, "error": "sim commands exist only with the sim profile"}
-        action = req.get("action")
-        if action in self.sim_actions:
-            log.warning("sim: %s %s", action, {k: v for k, v in req.items() if k not in ("cmd", "action")})
-            try:
-                await asyncio.to_thread(self.sim_actions[action], req)
-            except (ValueError, RuntimeError) as e:
-                return {"ok": False, "error": str(e)}
-            return {"ok": True}
-        if action == "stall":
-            # Simulates a component hanging the loop (the watchdog must notice).
-            seconds = float(req.get("seconds", 1))
-            if not 0 < seconds <= 120:
-                return {"ok": False, "error": "sim stall: seconds must be in (0, 120]"}
-            log.warning("sim: stalling the main loop for %.1f s", seconds)
-            time.sleep(seconds)
-            return {"ok": True}
-        known = ", ".join(["stall", *sorted(self.sim_actions)])
-        return {"ok": False, "error": f"unknown sim action {action!r} (known: {known})"}
 
     # --- watchdog -------------------------------------------------------------------
 
@@ -414,7 +327,7 @@ class Service:
         interval = self.notifier.watchdog_interval() or 5.0
         if busy is not None and time.monotonic() - busy >= interval:
             return "event handling is stuck"
-        return self._show_stuck
+        return self._threads.show_stuck
 
     async def _watchdog(self, interval: float) -> None:
         was = None
@@ -430,43 +343,6 @@ class Service:
                     log.error("watchdog: %s: withholding WATCHDOG=1 (systemd restarts the box, which goes live "
                               "again by itself if it was)", why)
                 was = why
-
-    async def _watch_threads(self) -> None:
-        """Every thread's heartbeat, four times a second (see appliance/heartbeat.py)."""
-        while True:
-            await asyncio.sleep(WATCH_EVERY)
-            self._look_at_threads(time.monotonic())
-
-    def _look_at_threads(self, now: float) -> None:
-        still, show_stuck = set(), None
-        for hb in heartbeat.running():
-            since = hb.stuck_for(now)
-            if not since:
-                continue
-            key = id(hb)
-            still.add(key)
-            # Stuck on the card, in the kernel: a restart would not free it (a process in
-            # uninterruptible sleep does not even exit) and would end the stream that works.
-            restart = hb.show and not (hb.disk and hb.in_kernel_wait())
-            if restart and show_stuck is None:
-                show_stuck = f"thread {hb.name} has made no progress within {hb.bound:g} s"  # (stable: logged on change)
-            if key in self._stuck:
-                continue
-            condition = conditions.DISK_NOT_ANSWERING if hb.disk and not restart else conditions.thread_stuck(hb.name)
-            self._stuck[key] = condition
-            log.error("thread %s has made no progress for %.1f s (bound %g s)%s; it is at:\n%s", hb.name, since,
-                      hb.bound, "" if restart else (": the show goes on without it" if not hb.show else
-                                                    ": waiting on the disk, the stream goes on"),
-                      hb.stack().rstrip(), extra={"THREAD": hb.name})
-            self.post(Kind.DEGRADED, condition, "watchdog")
-        for key in [k for k in self._stuck if k not in still]:
-            condition = self._stuck.pop(key)
-            log.info("%s: moving again", condition)
-            if condition not in self._stuck.values():
-                self.post(Kind.RECOVERED, condition, "watchdog")
-        if show_stuck and not self.notifier.watchdog_interval() and show_stuck != self._show_stuck:
-            log.error("%s, and no systemd watchdog is set to restart the box", show_stuck)
-        self._show_stuck = show_stuck
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -487,7 +363,7 @@ class Service:
         if self.store.live_intent:
             log.info("live intent found in %s: will go live again once ready", self.store.path)
         dispatcher = self._spawn(self._dispatch(), "dispatch")
-        self._spawn(self._watch_threads(), "thread-watch")
+        self._spawn(self._threads.watch(), "thread-watch")
         interval = self.notifier.watchdog_interval()
         if interval:
             self._spawn(self._watchdog(interval), "watchdog")

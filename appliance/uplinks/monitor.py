@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from appliance import conditions as C
-from appliance.config import Config, redact_url
+from appliance.config import Config
+from appliance.configshow import redact_url
 from appliance.fsutil import atomic_write
 from appliance.uplinks.policy import (Decision, FailoverMemory, HealthBands, LinkView, LossMeter, PolicyConfig, decide,
                                       health)
