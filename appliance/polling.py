@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import time
 
+from appliance.errors import ApplianceError
 from appliance.worker import Worker
 
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
-class ReplyError(Exception):
+class ReplyError(ApplianceError, RuntimeError):
     """A bad or missing reply: the line is there, the answer is not."""
 
 

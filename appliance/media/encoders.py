@@ -21,6 +21,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from appliance.children import child_argv, child_env
+from appliance.errors import ApplianceError
 from appliance.fsutil import atomic_write
 from appliance.media.h264 import IDR, PPS, SPS, ParameterSetInserter, nal_types
 from appliance.media.packets import AUDIO_TB, VIDEO_TB, EncodedPacket, VideoSettings
@@ -34,7 +35,7 @@ PROBE_FRAMES = 30
 PROBE_TIMEOUT = 15.0
 
 
-class EncoderError(RuntimeError):
+class EncoderError(ApplianceError, RuntimeError):
     """The running encoder failed or stalled: switch to the next rung."""
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from appliance import heartbeat
 from appliance.conditions import DISK_FULL, DISK_LOW, RECORDER_BEHIND, RECORDER_FAILED
 from appliance.config import RecordingSection
+from appliance.errors import ApplianceError
 from appliance.fsutil import atomic_write, fsync_dir
 from appliance.media.mux import TsMuxer
 from appliance.media.packets import EncodedPacket, Report, Session
@@ -51,7 +52,7 @@ STUCK_SECONDS = 10.0
 
 
 
-class RecorderNotFinalized(OSError):
+class RecorderNotFinalized(ApplianceError, OSError):
     """The stop's finalize did not complete in time (the card does not answer)."""
 
 

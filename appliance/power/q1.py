@@ -12,11 +12,13 @@ import math
 import re
 from dataclasses import dataclass
 
+from appliance.errors import ApplianceError
+
 Q1_LEN = 46  # without the trailing CR
 _NUMERIC = re.compile(rb"^[0-9 .]+$")
 
 
-class Q1Error(ValueError):
+class Q1Error(ApplianceError, ValueError):
     """A reply that is not what the protocol says it should be."""
 
 

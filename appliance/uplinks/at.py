@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from appliance.errors import ApplianceError
+
 CME = {3: "operation not allowed", 4: "not supported", 10: "no SIM", 11: "SIM PIN required",
        12: "SIM PUK required", 13: "SIM failure", 14: "SIM busy", 30: "no network service", 100: "unknown error"}
 
@@ -18,7 +20,7 @@ CME = {3: "operation not allowed", 4: "not supported", 10: "no SIM", 11: "SIM PI
 URC_PREFIXES = ("RDY", "POWERED DOWN", "+CPIN:", "+QIND:", "+CEREG:", "+CGREG:", "+CREG:", "+QUSIM:", "+QSTAT")
 
 
-class AtError(ValueError):
+class AtError(ApplianceError, ValueError):
     """A reply that is an error, or that we could not read."""
 
     def __init__(self, message: str, cme: int | None = None):
