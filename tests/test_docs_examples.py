@@ -32,3 +32,12 @@ def test_the_docs_have_configuration_examples():
 def test_configuration_example_loads(where, body):
     data = tomllib.loads(body)
     validate([(where, data)])
+
+
+def test_readme_is_short_and_its_links_lead_somewhere():
+    """For its two readers, in five minutes: the reference lives in docs/."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#:]+)\)", doc.read_text()):
+            assert (doc.parent / target).exists(), f"{doc.name} links to {target}, which is not there"
