@@ -62,12 +62,12 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
     if config.stream.enabled:
         from appliance.outputs.srt import SrtOutput
 
-        from appliance.outputs.abr import AbrLimits
+        from appliance.outputs.abr import AbrLimits, audio_kbps
 
         e = config.encoder
-        audio_kbps = int(len(config.audio.tracks) * e.audio_bitrate_kbps * 1.15)  # + TS/PES overhead
         srt = SrtOutput(config.stream, lambda c, a: report(c, a, "srt"),
-                        AbrLimits(e.min_bitrate_kbps, e.bitrate_kbps, config.stream.latency_ms, audio_kbps),
+                        AbrLimits(e.min_bitrate_kbps, e.bitrate_kbps, config.stream.latency_ms,
+                                  audio_kbps(len(config.audio.tracks), e.audio_bitrate_kbps)),
                         set_bitrate=lambda kbps: media.set_bitrate(kbps))
         outputs.append(srt)
     if config.rtmp.enabled:

@@ -9,11 +9,12 @@ import logging
 from typing import Callable
 
 from appliance.statusview import one_line
+from appliance.supervisor.state import LIVE_STATES as _LIVE
 
 log = logging.getLogger(__name__)
 
 EVERY = 60.0
-LIVE_STATES = ("LIVE", "DEGRADED")
+LIVE_STATES = tuple(s.value for s in _LIVE)
 
 
 class LiveSummary:

@@ -1,5 +1,7 @@
-"""A named background thread with a stop event: the one way our components run
-blocking work (capture, serial polling) beside the asyncio loop."""
+"""A named background thread with a stop event and a heartbeat, for a component
+whose thread is its own loop (capture, serial polling, the bond). The threads that
+live for one session of an output (media, recorder, the senders) start their own
+and open their heartbeat with heartbeat.beating(); every long-running thread has one."""
 
 from __future__ import annotations
 

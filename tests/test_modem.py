@@ -58,9 +58,6 @@ def test_other_replies():
     assert at.parse_cgpaddr(['+CGPADDR: 1,"10.45.0.2"']) == "10.45.0.2"
     assert at.parse_cgpaddr(['+CGPADDR: 1,"0.0.0.0"']) is None
     assert at.parse_qtemp(['+QTEMP:"modem-ambient-usr","41"', '+QTEMP:"x","-273"', '+QTEMP:"cpu","47"']) == 47
-    q = at.parse_qcsq(['+QCSQ: "LTE",-65,-95,135,-11', '+QCSQ: "NR5G",-90,20,-11'])
-    assert q["lte"]["rsrp"] == -95 and q["nr"]["sinr"] == 20
-    assert at.parse_qcsq(['+QCSQ: "NOSERVICE"']) == {}
 
 
 def test_final_results_and_cme_codes():
@@ -88,7 +85,7 @@ def test_garbage_is_an_error_that_says_what(reply):
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.text(max_size=80), max_size=4))
 def test_no_input_makes_a_parser_raise_anything_but_AtError(reply):
-    for parse in (at.parse_servingcell, at.parse_cpin, at.parse_cops, at.parse_cgpaddr, at.parse_qtemp, at.parse_qcsq):
+    for parse in (at.parse_servingcell, at.parse_cpin, at.parse_cops, at.parse_cgpaddr, at.parse_qtemp):
         try:
             parse(reply)
         except at.AtError:

@@ -71,10 +71,6 @@ class TrackBuffer:
             self._fill = 0
             self._primed = False
 
-    @property
-    def fill_seconds(self) -> float:
-        return self._fill / self.rate
-
     def pull(self, n: int) -> np.ndarray:
         """Exactly n samples as (2, n) float32 (planar, as AAC wants it)."""
         target, tol = int(TARGET * self.rate), int(TOLERANCE * self.rate)

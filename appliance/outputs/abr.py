@@ -34,6 +34,15 @@ class AbrLimits:
     audio_kbps: int = 256  # what the audio tracks take, TS overhead included
 
 
+TS_OVERHEAD = 1.15  # the TS and PES headers on the audio packets
+
+
+def audio_kbps(tracks: int, kbps_each: int) -> int:
+    """What the audio tracks take on the wire, TS/PES overhead included: the part of the
+    show the adaptive bitrate cannot lower, and pre-flight counts in what a link must carry."""
+    return int(tracks * kbps_each * TS_OVERHEAD)
+
+
 @dataclass
 class AbrOutput:
     bitrate_kbps: int

@@ -25,7 +25,7 @@ from appliance.errors import ComponentError
 from appliance.panel import patterns
 from appliance.panel.buttons import DebouncedButton
 from appliance.panel.factory import make_pin_factory
-from appliance.supervisor.state import Kind, Snapshot, State
+from appliance.supervisor.state import OUTPUTS_RUNNING, Kind, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class Panel:
 
     def _go_pressed(self) -> None:
         with self._lock:
-            live = self._snapshot.state in (State.GOING_LIVE, State.LIVE, State.DEGRADED)
+            live = self._snapshot.state in OUTPUTS_RUNNING
             self._go_pressed_live = live
         if not live:
             self.post(Kind.GO, source="GO button")

@@ -16,7 +16,7 @@ import fnmatch
 from dataclasses import dataclass
 
 from appliance import conditions as C
-from appliance.supervisor.state import State
+from appliance.supervisor.state import LIVE_STATES, State
 
 
 class Pattern(enum.Enum):
@@ -44,7 +44,6 @@ LEDS = ("status", "live", "audio", "link_wired", "link_cell", "power")
 LED_LABELS = {"status": "STATUS", "live": "LIVE", "audio": "AUDIO", "link_wired": "WIRED",
               "link_cell": "5G", "power": "POWER"}
 
-LIVE_STATES = (State.LIVE, State.DEGRADED)
 
 
 @dataclass(frozen=True)

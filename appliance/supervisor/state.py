@@ -27,6 +27,11 @@ class State(enum.Enum):
     FAULT = "FAULT"
 
 
+# On air (DEGRADED is live with conditions), and with the outputs running (going live too).
+LIVE_STATES = (State.LIVE, State.DEGRADED)
+OUTPUTS_RUNNING = (State.GOING_LIVE, *LIVE_STATES)
+
+
 class Kind(enum.Enum):
     BOOTED = "booted"  # every component has been started (or reported failed)
     GO = "go"  # a request to go live (button, API, control socket, resume)
@@ -71,7 +76,7 @@ class Snapshot:
 
     @property
     def live(self) -> bool:
-        return self.state in (State.LIVE, State.DEGRADED)
+        return self.state in LIVE_STATES
 
 
 @dataclass(frozen=True)
@@ -80,9 +85,6 @@ class Result:
     actions: tuple[Action, ...] = ()
     # Why nothing happened, when nothing did: the service logs it for the tech.
     ignored: str = ""
-
-
-_OUTPUTS_RUNNING = (State.GOING_LIVE, State.LIVE, State.DEGRADED)
 
 
 def _live_state(conditions: frozenset[str]) -> State:
@@ -121,7 +123,7 @@ def step(snap: Snapshot, event: Event) -> Result:
             return ignore("already shutting down")
         # The live intent stays as it is: a reboot or restart is not the tech
         # stopping the show, so the box resumes by itself when it comes back.
-        if s in _OUTPUTS_RUNNING:
+        if s in OUTPUTS_RUNNING:
             return go(State.STOPPING, Action.STOP_OUTPUTS, exiting=True)
         return go(State.STOPPING if s is State.STOPPING else s, exiting=True)
 
@@ -132,7 +134,7 @@ def step(snap: Snapshot, event: Event) -> Result:
         forget = (Action.FORGET_LIVE,) if k is Kind.POWER_OFF else ()
         if snap.power_off:
             return ignore(f"already powering off ({snap.power_off})")
-        if s in _OUTPUTS_RUNNING:
+        if s in OUTPUTS_RUNNING:
             return go(State.STOPPING, *forget, Action.STOP_OUTPUTS, power_off=why)
         if s is State.STOPPING:
             # Outputs are already being finalized: power off when they are.
@@ -140,7 +142,7 @@ def step(snap: Snapshot, event: Event) -> Result:
         return go(s, *forget, Action.POWER_OFF, power_off=why)
 
     if k is Kind.FAULT:
-        if s in _OUTPUTS_RUNNING:
+        if s in OUTPUTS_RUNNING:
             return go(State.FAULT, Action.STOP_OUTPUTS, fault=event.reason)
         return go(State.FAULT, fault=event.reason)
 
@@ -169,7 +171,7 @@ def step(snap: Snapshot, event: Event) -> Result:
             return go(State.STOPPING, Action.FORGET_LIVE, Action.STOP_OUTPUTS)
         return ignore(f"{k.value} has no effect while going live")
 
-    if s in (State.LIVE, State.DEGRADED):
+    if s in LIVE_STATES:
         if k is Kind.STOP:
             return go(State.STOPPING, Action.FORGET_LIVE, Action.STOP_OUTPUTS)
         if k is Kind.OUTPUTS_FAILED:

@@ -1,1 +1,2 @@
-"""Getting the stream out: libsrt, and (to come) SRTLA bonding and the relay."""
+"""Getting the stream out: libsrt (ctypes), the SRTLA wire format, the bonding sender,
+the relay, and which address each uplink sends from."""

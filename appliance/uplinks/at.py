@@ -144,20 +144,6 @@ def parse_qtemp(lines: list[str]) -> float | None:
     return max(temps) if temps else None
 
 
-def parse_qcsq(lines: list[str]) -> dict:
-    out: dict = {}
-    for line in lines:
-        if not line.startswith("+QCSQ:"):
-            continue
-        fs = fields(line, "+QCSQ:")
-        if fs[0] == "LTE":
-            out["lte"] = {"rssi": _num(_at(fs, 1)), "rsrp": _num(_at(fs, 2)), "sinr": _num(_at(fs, 3)),
-                          "rsrq": _num(_at(fs, 4))}
-        elif fs[0].startswith("NR5G"):
-            out["nr"] = {"rsrp": _num(_at(fs, 1)), "sinr": _num(_at(fs, 2)), "rsrq": _num(_at(fs, 3))}
-    return out
-
-
 def parse_servingcell(lines: list[str]) -> Radio:
     """AT+QENG="servingcell" in its three shapes: LTE, NR5G-SA, and NR5G-NSA (three lines)."""
     r = Radio()

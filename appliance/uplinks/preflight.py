@@ -41,8 +41,10 @@ class LinkCheck:
 
 def needed_kbps(config: Config) -> tuple[int, int]:
     """(what the show needs at its maximum, the least that still carries video), audio included."""
+    from appliance.outputs.abr import audio_kbps
+
     e = config.encoder
-    audio = int(len(config.audio.tracks) * e.audio_bitrate_kbps * 1.15)
+    audio = audio_kbps(len(config.audio.tracks), e.audio_bitrate_kbps)
     return e.bitrate_kbps + audio, e.min_bitrate_kbps + audio
 
 
