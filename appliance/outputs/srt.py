@@ -111,7 +111,7 @@ class SrtOutput:
         self._stop.clear()
         if self.cfg.bond:
             from appliance.transport.bond import Bonder
-            from appliance.transport.uplinks import resolve_uplinks
+            from appliance.transport.interfaces import resolve_uplinks
 
             self._last_uplinks = resolve_uplinks(self.cfg.uplinks)
             secret = self.cfg.relay_secret.get_secret_value().encode() or None
@@ -384,15 +384,15 @@ class SrtOutput:
                 log.debug("stream: bitrate %d -> %d kb/s: %s", before_kbps, out.bitrate_kbps, out.reason,
                           extra={"OUTPUT": self.name})
 
-    def set_uplinks(self, now: dict[str, str]) -> None:
+    def set_uplinks(self, present: dict[str, str]) -> None:
         """Interfaces come and go (a modem re-attaching): the bond follows, live.
         The uplinks component, which watches the interfaces, calls this (any thread)."""
         if self.bonder is None:
             return
-        if now != self._last_uplinks:
-            log.info("stream: uplinks changed: %s", ", ".join(f"{n} {a}" for n, a in now.items()) or "none")
-            self._last_uplinks = now
-            self.bonder.set_uplinks(now)
+        if present != self._last_uplinks:
+            log.info("stream: uplinks changed: %s", ", ".join(f"{n} {a}" for n, a in present.items()) or "none")
+            self._last_uplinks = present
+            self.bonder.set_uplinks(present)
 
     def _connected(self, handshake_began: float) -> None:
         # What queued while we were away (backing off, or waiting for the relay) is stale

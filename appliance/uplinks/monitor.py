@@ -128,7 +128,7 @@ class UplinkMonitor:
             await asyncio.sleep(TICK)
 
     def _present(self) -> dict[str, str]:
-        from appliance.transport.uplinks import resolve_uplinks
+        from appliance.transport.interfaces import resolve_uplinks
 
         return resolve_uplinks(self.config.stream.uplinks)
 

@@ -1,4 +1,4 @@
-"""Which uplinks to bond: interface names (or pinned addresses) -> source addresses."""
+"""Where each uplink sends from: interface names (or pinned addresses) -> source addresses."""
 
 from __future__ import annotations
 
