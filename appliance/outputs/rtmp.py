@@ -19,11 +19,11 @@ import threading
 import time
 
 from appliance import conditions, heartbeat
+from appliance.children import child_argv, child_env
 from appliance.config import RtmpSection
 from appliance.configshow import redact_url
 from appliance.media.mux import TsMuxer
 from appliance.media.packets import EncodedPacket, Report, Session
-from appliance.children import child_argv, child_env
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from appliance.errors import ComponentError
 from appliance.children import child_env
+from appliance.errors import ComponentError
 
 log = logging.getLogger(__name__)
 
