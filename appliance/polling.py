@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import time
 
+from appliance import backoff
 from appliance.errors import ApplianceError
 from appliance.worker import Worker
 
-BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 class ReplyError(ApplianceError, RuntimeError):
@@ -35,7 +35,7 @@ class Polled(Worker):
                     opened, attempt = True, 0
                 except Exception as e:  # SerialException, OSError, socket errors
                     self._failed(f"cannot open: {e}")
-                    self._stop.wait(BACKOFF[min(attempt, len(BACKOFF) - 1)])
+                    self._stop.wait(backoff.delay(attempt))
                     attempt += 1
                     continue
             try:

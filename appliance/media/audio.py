@@ -17,6 +17,7 @@ from collections import deque
 
 import numpy as np
 
+from appliance import backoff
 from appliance.config import AudioSection, AudioTrack
 from appliance.worker import Worker
 
@@ -35,7 +36,6 @@ HOLD_AT_MOST = 2.0
 # just opened gets longer (some devices, PulseAudio's among them, take ~2 s).
 STALL_AFTER = 1.0
 FIRST_BLOCK_WITHIN = 3.0
-BACKOFF = (0.5, 1.0, 2.0, 4.0, 5.0)
 
 
 class TrackBuffer:
@@ -180,7 +180,7 @@ class AudioDevice(Worker):
             if why is None or self._stop.is_set():
                 return
             self.reopens += 1
-            self._stop.wait(BACKOFF[min(attempt, len(BACKOFF) - 1)])
+            self._stop.wait(backoff.delay(attempt))
             self.heartbeat.beat()
             attempt = 0 if self.ok else attempt + 1
 

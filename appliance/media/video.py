@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from appliance import backoff
 from appliance.config import VideoSection
 from appliance.media.font import draw_text, text_width
 from appliance.worker import Worker
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 # A frame older than this is no signal: the slate replaces it.
 STALE_AFTER = 0.5
-BACKOFF = (0.5, 1.0, 2.0, 4.0, 5.0)
 
 
 def luma(frame) -> np.ndarray:
@@ -115,7 +115,7 @@ class VideoSource(Worker):
                 if self.signal or not self.error:
                     log.warning("video: lost %s: %s", self.describe(), e, extra={"VIDEO": "lost"})
                 self.signal, self.error = False, str(e)
-                delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
+                delay = backoff.delay(attempt)
                 attempt += 1
                 self.reopens += 1
                 self._stop.wait(delay)

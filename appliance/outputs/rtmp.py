@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 
-from appliance import conditions, heartbeat
+from appliance import backoff, conditions, heartbeat
 from appliance.children import child_argv, child_env
 from appliance.config import RtmpSection
 from appliance.configshow import redact_url
@@ -28,7 +28,6 @@ from appliance.media.packets import EncodedPacket, Report, Session
 log = logging.getLogger(__name__)
 
 QUEUE_PACKETS = 600  # ~6 s of video and two audio tracks
-BACKOFF = (0.5, 1.0, 2.0, 4.0, 5.0)
 STOP_WAIT = 5.0
 # Its loop turns every 0.2 s; a write into a stalled server's pipe waits until the
 # pusher gives up on it (RTMP's own timeouts). The stream over SRT and the recording
@@ -127,7 +126,7 @@ class RtmpOutput:
                 pkt = False
             if self._child is not None and self._child.poll() is not None:
                 self._failed()
-                attempt, retry_at = attempt + 1, time.monotonic() + BACKOFF[min(attempt, len(BACKOFF) - 1)]
+                attempt, retry_at = attempt + 1, time.monotonic() + backoff.delay(attempt)
                 continue
             if self.connected and attempt:
                 attempt = 0
@@ -141,14 +140,14 @@ class RtmpOutput:
                 except OSError as e:  # no process to be had (fork failed, setpriv gone): retried
                     self._child = None
                     self._failed(f"cannot start the pusher: {e}")
-                    attempt, retry_at = attempt + 1, time.monotonic() + BACKOFF[min(attempt, len(BACKOFF) - 1)]
+                    attempt, retry_at = attempt + 1, time.monotonic() + backoff.delay(attempt)
                     continue
             try:
                 self._mux.mux(pkt)
                 self.packets_sent += 1
             except Exception:  # noqa: BLE001 - a broken pipe surfaces from PyAV as any of several errors
                 self._failed()
-                attempt, retry_at = attempt + 1, time.monotonic() + BACKOFF[min(attempt, len(BACKOFF) - 1)]
+                attempt, retry_at = attempt + 1, time.monotonic() + backoff.delay(attempt)
         self._close_child()
         self.connected = False
 

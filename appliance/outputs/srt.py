@@ -20,7 +20,7 @@ import time
 from collections import deque
 from typing import Callable
 
-from appliance import conditions, heartbeat, hostnames
+from appliance import backoff, conditions, heartbeat, hostnames
 from appliance.config import StreamSection
 from appliance.hostnames import NameNotResolved, parse_srt_url
 from appliance.media.mux import TsMuxer
@@ -37,7 +37,6 @@ QUEUE_FRAMES = 1000  # ~8 s of frames (30 video + 2 x 47 audio a second): beyond
 # (our queue does not count against SRT's latency, which starts when SRT gets a packet)
 SHED_AFTER_MIN, SHED_AFTER_OF_LATENCY = 1.0, 1.0
 ABR_EVERY = 0.1
-BACKOFF = (0.5, 1.0, 2.0, 4.0, 5.0)
 # The sender's loop turns every few ms; its longest waits are a backoff (5 s) and a
 # send (SRTO_SNDTIMEO, 1 s). A connect bounds itself (a lookup, 3 s per address).
 STUCK_SECONDS = 8.0
@@ -242,7 +241,7 @@ class SrtOutput:
                 except OSError as e:
                     self._name_condition(e if isinstance(e, NameNotResolved) else None)
                     self._broken(str(e))
-                    self._stop.wait(BACKOFF[min(attempt, len(BACKOFF) - 1)])
+                    self._stop.wait(backoff.delay(attempt))
                     attempt += 1
                     continue
                 attempt = 0
