@@ -28,6 +28,7 @@ from appliance.media.packets import EncodedPacket, Report, Session
 from appliance.outputs.abr import VIDEO, VOICE, Abr, AbrLimits, DeliveryMeter
 from appliance.outputs.send_gate import SendGate
 from appliance.outputs.slate_lane import SLATE_FPS, SlateEncoder, SlateTick
+from appliance.transport.caller import stream_caller
 from appliance.transport.libsrt import LIVE_PAYLOAD, SrtCaller
 
 log = logging.getLogger(__name__)
@@ -197,13 +198,10 @@ class SrtOutput:
     # --- the sender thread --------------------------------------------------------------------
 
     def _caller(self) -> SrtCaller:
-        c = self.cfg
         host, port = self.host, self.port
         if self.bonder is not None:
             host, port = "127.0.0.1", self.bonder.local_port  # the bond carries it to the relay
-        return SrtCaller(host, port, latency_ms=self.latency_ms, role="ingest",
-                         stream_id=self.query.get("streamid", c.stream_id.get_secret_value()),
-                         passphrase=c.passphrase.get_secret_value())
+        return stream_caller(self.cfg, host, port, self.query)
 
     def _sender(self) -> None:
         # Every failure the network throws (a name that does not resolve, an unreachable

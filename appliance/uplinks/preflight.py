@@ -103,7 +103,7 @@ def run(config: Config, links: dict[str, str], seconds: float = 12.0,
 
 
 def _measure(c: LinkCheck, config: Config, relay: tuple[str, int], query: dict, seconds: float, offered: int) -> None:
-    from appliance.transport.libsrt import SrtCaller
+    from appliance.transport.caller import stream_caller
 
     s = config.stream
     bonder = None
@@ -120,9 +120,7 @@ def _measure(c: LinkCheck, config: Config, relay: tuple[str, int], query: dict, 
                     raise RuntimeError(f"over {c.name}: {bonder.problem()} within 5 s")
                 time.sleep(0.05)
             target = ("127.0.0.1", bonder.local_port)
-        caller = SrtCaller(*target, latency_ms=int(query.get("latency", s.latency_ms)),
-                           stream_id=query.get("streamid", s.stream_id.get_secret_value()),
-                           passphrase=s.passphrase.get_secret_value())
+        caller = stream_caller(s, *target, query)
         caller.connect()
         try:
             rate = offered * 1000 / 8 / LIVE_PAYLOAD
