@@ -41,6 +41,23 @@ def link_standby(link: str) -> str:
     return f"uplink {link} standby"
 
 
+class Latch:
+    """A condition reported when it begins and when it ends, however often its cause
+    repeats meanwhile (an output retrying a connection every second)."""
+
+    def __init__(self, report, condition: str):
+        self.report, self.condition = report, condition
+        self.active = False
+
+    def set(self, active: bool) -> bool:
+        """Report it if that changes it; True when it did."""
+        if active == self.active:
+            return False
+        self.active = active
+        self.report(self.condition, active)
+        return True
+
+
 def link_fact(role: str, what: str) -> str:
     """Not a condition but a fact the panel shows (it never makes the state DEGRADED):
     what the uplinks of a role ("wired", "cell") are doing. "carrying": in READY up and

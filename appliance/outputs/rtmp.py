@@ -52,7 +52,7 @@ class RtmpOutput:
         self.packets_dropped = 0
         self.reconnects = 0
         self.last_error = ""
-        self._reported = False
+        self._not_connected = conditions.Latch(self.report, conditions.RTMP_NOT_CONNECTED)
         self._logged = ""  # the cause last logged: a new one is logged, the same one is not
         self._ever_connected = False
 
@@ -99,9 +99,7 @@ class RtmpOutput:
                 thread.join(STOP_WAIT)
             if thread.is_alive():
                 log.error("rtmp: the writer did not stop within %g s", 2 * STOP_WAIT, extra={"OUTPUT": self.name})
-        if self._reported:
-            self._reported = False
-            self.report(conditions.RTMP_NOT_CONNECTED, False)
+        self._not_connected.set(False)
 
     def status(self) -> dict:
         return {"url": self.where(), "connected": self.connected, "packets_sent": self.packets_sent,
@@ -174,9 +172,7 @@ class RtmpOutput:
         else:
             log.info("rtmp: streaming to %s", self.where(), extra={"OUTPUT": self.name})
         self._ever_connected = True
-        if self._reported:
-            self._reported = False
-            self.report(conditions.RTMP_NOT_CONNECTED, False)
+        self._not_connected.set(False)
 
     def _failed(self, why: str = "") -> None:
         why = self._close_child(kill=True) or why or "the pusher stopped"
@@ -185,12 +181,10 @@ class RtmpOutput:
         self.last_error = why
         if was:
             log.warning("rtmp: connection to %s lost (%s): reconnecting", self.where(), why, extra={"OUTPUT": self.name})
-        elif not self._reported or why != self._logged:
+        elif not self._not_connected.active or why != self._logged:
             log.warning("rtmp: cannot stream to %s (%s): retrying", self.where(), why, extra={"OUTPUT": self.name})
         self._logged = why
-        if not self._reported:
-            self._reported = True
-            self.report(conditions.RTMP_NOT_CONNECTED, True)
+        self._not_connected.set(True)
 
     def _close_child(self, kill: bool = False) -> str:
         """Ends the child (EOF first, so it closes the FLV cleanly) and returns its last error line."""

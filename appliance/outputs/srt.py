@@ -87,7 +87,7 @@ class SrtOutput:
         self.reconnects = 0
         self.last_error = ""
         self.stats: dict = {}
-        self._reported = False
+        self._not_connected = conditions.Latch(self.report, NOT_CONNECTED)
         self._unresolved: str | None = None  # the name condition reported now
         self.bonder = None
         self._last_uplinks: dict[str, str] = {}
@@ -173,9 +173,7 @@ class SrtOutput:
             self.bonder.stop()
             self.bonder = None
             self.caller = None  # it pointed at the bond's port
-        if self._reported:
-            self._reported = False
-            self.report(NOT_CONNECTED, False)
+        self._not_connected.set(False)
         self._name_condition(None)
         self._slate_lane.close()
         if self.lane == VOICE:
@@ -213,9 +211,7 @@ class SrtOutput:
         except Exception as e:  # a bug of ours: the stream stops, loudly; the recording goes on
             log.exception("stream: the sender failed: %s", e, extra={"OUTPUT": self.name})
             self.connected, self.last_error = False, f"sender failed: {e}"
-            if not self._reported:
-                self._reported = True
-                self.report(NOT_CONNECTED, True)
+            self._not_connected.set(True)
             if self.caller is not None:
                 self.caller.close()
 
@@ -410,14 +406,12 @@ class SrtOutput:
         self._meter.reset()
         self._need_key = True
         self.connected, self.connected_since = True, time.time()
-        if self.reconnects or self._reported:
+        if self.reconnects or self._not_connected.active:
             log.info("stream: reconnected to %s (%d stale frames dropped)", self.where(), stale,
                      extra={"OUTPUT": self.name})
         else:
             log.info("stream: connected to %s", self.where(), extra={"OUTPUT": self.name})
-        if self._reported:
-            self._reported = False
-            self.report(NOT_CONNECTED, False)
+        self._not_connected.set(False)
 
     def _name_condition(self, error: NameNotResolved | None) -> None:
         """The condition "relay (or ingest) name does not resolve: HOST" while it is the current cause."""
@@ -435,12 +429,10 @@ class SrtOutput:
             self.reconnects += 1
             log.warning("stream: connection to %s lost (%s): reconnecting", self.where(), why,
                         extra={"OUTPUT": self.name})
-        elif not self._reported or why != self.last_error:
+        elif not self._not_connected.active or why != self.last_error:
             log.warning("stream: cannot connect to %s (%s): retrying", self.where(), why, extra={"OUTPUT": self.name})
         self.connected = False
         self.last_error = why
         if self.caller is not None:
             self.caller.close()
-        if not self._reported:
-            self._reported = True
-            self.report(NOT_CONNECTED, True)
+        self._not_connected.set(True)

@@ -37,7 +37,6 @@ async def handle(service, req: dict) -> dict:
     return {"ok": False, "error": f"unknown command {cmd!r} (known: {known})"}
 
 
-
 async def sim(service, req: dict) -> dict:
     if not service.sim:
         return {"ok": False, "error": "sim commands exist only with the sim profile"}
@@ -59,4 +58,3 @@ async def sim(service, req: dict) -> dict:
         return {"ok": True}
     known = ", ".join(["stall", *sorted(service.sim_actions)])
     return {"ok": False, "error": f"unknown sim action {action!r} (known: {known})"}
-

@@ -49,6 +49,7 @@ async def power_off(service, reason: str) -> None:
             break
     service.post(Kind.RECOVERED, condition, "power")
 
+
 async def run_shutdown(service, cmd: list[str]) -> str | None:
     """One attempt: None once the command ran well, else what went wrong."""
     service.power_off["attempts"] += 1
@@ -65,4 +66,3 @@ async def run_shutdown(service, cmd: list[str]) -> str | None:
         return why
     service.power_off.pop("error", None)
     return None
-
