@@ -1,10 +1,11 @@
 """Composition: which components the daemon runs, in which order.
 
 Start order (stop is the reverse): control socket (the service adds it first),
-simulated devices (sim profile), panel, power, uplinks (modem, link policy),
-media (sources, meters, encoder probes), the API,
-the sim console. The media pipeline is also the live output; the recorder and
-the network outputs hang off it.
+simulated devices (sim profile: the serial ptys, then PulseAudio), panel, power,
+uplinks (modem, link policy), media (sources, meters, encoder probes), the API,
+the live summary, the sim console. The media pipeline is also the live output;
+the recorder and the network outputs hang off it. This is the one place that
+wires sim/ in.
 """
 
 from __future__ import annotations
