@@ -89,6 +89,11 @@ def cmd_status(args) -> int:
         print(render(answer["status"]))
         return 0
     # --watch: redrawn in place with plain ANSI (home, clear to the end), fine over SSH.
+    # Ctrl-C ends it even when started from something that ignores SIGINT (a background
+    # job, nohup): Python installs no KeyboardInterrupt for a signal it inherits ignored.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while True:
             try:

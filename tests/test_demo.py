@@ -33,12 +33,19 @@ def test_demo_goes_live_and_streams_through_the_local_relay(tmp_path):
         assert "WIRED[solid]" in text and "5G[solid]" in text, text
         screen = tmp_path / "watch.out"
         with open(screen, "w") as f:
+            # Started as a background job would be, with SIGINT ignored: Ctrl-C must end it all the same.
             watch = subprocess.Popen([*APPLIANCE, "status", *sock, "--watch", "0.3"], stdout=f,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
         # Ctrl-C once it has redrawn (a loaded box takes a while to start Python).
-        wait_until(lambda: screen.read_text().count("\x1b[H\x1b[2J") >= 2, 30, what="two redraws")
-        watch.send_signal(signal.SIGINT)
-        _, err = watch.communicate(timeout=10)
+        try:
+            wait_until(lambda: screen.read_text().count("\x1b[H\x1b[2J") >= 2, 30, what="two redraws")
+            watch.send_signal(signal.SIGINT)
+            _, err = watch.communicate(timeout=10)
+        finally:
+            if watch.poll() is None:
+                watch.kill()
+                watch.wait()
         assert watch.returncode == 0, err
         assert "uplink sim-cell" in screen.read_text() and "Traceback" not in err
     finally:
