@@ -2,7 +2,7 @@
 
 A thread opens its heartbeat with `beating(...)` around its main loop and calls
 `beat()` each time round (a frame, a poll, a wait that timed out). The
-supervisor's watch (supervisor/service.py) reads them all: a thread the show
+supervisor's watch (supervisor/watch.py) reads them all: a thread the show
 needs that has not beaten within its bound stops the systemd watchdog pings, so
 the box is restarted and goes live again through its live intent; any other
 stuck thread is a condition. A heartbeat lives exactly as long as its thread's
@@ -36,7 +36,6 @@ class Heartbeat:
         self.show = show
         self.disk = disk
         self.at = time.monotonic()
-        self.beats = 0
         self._allowed_until = 0.0
         self._hang_until = 0.0
         self.ident = threading.get_ident()
@@ -46,7 +45,6 @@ class Heartbeat:
         if self._hang_until:
             self._hang()
         self.at = time.monotonic()
-        self.beats += 1
 
     @contextmanager
     def allow(self, seconds: float) -> Iterator[None]:

@@ -11,7 +11,6 @@ from appliance.errors import ApplianceError
 from appliance.worker import Worker
 
 
-
 class ReplyError(ApplianceError, RuntimeError):
     """A bad or missing reply: the line is there, the answer is not."""
 

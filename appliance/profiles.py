@@ -83,8 +83,8 @@ def detect(root: Path = Path("/"), machine: str | None = None) -> tuple[str, str
     machine = machine or platform.machine()
     model = _read(root / "proc/device-tree/model")
     profiles = {name: load(name).data.get("board", {}) for name in available() if name not in (SIM, FALLBACK)}
-    choose = f"pick one with --profile NAME, or APPLIANCE_PROFILE=NAME in the unit's environment " \
-             f"(available: {', '.join(sorted(profiles))})"
+    fallback = f"the {FALLBACK} profile runs the devices it finds; pick one with --profile NAME, or " \
+               f"APPLIANCE_PROFILE=NAME in the unit's environment (available: {', '.join(sorted(profiles))})"
     if model:
         best = None
         for name, board in profiles.items():
@@ -93,18 +93,15 @@ def detect(root: Path = Path("/"), machine: str | None = None) -> tuple[str, str
                     best = (name, pattern)
         if best:
             return best[0], f"device-tree model {model!r} matches {best[1]!r}"
-        return FALLBACK, f"unrecognised board {model!r}: no profile matches it; the {FALLBACK} profile " \
-                         f"runs the devices it finds; {choose}"
+        return FALLBACK, f"unrecognised board {model!r}: no profile matches it; {fallback}"
     dmi = root / "sys/class/dmi/id"
     vendor, product = _read(dmi / "sys_vendor"), _read(dmi / "product_name")
     if vendor or product:
         for name, board in profiles.items():
             if machine in board.get("arch", []) and not board.get("match"):
                 return name, f"DMI {vendor} {product} on {machine}"
-        return FALLBACK, f"unrecognised {machine} machine ({vendor} {product}): the {FALLBACK} profile " \
-                         f"runs the devices it finds; {choose}"
-    return FALLBACK, f"unrecognised board (no device-tree model, no DMI, {machine}): the {FALLBACK} profile " \
-                     f"runs the devices it finds; {choose}"
+        return FALLBACK, f"unrecognised {machine} machine ({vendor} {product}): {fallback}"
+    return FALLBACK, f"unrecognised board (no device-tree model, no DMI, {machine}): {fallback}"
 
 
 def resolve(name: str | None, root: Path | None = None) -> Profile:

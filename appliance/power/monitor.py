@@ -56,8 +56,7 @@ class PowerMonitor:
         kw = {"poll_seconds": self.cfg.poll_seconds, "stale_polls": self.cfg.stale_polls}
         serial = self.config.serial
         if serial.ups:
-            self.sources.append(Q1Ups("ups", serial.ups, nominal_volts=self.cfg.ups_battery_volts or None,
-                                      **kw))
+            self.sources.append(Q1Ups("ups", serial.ups, nominal_volts=self.cfg.ups_battery_volts or None, **kw))
         if serial.battery:
             self.sources.append(VeDirectMonitor("battery", serial.battery, **kw))
         if self.cfg.nut:
@@ -161,7 +160,6 @@ class PowerMonitor:
         if under != self._under_voltage:
             self._under_voltage = under
             self.report(UNDER_VOLTAGE, under)
-
 
 
 def _has_board_battery() -> bool:

@@ -67,7 +67,6 @@ class UplinkMonitor:
         self._task: asyncio.Task | None = None
         self._sent: list[tuple[float, dict[str, int]]] = []  # (time, bytes each link sent that tick), SHARE_WINDOW
         self.shares: dict[str, float] = {}  # each link's part of the traffic, 0..1
-        self.facts: frozenset[str] = frozenset()  # what each role's links are doing, for the panel
         self.on_facts: Callable[[frozenset[str]], None] = lambda facts: None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -214,7 +213,8 @@ class UplinkMonitor:
         self.shares = {name: n / whole for name, n in totals.items()} if whole else {}
 
     def _tell_facts(self, views: dict[str, LinkView], streaming: bool) -> None:
-        """The panel's link LEDs: which roles carry the show (READY: which are up and ready)."""
+        """The panel's link LEDs: which roles carry the show (READY: which are up and ready).
+        Told every tick; the panel redraws only when they change."""
         facts = set()
         for name, v in views.items():
             role = self._role(name)
@@ -224,10 +224,7 @@ class UplinkMonitor:
             elif v.state == "up" and self.shares.get(name, 0.0) >= CARRIES_FROM:
                 poor = self._health_bands.band.get(name) == "poor"
                 facts.add(C.link_fact(role, "poor" if poor else "carrying"))
-        facts = frozenset(facts)
-        if facts != self.facts:
-            self.facts = facts
-            self.on_facts(facts)
+        self.on_facts(frozenset(facts))
 
     def _role(self, name: str) -> str:
         return "cell" if name == self.config.modem.interface else "wired"

@@ -26,10 +26,10 @@ function meterRow(name, a) {
        `${a.peak_dbfs.toFixed(1)} dBFS${lufs}${a.silent ? " · SILENT" : ""}${a.clipping ? " · CLIP" : ""}`);
 }
 
-function list(el, items, empty) {
+function list(el, items, empty) {  // items: text, or [node or text, ...] for one row
   el.replaceChildren(...(items.length ? items : [empty]).map((t) => {
     const li = document.createElement("li");
-    li.textContent = t;
+    li.append(...[].concat(t));
     if (!items.length) li.className = "muted";
     return li;
   }));
@@ -98,18 +98,10 @@ function drawLinks(links) {
     if (l.health !== undefined) parts.push(`health ${(l.health * 100).toFixed(0)} %`);
     if (l.radio && l.radio.sinr !== undefined) parts.push(`${l.radio.rat || ""} SINR ${l.radio.sinr} dB`);
     if (l.used_mb) parts.push(`${l.used_mb} MB` + (l.cap_mb ? ` of ${l.cap_mb}` : ""));
-    const li = document.createElement("li");
-    if (l.radio && l.radio.rsrp !== undefined) li.appendChild(bars(l.radio.rsrp));
-    li.appendChild(document.createTextNode(`${n}: ${parts.join(" · ")}`));
-    return li;
+    const text = `${n}: ${parts.join(" · ")}`;
+    return l.radio && l.radio.rsrp !== undefined ? [bars(l.radio.rsrp), text] : text;
   });
-  if (!items.length) {
-    const li = document.createElement("li");
-    li.className = "muted";
-    li.textContent = "no uplink data";
-    items.push(li);
-  }
-  $("links").replaceChildren(...items);
+  list($("links"), items, "no uplink data");
 }
 
 // --- the front panel as it is lit now (the daemon's table: appliance/panel/patterns.py) --------
