@@ -37,7 +37,7 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
         service.components.append(sim_serial)  # (first: the ptys exist before the monitors open them)
 
     def report(condition: str, active: bool, source: str = "media") -> None:
-        service.post(Kind.DEGRADED if active else Kind.RECOVERED, condition, source)
+        service.post(Kind.CONDITION_SET if active else Kind.CONDITION_CLEARED, condition, source)
 
     def fault(why: str) -> None:
         service.post(Kind.FAULT, why, "media")
@@ -93,7 +93,7 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
 
     service.commands["preflight"] = lambda req: uplinks.async_preflight(req, busy)
     service.commands["usage-reset"] = uplinks.async_reset_usage
-    service.outputs.append(media)
+    service.live_parts.append(media)
     service.before_power_off.append(power.before_power_off)
     from appliance.api.http import ApiServer
 

@@ -13,49 +13,49 @@ IGNORED = "ignored"
 REM, FORGET, START, STOP, OFF = A.REMEMBER_LIVE, A.FORGET_LIVE, A.START_OUTPUTS, A.STOP_OUTPUTS, A.POWER_OFF
 
 # The DEGRADED state is only ever reached with a condition set: "x" here.
-# DEGRADED events carry condition "y", RECOVERED events clear "x".
+# CONDITION_SET events carry condition "y", CONDITION_CLEARED events clear "x".
 # Each cell: (next state, actions) or IGNORED (nothing changes, a reason is given).
 TABLE = {
     S.BOOTING: {
         K.BOOTED: (S.READY, ()), K.GO: IGNORED, K.STOP: IGNORED, K.OUTPUTS_STARTED: IGNORED,
-        K.OUTPUTS_STOPPED: IGNORED, K.OUTPUTS_FAILED: IGNORED, K.DEGRADED: (S.BOOTING, ()),
-        K.RECOVERED: IGNORED, K.POWER_CRITICAL: (S.BOOTING, (OFF,)), K.POWER_OFF: (S.BOOTING, (FORGET, OFF)), K.FAULT: (S.FAULT, ()),
+        K.OUTPUTS_STOPPED: IGNORED, K.OUTPUTS_FAILED: IGNORED, K.CONDITION_SET: (S.BOOTING, ()),
+        K.CONDITION_CLEARED: IGNORED, K.POWER_CRITICAL: (S.BOOTING, (OFF,)), K.POWER_OFF: (S.BOOTING, (FORGET, OFF)), K.FAULT: (S.FAULT, ()),
         K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.BOOTING, ()), K.POWER_OFF_FAILED: IGNORED,
     },
     S.READY: {
         K.BOOTED: IGNORED, K.GO: (S.GOING_LIVE, (REM, START)), K.STOP: IGNORED,
         K.OUTPUTS_STARTED: IGNORED, K.OUTPUTS_STOPPED: IGNORED, K.OUTPUTS_FAILED: IGNORED,
-        K.DEGRADED: (S.READY, ()), K.RECOVERED: IGNORED, K.POWER_CRITICAL: (S.READY, (OFF,)), K.POWER_OFF: (S.READY, (FORGET, OFF)),
+        K.CONDITION_SET: (S.READY, ()), K.CONDITION_CLEARED: IGNORED, K.POWER_CRITICAL: (S.READY, (OFF,)), K.POWER_OFF: (S.READY, (FORGET, OFF)),
         K.FAULT: (S.FAULT, ()), K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.READY, ()), K.POWER_OFF_FAILED: IGNORED,
     },
     S.GOING_LIVE: {
         K.BOOTED: IGNORED, K.GO: IGNORED, K.STOP: (S.STOPPING, (FORGET, STOP)),
         K.OUTPUTS_STARTED: (S.LIVE, ()), K.OUTPUTS_STOPPED: IGNORED, K.OUTPUTS_FAILED: (S.FAULT, (STOP,)),
-        K.DEGRADED: (S.GOING_LIVE, ()), K.RECOVERED: IGNORED, K.POWER_CRITICAL: (S.STOPPING, (STOP,)), K.POWER_OFF: (S.STOPPING, (FORGET, STOP)),
+        K.CONDITION_SET: (S.GOING_LIVE, ()), K.CONDITION_CLEARED: IGNORED, K.POWER_CRITICAL: (S.STOPPING, (STOP,)), K.POWER_OFF: (S.STOPPING, (FORGET, STOP)),
         K.FAULT: (S.FAULT, (STOP,)), K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.STOPPING, (STOP,)), K.POWER_OFF_FAILED: IGNORED,
     },
     S.LIVE: {
         K.BOOTED: IGNORED, K.GO: IGNORED, K.STOP: (S.STOPPING, (FORGET, STOP)),
         K.OUTPUTS_STARTED: IGNORED, K.OUTPUTS_STOPPED: IGNORED, K.OUTPUTS_FAILED: (S.FAULT, (STOP,)),
-        K.DEGRADED: (S.DEGRADED, ()), K.RECOVERED: IGNORED, K.POWER_CRITICAL: (S.STOPPING, (STOP,)), K.POWER_OFF: (S.STOPPING, (FORGET, STOP)),
+        K.CONDITION_SET: (S.DEGRADED, ()), K.CONDITION_CLEARED: IGNORED, K.POWER_CRITICAL: (S.STOPPING, (STOP,)), K.POWER_OFF: (S.STOPPING, (FORGET, STOP)),
         K.FAULT: (S.FAULT, (STOP,)), K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.STOPPING, (STOP,)), K.POWER_OFF_FAILED: IGNORED,
     },
     S.DEGRADED: {
         K.BOOTED: IGNORED, K.GO: IGNORED, K.STOP: (S.STOPPING, (FORGET, STOP)),
         K.OUTPUTS_STARTED: IGNORED, K.OUTPUTS_STOPPED: IGNORED, K.OUTPUTS_FAILED: (S.FAULT, (STOP,)),
-        K.DEGRADED: (S.DEGRADED, ()), K.RECOVERED: (S.LIVE, ()), K.POWER_CRITICAL: (S.STOPPING, (STOP,)), K.POWER_OFF: (S.STOPPING, (FORGET, STOP)),
+        K.CONDITION_SET: (S.DEGRADED, ()), K.CONDITION_CLEARED: (S.LIVE, ()), K.POWER_CRITICAL: (S.STOPPING, (STOP,)), K.POWER_OFF: (S.STOPPING, (FORGET, STOP)),
         K.FAULT: (S.FAULT, (STOP,)), K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.STOPPING, (STOP,)), K.POWER_OFF_FAILED: IGNORED,
     },
     S.STOPPING: {
         K.BOOTED: IGNORED, K.GO: IGNORED, K.STOP: (S.STOPPING, (FORGET,)),
         K.OUTPUTS_STARTED: IGNORED, K.OUTPUTS_STOPPED: (S.READY, ()), K.OUTPUTS_FAILED: IGNORED,
-        K.DEGRADED: (S.STOPPING, ()), K.RECOVERED: IGNORED, K.POWER_CRITICAL: (S.STOPPING, ()), K.POWER_OFF: (S.STOPPING, (FORGET,)),
+        K.CONDITION_SET: (S.STOPPING, ()), K.CONDITION_CLEARED: IGNORED, K.POWER_CRITICAL: (S.STOPPING, ()), K.POWER_OFF: (S.STOPPING, (FORGET,)),
         K.FAULT: (S.FAULT, ()), K.FAULT_CLEARED: IGNORED, K.SHUTDOWN: (S.STOPPING, ()), K.POWER_OFF_FAILED: IGNORED,
     },
     S.FAULT: {
         K.BOOTED: IGNORED, K.GO: (S.GOING_LIVE, (REM, START)), K.STOP: (S.FAULT, (FORGET,)),
         K.OUTPUTS_STARTED: IGNORED, K.OUTPUTS_STOPPED: IGNORED, K.OUTPUTS_FAILED: IGNORED,
-        K.DEGRADED: (S.FAULT, ()), K.RECOVERED: IGNORED, K.POWER_CRITICAL: (S.FAULT, (OFF,)), K.POWER_OFF: (S.FAULT, (FORGET, OFF)),
+        K.CONDITION_SET: (S.FAULT, ()), K.CONDITION_CLEARED: IGNORED, K.POWER_CRITICAL: (S.FAULT, (OFF,)), K.POWER_OFF: (S.FAULT, (FORGET, OFF)),
         K.FAULT: (S.FAULT, ()), K.FAULT_CLEARED: (S.READY, ()), K.SHUTDOWN: (S.FAULT, ()), K.POWER_OFF_FAILED: IGNORED,
     },
 }
@@ -67,7 +67,7 @@ def base(state: State) -> Snapshot:
 
 
 def event(kind: Kind) -> Event:
-    reason = {K.DEGRADED: "y", K.RECOVERED: "x", K.FAULT: "encoder died"}.get(kind, "")
+    reason = {K.CONDITION_SET: "y", K.CONDITION_CLEARED: "x", K.FAULT: "encoder died"}.get(kind, "")
     return Event(kind, reason, "test")
 
 
@@ -95,9 +95,9 @@ def test_transition(state, kind):
 
 def test_conditions_are_tracked_in_every_state():
     for state in State:
-        snap = step(base(state), Event(K.DEGRADED, "y")).snapshot
+        snap = step(base(state), Event(K.CONDITION_SET, "y")).snapshot
         assert "y" in snap.conditions
-        assert step(snap, Event(K.RECOVERED, "y")).snapshot.conditions == base(state).conditions
+        assert step(snap, Event(K.CONDITION_CLEARED, "y")).snapshot.conditions == base(state).conditions
 
 
 def test_going_live_with_a_condition_lands_in_degraded():
@@ -107,9 +107,9 @@ def test_going_live_with_a_condition_lands_in_degraded():
 
 def test_degraded_stays_until_the_last_condition_clears():
     snap = Snapshot(S.DEGRADED, frozenset({"a", "b"}))
-    snap = step(snap, Event(K.RECOVERED, "a")).snapshot
+    snap = step(snap, Event(K.CONDITION_CLEARED, "a")).snapshot
     assert snap.state is S.DEGRADED
-    assert step(snap, Event(K.RECOVERED, "b")).snapshot.state is S.LIVE
+    assert step(snap, Event(K.CONDITION_CLEARED, "b")).snapshot.state is S.LIVE
 
 
 def test_nothing_goes_live_once_shutting_down():

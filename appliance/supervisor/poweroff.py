@@ -36,7 +36,7 @@ async def power_off(service, reason: str) -> None:
     # nobody has taken the box back on air (a dying battery still needs it).
     condition = conditions.shutdown_failed(failed)
     service.post(Kind.POWER_OFF_FAILED, failed, "power")
-    service.post(Kind.DEGRADED, condition, "power")
+    service.post(Kind.CONDITION_SET, condition, "power")
     retry = service.config.power.shutdown_retry_seconds
     for _ in range(SHUTDOWN_TRIES - 1):
         await asyncio.sleep(retry)
@@ -47,7 +47,7 @@ async def power_off(service, reason: str) -> None:
         failed = await run_shutdown(service, cmd)
         if failed is None:
             break
-    service.post(Kind.RECOVERED, condition, "power")
+    service.post(Kind.CONDITION_CLEARED, condition, "power")
 
 
 async def run_shutdown(service, cmd: list[str]) -> str | None:

@@ -50,8 +50,9 @@ class Component(Protocol):
     def status(self) -> dict: ...
 
 
-class LiveOutput(Protocol):
-    """Something that runs only while live (media pipeline, network outputs)."""
+class LivePart(Protocol):
+    """Something with a live mode, started on GO and stopped on STOP: the media pipeline,
+    whose live mode runs its network outputs (MediaPipeline.outputs)."""
 
     name: str
 
@@ -74,7 +75,7 @@ class Service:
     sim: bool = False
     # Extra components (added by later capabilities) in their start order.
     components: list = field(default_factory=list)
-    outputs: list = field(default_factory=list)
+    live_parts: list[LivePart] = field(default_factory=list)  # in their start order
 
     def __post_init__(self):
         self.snapshot = Snapshot()
@@ -142,7 +143,7 @@ class Service:
         if result.ignored:
             # A condition reported that was already so changes nothing (every GO clears the
             # recorder's last-session conditions): DEBUG. A GO or STOP refused is for the tech.
-            quiet = event.kind in (Kind.DEGRADED, Kind.RECOVERED)
+            quiet = event.kind in (Kind.CONDITION_SET, Kind.CONDITION_CLEARED)
             (log.debug if quiet else log.info)("%s%s ignored: %s", event.kind.value, who, result.ignored)
             self._last_ignored = (event, result.ignored)
         self.snapshot = after
@@ -195,7 +196,7 @@ class Service:
                 self._unsaved = conditions.state_unsaved(e.strerror or str(e))
                 log.error("%s (%s): the show goes on; trying again every %g s", self._unsaved, self.store.path,
                           SAVE_RETRY)
-                self.post(Kind.DEGRADED, self._unsaved, "state")
+                self.post(Kind.CONDITION_SET, self._unsaved, "state")
                 self._spawn(self._retry_save(), "state-save")
             return
         self._unsaved_intent = None
@@ -211,7 +212,7 @@ class Service:
             except OSError:
                 continue
         log.info("state saved again in %s", self.store.path)
-        self.post(Kind.RECOVERED, self._unsaved, "state")
+        self.post(Kind.CONDITION_CLEARED, self._unsaved, "state")
         self._unsaved = None
 
     def _run_outputs(self, coro: Awaitable) -> None:
@@ -229,28 +230,28 @@ class Service:
 
     async def _start_outputs(self) -> None:
         started, failed = [], []
-        for out in self.outputs:
+        for out in self.live_parts:
             try:
                 await out.start_live()
                 started.append(out.name)
             except Exception as e:
                 log.error("output %s failed to start: %s", out.name, e, extra={"OUTPUT": out.name})
                 failed.append(f"{out.name}: {e}")
-        if self.outputs and not started:
+        if self.live_parts and not started:
             self.post(Kind.OUTPUTS_FAILED, "; ".join(failed), "outputs")
             return
         self._failed_outputs = [component_failed(f"output {f.split(':')[0]}") for f in failed]
         for condition in self._failed_outputs:
-            self.post(Kind.DEGRADED, condition, "outputs")
+            self.post(Kind.CONDITION_SET, condition, "outputs")
         self.post(Kind.OUTPUTS_STARTED, ", ".join(started), "outputs")
 
     async def _stop_outputs(self) -> None:
         # A failed output is this session's problem: the next GO tries it afresh.
         for condition in self._failed_outputs:
-            self.post(Kind.RECOVERED, condition, "outputs")
+            self.post(Kind.CONDITION_CLEARED, condition, "outputs")
         self._failed_outputs = []
         problems = []
-        for out in reversed(self.outputs):
+        for out in reversed(self.live_parts):
             try:
                 await asyncio.wait_for(out.stop_live(), STOP_TIMEOUT)
             except Exception as e:
@@ -384,7 +385,7 @@ class Service:
                 except Exception as e:
                     rec.state, rec.error = "failed", str(e) or type(e).__name__
                     log.error("component %s failed to start: %s", comp.name, rec.error, extra={"COMPONENT": comp.name})
-                    self.post(Kind.DEGRADED, component_failed(comp.name), "supervisor")
+                    self.post(Kind.CONDITION_SET, component_failed(comp.name), "supervisor")
                     continue
                 rec.state = "running"
                 started.append(comp)

@@ -39,8 +39,8 @@ class Kind(enum.Enum):
     OUTPUTS_STARTED = "outputs_started"  # the live outputs are running
     OUTPUTS_STOPPED = "outputs_stopped"  # the live outputs are finalized
     OUTPUTS_FAILED = "outputs_failed"  # no live output could run at all
-    DEGRADED = "degraded"  # a condition appeared (reason)
-    RECOVERED = "recovered"  # a condition cleared (reason)
+    CONDITION_SET = "condition_set"  # a condition appeared (reason), in any state
+    CONDITION_CLEARED = "condition_cleared"  # a condition cleared (reason)
     POWER_CRITICAL = "power_critical"  # battery critical: stop, finalize, power off (intent kept)
     POWER_OFF = "power_off"  # a deliberate safe shutdown (FN held): stop, finalize, power off
     POWER_OFF_FAILED = "power_off_failed"  # the shutdown command failed (reason): GO works again
@@ -101,13 +101,13 @@ def step(snap: Snapshot, event: Event) -> Result:
         return Result(snap, (), why)
 
     # Conditions are tracked in every state; only live states change with them.
-    if k in (Kind.DEGRADED, Kind.RECOVERED):
-        if k is Kind.DEGRADED:
+    if k in (Kind.CONDITION_SET, Kind.CONDITION_CLEARED):
+        if k is Kind.CONDITION_SET:
             conditions = snap.conditions | {event.reason}
         else:
             conditions = snap.conditions - {event.reason}
         if conditions == snap.conditions:
-            return ignore(f"condition {event.reason!r} already {'set' if k is Kind.DEGRADED else 'clear'}")
+            return ignore(f"condition {event.reason!r} already {'set' if k is Kind.CONDITION_SET else 'clear'}")
         state = _live_state(conditions) if snap.live else s
         return Result(replace(snap, state=state, conditions=conditions))
 

@@ -51,12 +51,12 @@ class ThreadWatch:
                       hb.bound, "" if restart else (": the show goes on without it" if not hb.show else
                                                     ": waiting on the disk, the stream goes on"),
                       hb.stack().rstrip(), extra={"THREAD": hb.name})
-            self.post(Kind.DEGRADED, condition, "watchdog")
+            self.post(Kind.CONDITION_SET, condition, "watchdog")
         for key in [k for k in self._stuck if k not in still]:
             condition = self._stuck.pop(key)
             log.info("%s: moving again", condition)
             if condition not in self._stuck.values():
-                self.post(Kind.RECOVERED, condition, "watchdog")
+                self.post(Kind.CONDITION_CLEARED, condition, "watchdog")
         if show_stuck and not self.watchdog_interval() and show_stuck != self.show_stuck:
             log.error("%s, and no systemd watchdog is set to restart the box", show_stuck)
         self.show_stuck = show_stuck
