@@ -247,3 +247,27 @@ def test_stopped_and_started_again_at_once_the_ingest_takes_the_new_caller(bench
             c.close()
         finally:
             bond.stop()
+
+
+def test_the_flight_table_follows_a_packet_across_links_and_counts_its_loss_once():
+    from appliance.transport.flight import FlightTable
+
+    table = FlightTable(keep=4)
+    a, b = table.carried_by("a"), table.carried_by("b")
+    table.sent(0x7FFFFFFE, "a", b"p1", 1.0)
+    table.sent(0x7FFFFFFF, "a", b"p2", 1.1)
+    table.sent(0, "a", b"p3", 1.2)  # the 31-bit sequence wraps
+    assert a == {0x7FFFFFFE, 0x7FFFFFFF, 0}
+    table.sent(0x7FFFFFFF, "b", b"p2", 1.5)  # a retransmission on the other link
+    assert a == {0x7FFFFFFE, 0} and b == {0x7FFFFFFF}
+    assert table.sent_on(0x7FFFFFFF) == ("b", 1.5)
+    assert table.lost(0x7FFFFFFF) == ("b", True)
+    assert table.lost(0x7FFFFFFF) == ("b", False), "SRT's periodic NAK of the same loss"
+    assert table.arrived("a", 0) and not table.arrived("a", 0)
+    table.acked_below(1)  # across the wrap
+    assert len(table) == 0 and not a and not b
+    assert table.lost(0x7FFFFFFE) is None
+    for seq in range(1, 6):
+        table.sent(seq, "a", bytes([seq]), 2.0)
+    assert len(table) == 4 and a == {2, 3, 4, 5}, "the oldest age out, from the link's set too"
+    assert table.take("a") == [b"\x02", b"\x03", b"\x04", b"\x05"] and not a

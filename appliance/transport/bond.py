@@ -8,12 +8,10 @@ handed to the caller. Wire format and registration as specs/srtla.md.
 Where the reference sender is weak, this one does better without changing the
 wire format:
 - keepalives carry our timestamp every 100 ms, so each link's RTT is known;
-- a link is dead when nothing came back on it for a time derived from its own
-  RTT (4 x smoothed RTT, clamped to 150..300 ms) instead of 4 s;
+- a link is dead when nothing came back on it for 4 x its smoothed RTT (within
+  150..300 ms), not 4 s, and a returning link proves itself first (bond_link.py);
 - the packets still in flight on a dead link are re-sent at once on the healthy
   links (SRT drops the duplicates) instead of waiting for SRT's NAKs;
-- a returning link must prove itself (REG3, then stable keepalive RTTs) before it
-  carries traffic again;
 - a link whose socket refuses a packet (interface down) is dead at once, and the
   packet goes out on another;
 - a retransmission whose original is younger than its link's RTT is held: over
@@ -27,7 +25,9 @@ thread of its own, never on the packet path, and again whenever no link is
 carrying and the relay has not answered for a while; an address that does not
 answer gives way to the next one the name resolves to. Replies are matched
 against the address each link sends to.
-One thread, one selector: no asyncio, no locks on the packet path.
+One thread, one selector: no asyncio, no locks on the packet path. Its parts:
+bond_link.py (one uplink and its rules), bond_register.py (registration with the
+relay), flight.py (the packets in flight, for holds, NAKs and the rescue).
 """
 
 from __future__ import annotations
@@ -36,69 +36,21 @@ import errno
 import logging
 import selectors
 import socket
-import statistics
 import time
-from collections import Counter, OrderedDict, deque
-from dataclasses import dataclass, field
+from collections import Counter, deque
 
 from appliance import hostnames
 from appliance.transport import srtla
+from appliance.transport.bond_link import DEAD_MAX, DEAD_MIN, Link, LinkStats, open_socket
+from appliance.transport.bond_register import Registration
+from appliance.transport.flight import FlightTable
 from appliance.worker import Worker
 
 log = logging.getLogger(__name__)
 
 KEEPALIVE_EVERY = 0.1
 REGISTER_EVERY = 0.5
-DEAD_MIN, DEAD_MAX = 0.15, 0.30
-PROBATION_ECHOES = 5
-WINDOW_MIN, WINDOW_START, WINDOW_MAX = 1000, 20000, 60000
-IN_FLIGHT_KEEP = 8192
 LOOKUP_BACKOFF = (0.25, 0.5, 1.0)  # s between lookups of a name that does not resolve (a resolver caches the no)
-
-
-@dataclass
-class Link:
-    name: str
-    source: str
-    sock: socket.socket
-    family: int = socket.AF_INET
-    state: str = "registering"  # registering | probation | up | dead
-    window: int = WINDOW_START
-    in_flight: set[int] = field(default_factory=set)
-    srtt: float | None = None
-    rtts: deque = field(default_factory=lambda: deque(maxlen=8))
-    last_rx: float = 0.0
-    last_reg: float = 0.0
-    last_keepalive: float = 0.0
-    echoes_since_reg: int = 0
-    sent: int = 0
-    bytes_sent: int = 0
-    died_at: float | None = None
-    last_sent: float = 0.0
-    notice_ms: list[float] = field(default_factory=list)  # silence -> declared dead, per failure
-    moved_ms: list[float] = field(default_factory=list)  # silence -> its traffic carried elsewhere
-    dead_range: tuple[float, float] = (DEAD_MIN, DEAD_MAX)
-    weight: float = 1.0  # the link policy's health score: a worsening link gets a smaller share
-    kept: bool = False  # silent past its dead time, but the last link up
-    reg_sent: bytes = b""  # the id in the last REG2 sent on it, and since when
-    reg_group_since: float = 0.0
-    standby: bool = False  # registered and kept alive, carries data only when nothing else can
-    naks: int = 0  # its transmissions the receiver reported lost, each counted once
-    acked: int = 0  # packets the relay says it received on this link (its SRTLA ACKs)
-    challenge: bytes | None = None  # the relay's latest for this link's address (a relay with a secret)
-
-    def dead_after(self) -> float:
-        rtt = self.srtt if self.srtt is not None else 0.05
-        return min(self.dead_range[1], max(self.dead_range[0], 4 * rtt))
-
-    def score(self) -> float:
-        return self.weight * self.window / (len(self.in_flight) + 1)
-
-    def status(self) -> dict:
-        return {"source": self.source, "state": self.state, "rtt_ms": None if self.srtt is None else round(self.srtt * 1000, 1),
-                "window": self.window, "in_flight": len(self.in_flight), "packets": self.sent, "bytes": self.bytes_sent,
-                "dead_notice_ms": self.notice_ms[-5:], "moved_ms": self.moved_ms[-5:], "naks": self.naks,
-                "weight": self.weight, "standby": self.standby, "acked": self.acked, "kept": self.kept}
 
 
 class Bonder(Worker):
@@ -116,9 +68,7 @@ class Bonder(Worker):
         sender's rules (dead after 4 s, no rescue) as its baseline."""
         self.relay = hostnames.Destination(*relay, "relay", LOOKUP_BACKOFF, log=log, prefix="bond: ")
         self.dead_range, self.rescue = dead_range, rescue
-        self.secret = secret or None
-        self.ident = srtla.sender_id()
-        self.group: bytes | None = None
+        self.reg = Registration(secret, self.relay.where)
         self.sel = selectors.DefaultSelector()
         self.local = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.local.bind(("127.0.0.1", 0))
@@ -127,13 +77,9 @@ class Bonder(Worker):
         self.sel.register(self.local, selectors.EVENT_READ, None)
         self.caller: tuple | None = None
         self.links: dict[str, Link] = {}
-        # seq -> (link, packet, sent at, its loss already counted). SRT asks again for a packet
-        # still missing an RTT later (its periodic NAK): that is one loss, not two.
-        self.flight: OrderedDict[int, tuple[str, bytes, float, bool]] = OrderedDict()
+        self.flight = FlightTable()
         self.held = 0  # retransmissions not sent: the original was still on its way
         self.resent = 0
-        self._reg1_at = -1e9
-        self._open_relay = False  # we hold a secret, and the relay asked for no proof
         self.dropped: Counter[str] = Counter()
         self._epoch = time.monotonic()
         self._init_worker()
@@ -172,6 +118,15 @@ class Bonder(Worker):
         """Live changes: an interface that appears joins, one that vanishes leaves."""
         self._changes.append(dict(sources))
 
+    def link_stats(self) -> dict[str, LinkStats]:
+        """Each link's state, RTT and counters, for the link policy (any thread)."""
+        return {n: link.stats() for n, link in list(self.links.items())}
+
+    @property
+    def group(self) -> bytes | None:
+        """The relay's id for our group, once registered."""
+        return self.reg.group
+
     def status(self) -> dict:
         return {"registered": self.group is not None, "links": {n: l.status() for n, l in self.links.items()},
                 "relay": self.relay.where(), **({"relay_error": self.problem()} if not self.ready() else {}),
@@ -197,22 +152,14 @@ class Bonder(Worker):
     # --- links ------------------------------------------------------------------------------------
 
     def _add_link(self, name: str, source: str) -> None:
-        family = socket.AF_INET6 if ":" in source else socket.AF_INET
-        s = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            if not source.startswith("127."):
-                try:  # pin to the interface too, where we are allowed to (CAP_NET_RAW)
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, name.encode())
-                except OSError:
-                    pass
-            s.bind((source, 0))
+            s = open_socket(name, source)
         except OSError as e:
-            s.close()
             log.warning("bond: uplink %s (%s) unusable: %s", name, source, e)
             return
-        s.setblocking(False)
-        self.links[name] = link = Link(name, source, s, family, dead_range=self.dead_range)
-        self._apply_policy(link)
+        self.links[name] = link = Link(name, source, s, s.family, in_flight=self.flight.carried_by(name),
+                                       dead_range=self.dead_range)
+        link.apply_policy(self._weights, self._standby)
         self.sel.register(s, selectors.EVENT_READ, name)
         log.info("bond: uplink %s joins from %s", name, source, extra={"LINK": name})
 
@@ -223,6 +170,7 @@ class Bonder(Worker):
         self.sel.unregister(link.sock)
         link.sock.close()
         self._rescue(link, time.monotonic())
+        self.flight.drop_link(name)
         log.warning("bond: uplink %s left", name, extra={"LINK": name})
 
     def _apply_changes(self) -> None:
@@ -231,7 +179,7 @@ class Bonder(Worker):
             if isinstance(wanted, tuple):
                 _, self._weights, self._standby = wanted
                 for link in self.links.values():
-                    self._apply_policy(link)
+                    link.apply_policy(self._weights, self._standby)
                 continue
             for name in list(self.links):
                 if name not in wanted or wanted[name] != self.links[name].source:
@@ -281,13 +229,11 @@ class Bonder(Worker):
         that are already queueing (a retransmission storm). If the original was in
         fact lost, SRT's periodic NAK asks again after an RTT, and then it goes."""
         seq = srtla.srt_seq(d)
-        entry = self.flight.get(seq) if seq is not None else None
-        if entry is None or entry[0] not in self.links:
+        flying = self.flight.sent_on(seq) if seq is not None else None
+        link = self.links.get(flying[0]) if flying is not None else None
+        if link is None or link.state != "up" or not link.rtts:
             return False
-        link = self.links[entry[0]]
-        if link.state != "up" or not link.rtts:
-            return False
-        if time.monotonic() - entry[2] < max(link.rtts[-1], link.srtt or 0.0) + 0.01:
+        if time.monotonic() - flying[1] < max(link.rtts[-1], link.srtt or 0.0) + 0.01:
             self.held += 1
             return True
         return False
@@ -307,8 +253,7 @@ class Bonder(Worker):
             self._sendto(link, d)
         except OSError as e:
             if isinstance(e, BlockingIOError) or e.errno == errno.ENOBUFS:
-                # Its queue is full: congestion, not death. Give it less for a while.
-                link.window = max(WINDOW_MIN, link.window // 2)
+                link.congested()
                 self.dropped[f"{link.name} queue full"] += 1
             else:
                 # The interface went down or lost its route: no need to wait for silence.
@@ -319,21 +264,8 @@ class Bonder(Worker):
         link.last_sent = time.monotonic()
         seq = srtla.srt_seq(d)
         if seq is not None:
-            earlier = self.flight.get(seq)
-            if earlier is not None and earlier[0] != link.name and earlier[0] in self.links:
-                self.links[earlier[0]].in_flight.discard(seq)  # a retransmission: it now flies on this link
-            link.in_flight.add(seq)
-            self.flight[seq] = (link.name, d, link.last_sent, False)  # a new transmission: its loss a new one
-            self.flight.move_to_end(seq)
-            while len(self.flight) > IN_FLIGHT_KEEP:
-                old, (lname, *_) = self.flight.popitem(last=False)
-                if lname in self.links:
-                    self.links[lname].in_flight.discard(old)
+            self.flight.sent(seq, link.name, d, link.last_sent)
         return True
-
-    def _apply_policy(self, link: Link) -> None:
-        link.weight = max(0.01, min(1.0, self._weights.get(link.name, 1.0)))
-        link.standby = link.name in self._standby
 
     def _choose(self, exclude: set[str] = frozenset()) -> Link | None:
         """The best live link; links on standby only when no other is live (failover)."""
@@ -379,40 +311,15 @@ class Bonder(Worker):
         elif t == srtla.REG_NGP:
             link.last_rx = now
             link.challenge = srtla.challenge_of(d) or link.challenge
-            if self.group is not None and (
-                    link.reg_sent != self.group or now - link.reg_group_since < 1.0 or any(
-                        o is not link and o.state == "up" and now - o.last_rx <= o.dead_after()
-                        for o in self.links.values())):
-                # It answers an older REG2 (sent with our id while the group was being made:
-                # links race at start), or another link is carrying the group right now.
-                # Starting over would throw away a working group, and the relay refuses
-                # REG1 from addresses it still holds in it: the links could never return.
+            if self.reg.stale(link, now, self.links.values()):
                 self.dropped["stale REG_NGP"] += 1
-                return
-            if self.group is not None:
-                # The relay forgot us (restarted, or we were silent too long): start over.
-                self.group = None
-            if now - self._reg1_at > 4.0:
-                self._reg1_at = now  # REG1 on one link only, then wait for REG2 (4 s)
-                if self.secret and link.challenge is not None:
-                    # Proven with the challenge the relay gave this address: good once, there only.
-                    self.ident = srtla.prove(srtla.REG1, self.ident, link.challenge, self.secret)
-                elif self.secret and not self._open_relay:
-                    # srtla_rec, or our relay run without one: the secret protects the relay, and
-                    # this one asks for nothing.
-                    self._open_relay = True
-                    log.warning("bond: the relay %s asks for no proof: registering without the secret",
-                                self.relay.where())
-                self._sendto(link, srtla.reg(srtla.REG1, self.ident))
+            elif (reg1 := self.reg.reg1(link, now)) is not None:
+                self._sendto(link, reg1)
         elif t == srtla.REG2:
-            gid = srtla.reg_id(d, srtla.REG2)
-            if gid is None:
-                self.dropped["bad REG2 length"] += 1
-            elif gid[:128] != self.ident[:128]:
-                self.dropped["REG2 for another sender"] += 1
+            if (why := self.reg.grouped(d)) is not None:
+                self.dropped[why] += 1
             else:
                 link.last_rx = now
-                self.group = gid
                 for other in self.links.values():
                     self._reg2(other, now)
         elif t == srtla.REG3:
@@ -422,8 +329,7 @@ class Bonder(Worker):
                     log.info("bond: uplink %s answers again: on probation", link.name, extra={"LINK": link.name})
                 link.state, link.echoes_since_reg = "probation", 0
                 link.rtts.clear()
-        elif t == srtla.REG_NAK and self.secret and srtla.challenge_of(d) and self.group is not None:
-            # The relay wants this address to prove itself (its last proof was spent or stale).
+        elif t == srtla.REG_NAK and self.reg.asks_proof(d):
             link.last_rx, link.challenge = now, srtla.challenge_of(d)
             self._reg2(link, now)
         elif t in (srtla.REG_ERR, srtla.REG_NAK):
@@ -434,7 +340,8 @@ class Bonder(Worker):
                 self.dropped["bad keepalive"] += 1
                 return
             link.last_rx = now
-            self._echo(link, (self._ms() - sent) / 1000)
+            if link.echo((self._ms() - sent) / 1000):
+                log.info("bond: uplink %s up (RTT %.0f ms)", link.name, link.srtt * 1000, extra={"LINK": link.name})
         elif t == srtla.ACK:
             seqs = srtla.parse_srtla_ack(d)
             if not seqs:
@@ -451,60 +358,28 @@ class Bonder(Worker):
             if t == srtla.SRT_ACK:
                 ack = srtla.srt_ack_number(d)
                 if ack is not None:
-                    self._acked_below(ack)
+                    self.flight.acked_below(ack)
             elif t == srtla.SRT_NAK:
                 self._naked(srtla.srt_nak_ranges(d))
             if self.caller is not None:
                 self.local.sendto(d, self.caller)  # SRT's own traffic, back to the caller
 
-    def _echo(self, link: Link, rtt: float) -> None:
-        link.rtts.append(rtt)
-        link.srtt = rtt if link.srtt is None else 0.875 * link.srtt + 0.125 * rtt
-        link.echoes_since_reg += 1
-        if link.state == "probation" and self._stable(link):
-            # It proved itself: a full starting window, as a new link gets. Left at the
-            # minimum it was cut to when it died, it would never win a packet again
-            # on a path fast enough that the other link's in-flight stays small.
-            link.state, link.window = "up", max(link.window, WINDOW_START)
-            log.info("bond: uplink %s up (RTT %.0f ms)", link.name, link.srtt * 1000, extra={"LINK": link.name})
-
     def _srtla_ack(self, link: Link, seqs: list[int]) -> None:
         link.acked += len(seqs)
         for seq in seqs:
-            if seq in link.in_flight:
-                link.in_flight.discard(seq)
+            if self.flight.arrived(link.name, seq):
                 if len(link.in_flight) * 1000 > link.window:
-                    link.window = min(WINDOW_MAX, link.window + 29)
+                    link.widen(29)
         for other in self.links.values():
             if other.state == "up":
-                other.window = min(WINDOW_MAX, other.window + 1)
+                other.widen(1)
 
     def _naked(self, ranges: list[tuple[int, int]]) -> None:
         for first, last in ranges:
             for seq in range(first, min(last, first + 256) + 1):
-                carrier = self.flight.get(seq)
-                if carrier and carrier[0] in self.links:
-                    lk = self.links[carrier[0]]
-                    lk.window = max(WINDOW_MIN, lk.window - 100)  # every NAK, as the reference does
-                    if not carrier[3]:
-                        self.flight[seq] = carrier[:3] + (True,)  # (keeps its place in the order)
-                        lk.naks += 1
-
-    def _stable(self, link: Link) -> bool:
-        if link.echoes_since_reg < PROBATION_ECHOES or len(link.rtts) < PROBATION_ECHOES:
-            return False
-        recent = list(link.rtts)[-PROBATION_ECHOES:]
-        median = statistics.median(recent)
-        return max(recent) <= 2 * median + 0.02
-
-    def _acked_below(self, ack: int) -> None:
-        while self.flight:
-            seq = next(iter(self.flight))
-            if not _before(seq, ack):
-                break
-            lname = self.flight.popitem(last=False)[1][0]
-            if lname in self.links:
-                self.links[lname].in_flight.discard(seq)
+                hit = self.flight.lost(seq)
+                if hit is not None and hit[0] in self.links:
+                    self.links[hit[0]].lost(first=hit[1])
 
     # --- housekeeping: keepalives, registration, dead links ----------------------------------------
 
@@ -535,26 +410,16 @@ class Bonder(Worker):
                 link.kept = False
                 log.info("bond: uplink %s answers again", link.name, extra={"LINK": link.name})
 
-    # --- registration ------------------------------------------------------------------------------
-
     def _reg2(self, link: Link, now: float) -> None:
-        what = self.group or self.ident
-        if what != link.reg_sent:
-            link.reg_sent, link.reg_group_since = what, now
-        if self.secret and self.group is not None and link.challenge is not None:
-            what = srtla.prove(srtla.REG2, what, link.challenge, self.secret)
         try:
-            self._sendto(link, srtla.reg(srtla.REG2, what))
+            self._sendto(link, self.reg.reg2(link, now))
         except OSError:
             pass  # an uplink that cannot send is found dead by its silence, or by its next data packet
 
     def _declare_dead(self, link: Link, now: float, why: str | None = None) -> None:
         if link.state == "dead":
             return
-        silent = now - link.last_rx
-        link.state, link.died_at, link.kept = "dead", now, False
-        link.notice_ms.append(round(silent * 1000, 1))
-        link.window = WINDOW_MIN
+        silent = link.die(now)
         if why:
             log.warning("bond: uplink %s dead: %s", link.name, why, extra={"LINK": link.name})
         else:
@@ -570,19 +435,11 @@ class Bonder(Worker):
         """Re-send what was in flight on a lost link over the healthy ones, now."""
         if not self.rescue:
             return 0
-        seqs = sorted(link.in_flight)
-        link.in_flight.clear()
         moved = 0
-        for seq in seqs:
-            entry = self.flight.get(seq)
-            if entry is not None and self._send(entry[1]):
-                moved += 1
+        for packet in self.flight.take(link.name):
+            moved += self._send(packet)
         self.resent += moved
         if moved:
             log.info("bond: re-sent %d in-flight packets of %s on the other uplinks", moved, link.name)
         return moved
 
-
-def _before(a: int, b: int) -> bool:
-    """SRT sequence a comes before b (31-bit numbers that wrap)."""
-    return 0 < ((b - a) & 0x7FFFFFFF) < 0x40000000
