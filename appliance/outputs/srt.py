@@ -28,7 +28,9 @@ from appliance.media.packets import EncodedPacket, Report, Session
 from appliance.outputs.abr import VIDEO, VOICE, Abr, AbrLimits, DeliveryMeter
 from appliance.outputs.send_gate import SendGate
 from appliance.outputs.slate_lane import SLATE_FPS, SlateEncoder, SlateTick
+from appliance.transport.bond import Bonder
 from appliance.transport.caller import stream_caller
+from appliance.transport.interfaces import resolve_uplinks
 from appliance.transport.libsrt import LIVE_PAYLOAD, SrtCaller
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,7 @@ class SrtOutput:
         self.stats: dict = {}
         self._not_connected = conditions.Latch(self.report, NOT_CONNECTED)
         self._unresolved: str | None = None  # the name condition reported now
-        self.bonder = None
+        self.bonder: Bonder | None = None  # while it streams over a bond (uplinks/ reads its links)
         self._last_uplinks: dict[str, str] = {}
 
     def where(self) -> str:
@@ -110,9 +112,6 @@ class SrtOutput:
                             service_name=session.name)
         self._stop.clear()
         if self.cfg.bond:
-            from appliance.transport.bond import Bonder
-            from appliance.transport.interfaces import resolve_uplinks
-
             self._last_uplinks = resolve_uplinks(self.cfg.uplinks)
             secret = self.cfg.relay_secret.get_secret_value().encode() or None
             self.bonder = Bonder((self.host, self.port), self._last_uplinks, secret)

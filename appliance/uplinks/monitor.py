@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from appliance import conditions as C
 from appliance.config import Config
@@ -25,6 +25,9 @@ from appliance.configshow import redact_url
 from appliance.fsutil import atomic_write
 from appliance.uplinks.policy import (Decision, FailoverMemory, HealthBands, LinkView, LossMeter, PolicyConfig, decide,
                                       health)
+
+if TYPE_CHECKING:
+    from appliance.outputs.srt import SrtOutput
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ CARRIES_FROM = 0.01  # a link with at least this share of the traffic carries th
 class UplinkMonitor:
     name = "uplinks"
 
-    def __init__(self, config: Config, report: Callable[[str, bool], None], srt_output=None,
+    def __init__(self, config: Config, report: Callable[[str, bool], None], srt_output: SrtOutput | None = None,
                  state_dir: Path | None = None, post_event: Callable | None = None):
         self.config = config
         self.report = report
@@ -131,31 +134,29 @@ class UplinkMonitor:
 
         return resolve_uplinks(self.config.stream.uplinks)
 
-    def _bonder(self):
-        return getattr(self.srt, "bonder", None) if self.srt is not None else None
-
     def tick(self, now: float, present: dict[str, str]) -> None:
-        bond = self._bonder()
+        bond = self.srt.bonder if self.srt is not None else None  # while streaming over a bond
         if bond is not None:
             self.srt.set_uplinks(present)  # the one place the interfaces are watched
-        links = bond.status()["links"] if bond is not None else {}
+        links = bond.link_stats() if bond is not None else {}
         if bond is not self._bonder_id:
             self._bonder_id, self._last_bytes, self._loss = bond, {}, LossMeter()
         views, delta = {}, {}
         # A named uplink that is missing altogether (the modem re-enumerating) is down, not absent from view.
         configured = {e.partition("@")[0] for e in self.config.stream.uplinks if e != "auto"}
         for name in sorted(set(present) | set(links) | configured):
-            b = links.get(name, {})
-            v = LinkView(name, present=name in present, state=b.get("state"), rtt_ms=b.get("rtt_ms"),
+            b = links.get(name)
+            v = LinkView(name, present=name in present, state=b.state if b else None,
+                         rtt_ms=b.rtt_ms if b else None,
                          cap_bytes=self.caps.get(name))
             if v.rtt_ms is not None:
                 # The best RTT creeps up 1 %/s, so a route that got slower is not held
                 # against the link for ever (belacoder's rtt_min does the same).
                 self._base_rtt[name] = min(self._base_rtt.get(name, v.rtt_ms) * 1.005, v.rtt_ms)
                 v.base_rtt_ms = self._base_rtt[name]
-            if b:
-                v.loss = self._loss.update(name, now, b.get("naks", 0), b.get("packets", 0))
-                sent = b.get("bytes", 0)
+            if b is not None:
+                v.loss = self._loss.update(name, now, b.naks, b.packets)
+                sent = b.bytes
                 delta[name] = max(0, sent - self._last_bytes.get(name, 0))
                 self.usage[name] = self.usage.get(name, 0) + delta[name]
                 self._last_bytes[name] = sent
