@@ -105,3 +105,9 @@ def test_the_graph_reader_sees_imports_inside_functions(tmp_path):
 if __name__ == "__main__":
     for src, dsts in sorted(package_graph().items()):
         print(f"{src} -> {', '.join(sorted(dsts))}")
+def test_no_module_over_450_lines():
+    long = sorted(f"{p.relative_to(ROOT)}: {n}" for p in PKG.rglob("*.py")
+                  if (n := len(p.read_text().splitlines())) > MAX_LINES)
+    assert long == [], long
+
+
