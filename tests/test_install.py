@@ -116,3 +116,29 @@ def test_the_relay_unit_reads_its_secret_as_a_credential_and_does_not_restart_on
         "a DynamicUser cannot read a file of root's group appliance: systemd hands it over"
     assert re.search(r"^ExecStart=.* --secret-file %d/relay\.secret", text, re.M)
     assert re.search(r"^RestartPreventExitStatus=78 243$", text, re.M)
+
+
+def _pins(lock: Path) -> dict[str, str]:
+    """name -> version of every pin in a pip-compile lock, each with its hashes."""
+    pins = {}
+    # A pin and its continuation lines (each ending in a backslash but the last) form one entry.
+    for entry in re.split(r"(?<!\\)\n", lock.read_text()):
+        if m := re.match(r"([A-Za-z0-9_.-]+)==([^\s;]+)", entry):
+            assert "--hash=sha256:" in entry, f"{lock.name}: {m.group(1)} has no hash"
+            pins[m.group(1).lower().replace("_", "-")] = m.group(2)
+    return pins
+
+
+def test_the_locks_pin_every_dependency_with_hashes_and_agree():
+    """A dependency added to pyproject.toml without `scripts/lock` would install nothing
+    on a box (scripts/install takes the lock alone), and fail there at import."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    name = lambda req: re.match(r"[A-Za-z0-9_.-]+", req).group(0).lower().replace("_", "-")  # noqa: E731
+    box, test = _pins(ROOT / "requirements.lock"), _pins(ROOT / "requirements-test.lock")
+    assert {name(r) for r in project["dependencies"]} - set(box) == set(), "run scripts/lock"
+    assert {name(r) for r in project["optional-dependencies"]["test"]} - set(test) == set(), "run scripts/lock"
+    assert {n: v for n, v in box.items() if test.get(n) != v} == {}, "the box runs what the tests ran"
+    for installer in ("scripts/install", "scripts/lib/bootstrap.sh"):
+        assert "--require-hashes" in (ROOT / installer).read_text(), installer

@@ -2,8 +2,9 @@
 # Installs only what is missing, so a second run installs nothing:
 #   - Debian packages (when root and apt exists), checked with dpkg-query first;
 #   - a virtual environment in .venv;
-#   - the project (editable) with its test extra, re-installed only when
-#     pyproject.toml changes (a stamp file holds its hash).
+#   - the exact versions in requirements-test.lock (hashes checked), then the
+#     project (editable), re-installed only when pyproject.toml or the lock
+#     changes (a stamp file holds their hash).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -45,12 +46,14 @@ ensure_venv() {
         "$py" -m venv "$VENV"
     fi
     local stamp="$VENV/.appliance-installed" want
-    want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+    want="$(cat "$ROOT/pyproject.toml" "$ROOT/requirements-test.lock" | sha256sum | cut -d' ' -f1)"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-        log "installing the project and its dependencies into $VENV"
+        log "installing the project and its dependencies into $VENV (exact versions: requirements-test.lock)"
         local piplog="$VENV/pip-install.log"
-        if ! { "$VENV/bin/python" -m pip install --upgrade pip &&
-               "$VENV/bin/python" -m pip install -e "$ROOT[test]"; } >"$piplog" 2>&1; then
+        # The lock's versions, each checked against its hashes; then the project itself,
+        # editable, with nothing more (scripts/lock refreshes the lock).
+        if ! { "$VENV/bin/python" -m pip install --require-hashes -r "$ROOT/requirements-test.lock" &&
+               "$VENV/bin/python" -m pip install --no-deps --no-build-isolation -e "$ROOT"; } >"$piplog" 2>&1; then
             tail -n 30 "$piplog" >&2
             log "pip install failed: full log in $piplog"
             return 1
