@@ -41,3 +41,23 @@ def test_readme_is_short_and_its_links_lead_somewhere():
     for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
         for target in re.findall(r"\]\(([^)#:]+)\)", doc.read_text()):
             assert (doc.parent / target).exists(), f"{doc.name} links to {target}, which is not there"
+
+
+def test_the_layout_in_docs_names_every_module():
+    """docs/internals.md's tree is where a maintainer looks for a module's home."""
+    block = (ROOT / "docs" / "internals.md").read_text().split("```\nappliance/\n", 1)[1].split("```", 1)[0]
+    entries: dict[str, str] = {}
+    for line in block.splitlines():
+        if m := re.match(r"  (\S+)\s*(.*)", line):  # an entry: a module, or a package and its modules
+            key, entries[m.group(1)] = m.group(1), m.group(2)
+        else:
+            entries[key] += " " + line.strip()
+    missing = []
+    for path in sorted((ROOT / "appliance").rglob("*.py")):
+        parts = path.relative_to(ROOT / "appliance").parts
+        if parts[-1] in ("__init__.py", "__main__.py"):
+            continue
+        if len(parts) == 1 and parts[0] not in entries or len(parts) > 1 and not re.search(
+                rf"\b{re.escape(parts[-1])}\b", entries.get(parts[0] + "/", "")):
+            missing.append("/".join(parts))
+    assert missing == [], f"docs/internals.md's layout omits {missing}"
