@@ -8,7 +8,6 @@ problem is reported together, each naming the file that set the key.
 
 from __future__ import annotations
 
-import difflib
 import os
 import tomllib
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from appliance.configshow import SECRET_MASK, redact_url
+from appliance.configerrors import describe
 from appliance.errors import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/appliance/appliance.toml")
@@ -346,7 +345,7 @@ def validate(layers: list[tuple[str, dict[str, Any]]]) -> Config:
     try:
         return Config.model_validate(merged)
     except ValidationError as e:
-        raise ConfigError([_describe(err, origins) for err in e.errors()]) from None
+        raise ConfigError([describe(err, origins, Config) for err in e.errors()]) from None
 
 
 def load(config_path: Path | None, profile: dict[str, Any], profile_origin: str) -> Config:
@@ -355,72 +354,6 @@ def load(config_path: Path | None, profile: dict[str, Any], profile_origin: str)
     if config_path is not None:
         layers.append((str(config_path), read_toml(config_path)))
     return validate(layers)
-
-
-# --- error messages ---------------------------------------------------------
-
-def _dotted(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _model_at(loc: tuple):
-    """The schema class that holds the last element of loc (None if unknown)."""
-    model: Any = Config
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        fields = getattr(model, "model_fields", None)
-        if not fields or part not in fields:
-            return None
-        model = _inner_model(fields[part].annotation)
-    return model if hasattr(model, "model_fields") else None
-
-
-def _inner_model(annotation):
-    """Unwrap list[X] / X | None down to a pydantic model class, if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _inner_model(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _is_secret(loc: tuple) -> bool:
-    names = [p for p in loc if isinstance(p, str)]
-    model = _model_at(tuple(names))
-    if model is None or not names:
-        return False
-    field = model.model_fields.get(names[-1])
-    return field is not None and field.annotation is SecretStr
-
-
-def _describe(err: dict, origins: dict[tuple, str]) -> str:
-    loc = tuple(err["loc"])
-    origin = "defaults"
-    for n in range(len(loc), 0, -1):
-        if loc[:n] in origins:
-            origin = origins[loc[:n]]
-            break
-    key = _dotted(loc)
-    if err["type"] == "extra_forbidden":
-        model = _model_at(loc)
-        allowed = sorted(model.model_fields) if model else []
-        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
-        msg = "unknown key" + (f'; did you mean "{hint[0]}"?' if hint else "")
-        if allowed:
-            msg += f" (allowed here: {', '.join(allowed)})"
-        return f"{origin}: {key}: {msg}"
-    value = err.get("input")
-    if isinstance(value, (dict, list)):
-        # A whole section or list: it may hold secrets, and the message says enough.
-        return f"{origin}: {key}: {err['msg']}"
-    given = SECRET_MASK if _is_secret(loc) else repr(redact_url(value) if isinstance(value, str) else value)
-    return f"{origin}: {key}: {err['msg']} (got {given})"
 
 
 # --- paths ----------------------------------------------------------------
