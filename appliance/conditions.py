@@ -9,6 +9,7 @@ from __future__ import annotations
 
 NO_VIDEO = "no video signal"
 ENCODER_SOFTWARE = "encoder fell back to software"
+ENCODER_CODEC_CHANGED = "H.265 encoder failed: streaming H.264"
 OVERHEATING = "overheating"
 
 DISK_FULL = "recording stopped: disk full"

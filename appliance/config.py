@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from appliance.configerrors import describe
 from appliance.errors import ConfigError
@@ -80,8 +80,25 @@ class AudioSection(Section):
     silence_seconds: float = Field(10.0, gt=0, le=3600)
 
 
+Codec = Literal["h264", "h265"]
+
+
+def codec_of(encoder: str) -> str | None:
+    """Which codec an encoder makes, by its name: FFmpeg's (libx265, hevc_nvenc,
+    h264_v4l2m2m) and GStreamer's (x264enc, nvv4l2h265enc, vah265enc) alike."""
+    name = encoder.lower()
+    if "265" in name or "hevc" in name:
+        return "h265"
+    if "264" in name or "avc" in name:
+        return "h264"
+    return None
+
+
 class EncoderRung(Section):
-    codec: str = Field(min_length=1)
+    # An FFmpeg encoder (through PyAV) or, with backend = "gstreamer", a GStreamer element
+    # run in a child process. ("codec" is its old name here, still read.)
+    encoder: str = Field(min_length=1, validation_alias=AliasChoices("encoder", "codec"))
+    backend: Literal["pyav", "gstreamer"] = "pyav"
     hardware: bool = False
     # Device node the hardware encoder needs (checked by `appliance probe`).
     device: str = ""
@@ -92,15 +109,43 @@ class EncoderRung(Section):
     level: str = ""
     # The encoder does not repeat SPS/PPS before keyframes: insert them.
     insert_sps_pps: bool = False
+    # FFmpeg options, or the GStreamer element's properties.
     options: dict[str, str] = {}
+
+    @property
+    def codec(self) -> str:
+        return codec_of(self.encoder) or "h264"
+
+    @model_validator(mode="after")
+    def _known_codec(self):
+        if codec_of(self.encoder) is None:
+            raise ValueError(f"cannot tell from its name whether {self.encoder!r} makes H.264 or H.265")
+        return self
 
 
 class EncoderSection(Section):
-    ladder: list[EncoderRung] = [EncoderRung(codec="libx264", options={"preset": "veryfast", "tune": "zerolatency"})]
+    # H.265 carries the same picture in roughly half the bitrate; a profile whose board
+    # encodes it in hardware makes it the default. The ladder's rungs for the show's
+    # codec come first; an H.265 show falls back to its H.264 rungs (from a keyframe on).
+    codec: Codec = "h264"
+    ladder: list[EncoderRung] = [EncoderRung(encoder="libx264", options={"preset": "veryfast", "tune": "zerolatency"})]
     bitrate_kbps: int = Field(4000, ge=200, le=50000)
     min_bitrate_kbps: int = Field(800, ge=100, le=50000)
     keyframe_seconds: float = Field(1.0, ge=0.25, le=10.0)
     audio_bitrate_kbps: int = Field(128, ge=32, le=512)
+
+    def rungs(self) -> list[EncoderRung]:
+        """The ladder in the order the show tries it."""
+        own = [r for r in self.ladder if r.codec == self.codec]
+        return own + ([r for r in self.ladder if r.codec == "h264"] if self.codec == "h265" else [])
+
+    @model_validator(mode="after")
+    def _a_rung_for_the_codec(self):
+        if not any(r.codec == self.codec for r in self.ladder):
+            made = sorted({r.codec for r in self.ladder})
+            raise ValueError(f"codec is {self.codec!r} but no rung of the ladder makes it (they make {', '.join(made)}): "
+                             f"add one, or set codec = \"{made[0]}\"")
+        return self
 
 
 PinBackend = Literal["none", "mock", "lgpio", "rpigpio", "native", "gpiod"]
@@ -277,6 +322,16 @@ class Config(Section):
     links: LinksSection = LinksSection()
     api: ApiSection = ApiSection()
     power: PowerSection = PowerSection()
+
+    @model_validator(mode="after")
+    def _rtmp_carries_h264(self):
+        # FFmpeg's FLV muxer (PyAV's, 6.1 and later) can write H.265 as enhanced RTMP, but
+        # the ingests that read it are few and not ours to test (nginx-rtmp reads none), and
+        # a server that cannot drops the stream without a word: refuse it here, plainly.
+        if self.rtmp.enabled and self.encoder.codec == "h265":
+            raise ValueError('rtmp: RTMP carries H.264 only here; with encoder.codec = "h265", stream over SRT '
+                             '(stream.url) and turn rtmp off, or set encoder.codec = "h264"')
+        return self
 
 
 # --- loading --------------------------------------------------------------

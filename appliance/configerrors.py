@@ -62,6 +62,8 @@ def describe(err: dict, origins: dict[tuple, str], root) -> str:
             origin = origins[loc[:n]]
             break
     key = _dotted(loc)
+    if not loc:  # a rule across sections: its message names the keys
+        return err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         model = _model_at(root, loc)
         allowed = sorted(model.model_fields) if model else []

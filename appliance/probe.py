@@ -89,12 +89,12 @@ def probe_encoders(cfg: Config) -> list[Finding]:
     from appliance.media.packets import VideoSettings
 
     v, e = cfg.video, cfg.encoder
-    ladder = Ladder(list(e.ladder), VideoSettings(v.width, v.height, v.fps, e.bitrate_kbps, e.bitrate_kbps,
-                                                  e.keyframe_seconds))
+    ladder = Ladder(e.rungs(), VideoSettings(v.width, v.height, v.fps, e.bitrate_kbps, e.bitrate_kbps,
+                                             e.keyframe_seconds, codec=e.codec))
     findings = []
     for i, (rung, verdict) in enumerate(zip(ladder.rungs, ladder.probe_all()), 1):
-        kind = "hardware" if rung.hardware else "software"
-        findings.append(Finding(f"encoder {i}", rung.codec, FOUND if verdict.ok else MISSING,
+        kind = f"{rung.codec.upper().replace('H', 'H.')}, {'hardware' if rung.hardware else 'software'}"
+        findings.append(Finding(f"encoder {i}", rung.encoder, FOUND if verdict.ok else MISSING,
                                 f"{kind}: {verdict.reason}"))
     return findings
 

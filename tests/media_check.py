@@ -9,7 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from appliance.media.h264 import IDR, PPS, SPS, nal_types
+from appliance.media.annexb import IDR, PPS, SPS, nal_types
 
 
 @dataclass

@@ -57,7 +57,7 @@ def test_errors_name_the_layer_that_set_the_key(tmp_path):
 
 
 def test_unknown_section_and_list_item_keys(tmp_path):
-    site = write(tmp_path, '[strem]\nurl = "x"\n[encoder]\nladder = [{ codec = "libx264", preset = "fast" }]\n')
+    site = write(tmp_path, '[strem]\nurl = "x"\n[encoder]\nladder = [{ encoder = "libx264", preset = "fast" }]\n')
     with pytest.raises(ConfigError) as e:
         cfgmod.load(site, {}, "profile")
     text = str(e.value)
@@ -80,13 +80,13 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 def test_layers_site_over_profile_over_defaults(tmp_path):
     profile = profiles.load("raspberry-pi-4")
-    site = write(tmp_path, '[video]\nfps = 25\n[encoder]\nladder = [{ codec = "libx264" }]\n')
+    site = write(tmp_path, '[video]\nfps = 25\n[encoder]\nladder = [{ encoder = "libx264" }]\n')
     cfg = cfgmod.load(site, profile.data, str(profile.path))
     assert cfg.video.fps == 25  # site
     assert cfg.video.width == 1920  # profile
     assert cfg.encoder.keyframe_seconds == 1.0  # default
     # Lists are replaced whole: the site's ladder, not a mix with the profile's.
-    assert [r.codec for r in cfg.encoder.ladder] == ["libx264"]
+    assert [r.encoder for r in cfg.encoder.ladder] == ["libx264"]
 
 
 def test_secrets_never_shown(tmp_path):
@@ -141,7 +141,8 @@ def test_config_show_is_valid_toml_that_validates_again(tmp_path):
     data = tomllib.loads(r.stdout)
     cfg = cfgmod.validate([("shown", data)])
     assert cfg.board.name == "raspberry-pi-4"
-    assert cfg.encoder.ladder[0].codec == "h264_v4l2m2m"
+    assert [(r.encoder, r.backend) for r in cfg.encoder.ladder[:2]] == [("v4l2h264enc", "gstreamer"),
+                                                                        ("h264_v4l2m2m", "pyav")]
 
 
 @pytest.mark.parametrize("name", sorted(profiles.available()))
@@ -150,7 +151,8 @@ def test_every_shipped_profile_validates(name):
     cfg = cfgmod.load(None, profile.data, str(profile.path))
     assert cfg.board.name == name
     assert cfg.encoder.ladder, "a profile must name at least one encoder"
-    assert cfg.encoder.ladder[-1].codec == "libx264", "the ladder must end in the software encoder"
+    assert cfg.encoder.ladder[-1].encoder == "libx264", "the ladder must end in the software encoder"
+    assert cfg.encoder.rungs()[-1].encoder == "libx264", "and so must the order the show tries it in"
     if cfg.panel.backend not in ("none",):
         assert cfg.panel.buttons.go is not None and cfg.panel.leds.live is not None
 
@@ -166,3 +168,23 @@ def test_a_section_level_error_never_prints_the_section(tmp_path):
         cfgmod.load(site, {}, "profile")
     assert "needs stream.url" in str(e.value)
     assert SECRETS[0] not in str(e.value)
+
+
+def test_the_codec_orders_the_ladder_and_wrong_combinations_say_what_to_change(tmp_path):
+    ladder = 'ladder = [{ codec = "libx264" }, { encoder = "x265enc", backend = "gstreamer" }, { encoder = "libx265" }]\n'
+    cfg = cfgmod.load(write(tmp_path, '[encoder]\ncodec = "h265"\n' + ladder), {}, "profile")
+    assert [r.encoder for r in cfg.encoder.rungs()] == ["x265enc", "libx265", "libx264"], "H.265 first, H.264 after"
+    assert cfg.encoder.ladder[0].encoder == "libx264", "a rung's old key 'codec' still names its encoder"
+    assert [r.encoder for r in cfgmod.load(write(tmp_path, "[encoder]\n" + ladder), {}, "p").encoder.rungs()] == \
+        ["libx264"], "an H.264 show never falls forward to H.265"
+    problems = []
+    for text in ('[encoder]\ncodec = "h265"\nladder = [{ encoder = "libx264" }]\n',
+                 '[encoder]\nladder = [{ encoder = "mjpeg" }]\n',
+                 '[encoder]\ncodec = "h265"\nladder = [{ encoder = "libx265" }]\n'
+                 '[rtmp]\nenabled = true\nurl = "rtmp://live.example.net/app"\n'):
+        with pytest.raises(ConfigError) as e:
+            cfgmod.load(write(tmp_path, text), {}, "profile")
+        problems.append(str(e.value))
+    assert 'no rung of the ladder makes it (they make h264): add one, or set codec = "h264"' in problems[0]
+    assert "encoder.ladder[0]" in problems[1] and "whether 'mjpeg' makes H.264 or H.265" in problems[1]
+    assert "RTMP carries H.264 only here" in problems[2] and 'set encoder.codec = "h264"' in problems[2]

@@ -105,3 +105,16 @@ def test_file_source_and_no_panel(tmp_path):
     assert video.result == "not found" and "file not found" in video.detail
     (panel,) = probe.probe_panel(cfg)
     assert panel.result == "not fitted"
+
+
+def test_jetson_profile_on_a_machine_without_nvenc_says_what_is_missing():
+    r = run_cli("probe", "--profile", "jetson-orin-nx")
+    assert r.returncode == 0, r.stderr
+    (h265,) = lines_about(r.stdout, "nvv4l2h265enc")
+    assert "not found" in h265 and "H.265, hardware" in h265, h265
+    assert "GStreamer element nvvidconv is missing" in h265 and "nvidia-l4t-gstreamer (JetPack)" in h265, h265
+    assert "/dev/v4l2-nvenc is missing" in h265, h265
+    (h264,) = lines_about(r.stdout, "nvv4l2h264enc")
+    assert "not found" in h264 and "H.264, hardware" in h264, h264
+    (sw,) = lines_about(r.stdout, "libx264")
+    assert "found" in sw and "not found" not in sw and "H.264, software" in sw, sw

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from appliance.children import child_argv, child_env
 from appliance.errors import ApplianceError
 from appliance.fsutil import atomic_write
-from appliance.media.h264 import IDR, PPS, SPS, ParameterSetInserter, nal_types
+from appliance.media.annexb import ParameterSetInserter, starts_decodable
 from appliance.media.packets import AUDIO_TB, VIDEO_TB, EncodedPacket, VideoSettings
 
 if TYPE_CHECKING:  # the probe child must start fast: no pydantic there
@@ -32,16 +32,24 @@ if TYPE_CHECKING:  # the probe child must start fast: no pydantic there
 log = logging.getLogger(__name__)
 
 PROBE_FRAMES = 30
+SOFTWARE = ("libx264", "libx265")  # reopened for a new bitrate (see set_bitrate)
 PROBE_TIMEOUT = 15.0
 
 
 class EncoderError(ApplianceError, RuntimeError):
-    """The running encoder failed or stalled: switch to the next rung."""
+    """The running encoder failed or stalled: switch to the next rung. An encoder that
+    works ahead (in a child process) hands over what it still emitted and the frames it
+    took but never answered, so that the next rung starts on the first frame lost."""
+
+    def __init__(self, message: str, packets: list | None = None, unanswered: list | None = None):
+        super().__init__(message)
+        self.packets: list[EncodedPacket] = packets or []
+        self.unanswered: list[tuple[int, object]] = unanswered or []  # (pts, frame), oldest first
 
 
 @dataclass
 class Verdict:
-    codec: str
+    encoder: str
     ok: bool
     reason: str
     seconds: float = 0.0
@@ -53,7 +61,7 @@ class Verdict:
 
 def _fits(rung: EncoderRung, s: VideoSettings) -> str:
     if s.width > rung.max_width or s.height > rung.max_height or s.fps > rung.max_fps:
-        return (f"{s.width}x{s.height}@{s.fps} exceeds what {rung.codec} can do here "
+        return (f"{s.width}x{s.height}@{s.fps} exceeds what {rung.encoder} can do here "
                 f"({rung.max_width}x{rung.max_height}@{rung.max_fps})")
     return ""
 
@@ -64,7 +72,7 @@ def open_video(rung: EncoderRung, s: VideoSettings):
     too_big = _fits(rung, s)
     if too_big:
         raise EncoderError(too_big)
-    ctx = av.CodecContext.create(rung.codec, "w")
+    ctx = av.CodecContext.create(rung.encoder, "w")
     ctx.width, ctx.height = s.width, s.height
     ctx.pix_fmt = rung.pix_fmt
     ctx.time_base = VIDEO_TB
@@ -74,26 +82,39 @@ def open_video(rung: EncoderRung, s: VideoSettings):
     ctx.max_b_frames = 0
     # Capped VBR with a one-second VBV: what a network link can carry.
     options = {"maxrate": f"{s.max_bitrate_kbps}k", "bufsize": f"{int(s.max_bitrate_kbps * s.vbv_seconds)}k"}
-    if rung.codec == "libx264":
+    if rung.encoder == "libx264":
         # Fixed GOP (segments and late joiners get a keyframe every interval),
         # forced keyframes as IDR, SPS/PPS repeated in-band.
         options.update({"sc_threshold": "0", "forced-idr": "1", "x264-params": "repeat-headers=1"})
         if rung.level:
             options["level"] = rung.level
+    elif rung.encoder == "libx265":
+        # The same for H.265 (VPS too), and no B-frames: libx265 ignores max_b_frames.
+        options.update({"forced-idr": "1", "x265-params": f"repeat-headers=1:scenecut=0:bframes=0:open-gop=0:"
+                                                          f"keyint={s.gop}:min-keyint={s.gop}:log-level=warning"})
     options.update(rung.options)
     ctx.options = options
     ctx.open()
     return ctx
 
 
+def open_encoder(rung: EncoderRung, settings: VideoSettings):
+    """The rung's encoder, opened: through PyAV, or a GStreamer element in a child process."""
+    if rung.backend == "gstreamer":
+        from appliance.media.gst_encoder import GstEncoder
+
+        return GstEncoder(rung, settings)
+    return VideoEncoder(rung, settings)
+
+
 class VideoEncoder:
     def __init__(self, rung: EncoderRung, settings: VideoSettings):
         self.rung = rung
-        self.name = rung.codec
+        self.name = rung.encoder
         self.settings = settings
         self.ctx = open_video(rung, settings)
         self._opened_kbps = settings.bitrate_kbps
-        self.psi = ParameterSetInserter(self.ctx.extradata)
+        self.psi = ParameterSetInserter(self.ctx.extradata, rung.codec)
         self.frames_in = 0
         self.packets_out = 0
         self._fault: str | None = None
@@ -110,19 +131,19 @@ class VideoEncoder:
 
     def set_bitrate(self, kbps: int) -> None:
         kbps = int(kbps)
-        if self.rung.codec != "libx264":
+        if self.rung.encoder not in SOFTWARE:
             self.ctx.bit_rate = kbps * 1000
             return
         if kbps == self._opened_kbps:
             return
-        # libx264 does re-read bit_rate on every frame, but its ABR follows over
+        # libx264 does re-read bit_rate on every frame (libx265 does not at all), but its ABR follows over
         # ~1.5 s while the VBV ceiling stays where it was opened; a link that just
         # shrank cannot wait that long (the backlog would outgrow the SRT latency).
         # Reopening costs ~4 ms and one IDR, and the new rate holds from its first frame.
         # A small VBV keeps that IDR from bursting into a link that is already full.
         s = replace(self.settings, bitrate_kbps=kbps, max_bitrate_kbps=kbps, vbv_seconds=0.3)
         self.ctx = open_video(self.rung, s)
-        self.psi = ParameterSetInserter(self.ctx.extradata)
+        self.psi = ParameterSetInserter(self.ctx.extradata, self.rung.codec)
         self.frames_in = self.packets_out = 0
         self._opened_kbps = kbps
 
@@ -152,7 +173,7 @@ class VideoEncoder:
     def _wrap(self, p) -> EncodedPacket:
         key = bool(p.is_keyframe)
         data = self.psi.process(bytes(p), key)
-        return EncodedPacket(0, data, p.pts, p.dts if p.dts is not None else p.pts, key, VIDEO_TB)
+        return EncodedPacket(0, data, p.pts, p.dts if p.dts is not None else p.pts, key, VIDEO_TB, self.rung.codec)
 
     def flush(self) -> list[EncodedPacket]:
         try:
@@ -205,7 +226,7 @@ def _probe_here(rung: EncoderRung, s: VideoSettings) -> dict:
     import av
     import numpy as np
 
-    enc = VideoEncoder(rung, s)
+    enc = open_encoder(rung, s)
     packets: list[EncodedPacket] = []
     # A moving ramp in yuv420p: cheap to make, not trivially compressible.
     yuv = np.full((s.height * 3 // 2, s.width), 128, np.uint8)
@@ -217,15 +238,23 @@ def _probe_here(rung: EncoderRung, s: VideoSettings) -> dict:
             frame = frame.reformat(format=rung.pix_fmt)
         packets += enc.encode(frame, i * 3000)
     packets += enc.flush()
+    enc.close()
+    return judge(packets, rung.codec)
+
+
+def judge(packets: list[EncodedPacket], codec: str) -> dict:
+    """A probe's verdict on what a rung emitted: packets, a keyframe first, the
+    parameter sets in front of every keyframe."""
     if not packets:
         return {"ok": False, "reason": f"opened, but emitted no packets for {PROBE_FRAMES} frames"}
-    first = packets[0]
-    kinds = nal_types(first.data)
-    if not first.key or IDR not in kinds:
-        return {"ok": False, "reason": f"first packet is not a keyframe (NAL types {kinds})"}
-    if not {SPS, PPS} <= set(kinds):
-        return {"ok": False, "reason": "first keyframe carries no SPS/PPS"}
-    return {"ok": True, "reason": f"{len(packets)} packets, keyframe with SPS/PPS first"}
+    if not packets[0].key:
+        return {"ok": False, "reason": "the first packet is not a keyframe"}
+    for p in packets:
+        why = starts_decodable(p.data, codec) if p.key else ""
+        if why:
+            return {"ok": False, "reason": f"a keyframe a decoder cannot start on: {why}"}
+    sets = "VPS/SPS/PPS" if codec == "h265" else "SPS/PPS"
+    return {"ok": True, "reason": f"{len(packets)} packets, every keyframe with its {sets}"}
 
 
 def probe(rung: EncoderRung, s: VideoSettings, timeout: float = PROBE_TIMEOUT) -> Verdict:
@@ -234,23 +263,27 @@ def probe(rung: EncoderRung, s: VideoSettings, timeout: float = PROBE_TIMEOUT) -
     t0 = time.monotonic()
     too_big = _fits(rung, s)
     if too_big:
-        return Verdict(rung.codec, False, too_big)
-    job = json.dumps({"rung": rung.model_dump(), "settings": asdict(s)})
+        return Verdict(rung.encoder, False, too_big)
+    job = json.dumps({"rung": {**rung.model_dump(), "codec": rung.codec}, "settings": asdict(s)})
     try:
         r = subprocess.run(child_argv([sys.executable, "-m", "appliance.media.encoders", job]),
                            capture_output=True, text=True, timeout=timeout, env=child_env())
     except subprocess.TimeoutExpired:
-        return Verdict(rung.codec, False, f"no answer within {timeout:g} s (driver hung)", time.monotonic() - t0)
+        return Verdict(rung.encoder, False, f"no answer within {timeout:g} s (driver hung)", time.monotonic() - t0)
     elapsed = time.monotonic() - t0
     try:
         answer = json.loads(r.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        return Verdict(rung.codec, False, f"probe process died (exit {r.returncode}): {tail}", elapsed)
+        return Verdict(rung.encoder, False, f"probe process died (exit {r.returncode}): {tail}", elapsed)
     reason = answer["reason"]
+    if not answer["ok"] and rung.backend == "gstreamer":
+        from appliance.media.gst_encoder import explain
+
+        reason = explain(rung, reason)
     if not answer["ok"] and rung.device and not Path(rung.device).exists():
         reason += f" ({rung.device} is missing: no such hardware on this board)"
-    return Verdict(rung.codec, answer["ok"], reason, elapsed)
+    return Verdict(rung.encoder, answer["ok"], reason, elapsed)
 
 
 def _boot_id() -> str:
@@ -286,9 +319,9 @@ class Ladder:
                 v = fresh[key]
                 cached[key] = {k: val for k, val in v.as_dict().items() if k != "cached"}
             (log.info if v.ok else log.warning)(
-                "encoder %s: %s%s", rung.codec, "usable" if v.ok else "rejected: " + v.reason,
+                "encoder %s: %s%s", rung.encoder, "usable" if v.ok else "rejected: " + v.reason,
                 " (cached this boot)" if v.cached else f" (probed in {v.seconds:.1f} s)",
-                extra={"ENCODER": rung.codec, "USABLE": int(v.ok)})
+                extra={"ENCODER": rung.encoder, "USABLE": int(v.ok)})
             verdicts.append(v)
         self.verdicts = verdicts
         self._save_cache(cached)
@@ -335,7 +368,7 @@ def _child(argv: list[str]) -> int:
     try:
         answer = _probe_here(rung, settings)
     except Exception as e:
-        answer = {"ok": False, "reason": _why(rung.codec, e)}
+        answer = {"ok": False, "reason": _why(rung.encoder, e)}
     print(json.dumps(answer), flush=True)
     return 0
 

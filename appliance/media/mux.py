@@ -29,7 +29,7 @@ class _Sink:
 
 
 class TsMuxer:
-    """Streams: 0 = H.264 video, 1..n = AAC audio tracks, in the config's order
+    """Streams: 0 = H.264 or H.265 video, 1..n = AAC audio tracks, in the config's order
     (MPEG-TS has no place for track names: the session manifest lists them)."""
 
     def __init__(self, target, video: VideoSettings, audio_extradata: list[bytes], track_names: list[str],
@@ -47,7 +47,8 @@ class TsMuxer:
             "max_interleave_delta": "1",
         }, buffer_size=TS_PACKET * 7 * 8)
         self.container.metadata["service_name"] = service_name
-        v = self.container.add_stream("h264", rate=video.fps)
+        self.codec = video.codec
+        v = self.container.add_stream("hevc" if video.codec == "h265" else "h264", rate=video.fps)
         v.width, v.height, v.pix_fmt = video.width, video.height, "yuv420p"
         v.time_base = VIDEO_TB
         self.streams = [v]

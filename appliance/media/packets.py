@@ -21,6 +21,7 @@ class VideoSettings:
     max_bitrate_kbps: int
     keyframe_seconds: float = 1.0
     vbv_seconds: float = 1.0  # how big a burst (an IDR) may be, in seconds of the max rate
+    codec: str = "h264"  # "h264" | "h265": what the encoder makes, what the muxers declare
 
     @property
     def gop(self) -> int:
@@ -37,6 +38,7 @@ class EncodedPacket:
     dts: int
     key: bool
     time_base: Fraction
+    codec: str = ""  # video: "h264" | "h265"; a fallback may change it, at a keyframe
 
     @property
     def seconds(self) -> float:

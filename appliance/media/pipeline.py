@@ -29,7 +29,7 @@ from typing import Callable
 from appliance import conditions, heartbeat
 from appliance.config import Config
 from appliance.media.audio import RATE, AudioCapture, init_portaudio
-from appliance.media.encoders import AudioEncoder, EncoderError, Ladder, VideoEncoder
+from appliance.media.encoders import AudioEncoder, EncoderError, Ladder, VideoEncoder, open_encoder
 from appliance.media.meters import Meter
 from appliance.media.packets import EncodedPacket, Output, Session, VideoSettings
 from appliance.media.video import Slate, make_source
@@ -62,11 +62,12 @@ class MediaPipeline:
         self.fault = fault or (lambda why: None)
         self.outputs: list[Output] = list(outputs or [])
         v, e = cfg.video, cfg.encoder
-        self.settings = VideoSettings(v.width, v.height, v.fps, e.bitrate_kbps, e.bitrate_kbps, e.keyframe_seconds)
+        self.settings = VideoSettings(v.width, v.height, v.fps, e.bitrate_kbps, e.bitrate_kbps, e.keyframe_seconds,
+                                      codec=e.codec)
         self.samples_per_tick = RATE // v.fps
         self._cap_kbps: int | None = None
         self._wanted_kbps = e.bitrate_kbps
-        self.ladder = Ladder(list(e.ladder), self.settings, runtime_dir / "encoder-probe.json")
+        self.ladder = Ladder(e.rungs(), self.settings, runtime_dir / "encoder-probe.json")
         self.video = make_source(v)
         self.audio = AudioCapture(cfg.audio, self._audio_changed)
         self.tracks = [t.name for t in cfg.audio.tracks]
@@ -121,7 +122,7 @@ class MediaPipeline:
         await probing
         self._rungs = self.ladder.usable()
         if not self._rungs:
-            self.fault("no usable video encoder: " + "; ".join(f"{v.codec}: {v.reason}" for v in self.ladder.verdicts))
+            self.fault("no usable video encoder: " + "; ".join(f"{v.encoder}: {v.reason}" for v in self.ladder.verdicts))
 
     async def stop(self) -> None:
         if self._live:
@@ -223,7 +224,9 @@ class MediaPipeline:
     # --- in the media thread ------------------------------------------------------------
 
     def _begin(self) -> None:
-        self._rung_index = 0
+        self._rung_index = 0  # (the best rung again: a failure was this session's)
+        for condition in (conditions.ENCODER_SOFTWARE, conditions.ENCODER_CODEC_CHANGED):
+            self.report(condition, False)
         self._venc = self._open_encoder()
         self._aencs = [AudioEncoder(i + 1, self.cfg.encoder.audio_bitrate_kbps) for i in range(len(self.tracks))]
         started = time.time()
@@ -252,6 +255,7 @@ class MediaPipeline:
         packets = []
         if self._venc:
             packets += self._venc.flush()
+            self._venc.close()
         for a in self._aencs:
             packets += a.flush()
         self._deliver(packets)
@@ -273,18 +277,20 @@ class MediaPipeline:
         while self._rung_index < len(self._rungs):
             rung = self._rungs[self._rung_index]
             try:
-                enc = VideoEncoder(rung, self.settings)
-                log.info("encoder: %s (%s)", rung.codec, "hardware" if rung.hardware else "software",
-                         extra={"ENCODER": rung.codec})
+                self.settings = replace(self.settings, codec=rung.codec)
+                enc = open_encoder(rung, self.settings)
+                log.info("encoder: %s (%s)", rung.encoder, "hardware" if rung.hardware else "software",
+                         extra={"ENCODER": rung.encoder})
                 return enc
             except Exception as e:
-                log.error("encoder %s failed to open: %s", rung.codec, e, extra={"ENCODER": rung.codec})
+                log.error("encoder %s failed to open: %s", rung.encoder, e, extra={"ENCODER": rung.encoder})
                 self._rung_index += 1
         raise EncoderError("every encoder of the ladder failed")
 
     def _fall_back(self, failed: VideoEncoder, why: str) -> VideoEncoder | None:
         log.error("encoder %s failed mid-stream (%s): switching to the next rung", failed.name, why,
                   extra={"ENCODER": failed.name})
+        failed.close()
         self._rung_index += 1
         try:
             enc = self._open_encoder()
@@ -294,8 +300,13 @@ class MediaPipeline:
         self.fallbacks.append(f"{failed.name} -> {enc.name}: {why}")
         if failed.rung.hardware and not enc.rung.hardware:
             self.report(conditions.ENCODER_SOFTWARE, True)
+        if enc.rung.codec != failed.rung.codec:
+            # (the outputs see it in the packets: a new segment, a fresh connection)
+            log.warning("encoder: the video is %s from here on", enc.rung.codec.upper(), extra={"ENCODER": enc.name})
+            self.report(conditions.ENCODER_CODEC_CHANGED, True)
         if self.session:
             self.session.encoder = enc.name
+            self.session.video = self.settings
         return enc
 
     def _apply_bitrate(self, kbps: int) -> None:
@@ -376,15 +387,10 @@ class MediaPipeline:
             if frame is None:
                 frame = self.slate.frame()
                 self.slate_frames += 1
-            pts = self._tick * 90000 // self.cfg.video.fps
-            while self._venc is not None:
-                try:
-                    packets += self._venc.encode(frame, pts)
-                    self.frames_encoded += 1
-                    self._fps_window.append(now)
-                    break
-                except EncoderError as e:
-                    self._venc = self._fall_back(self._venc, str(e))
+            packets += self._encode(frame, self._tick * 90000 // self.cfg.video.fps)
+            if self._venc is not None:
+                self.frames_encoded += 1
+                self._fps_window.append(now)
         else:
             self.frames_dropped += 1
         apts = self._tick * self.samples_per_tick
@@ -393,6 +399,21 @@ class MediaPipeline:
         self._deliver(packets)
         while self._fps_window and now - self._fps_window[0] > 1.0:
             self._fps_window.popleft()
+
+    def _encode(self, frame, pts: int) -> list[EncodedPacket]:
+        """On failure the next rung takes over from the first frame the failed one did not
+        answer (an encoder in a child process works a frame or two ahead): none is lost."""
+        packets: list[EncodedPacket] = []
+        todo = deque([(pts, frame)])
+        while todo and self._venc is not None:
+            try:
+                packets += self._venc.encode(todo[0][1], todo[0][0])
+                todo.popleft()
+            except EncoderError as e:
+                packets += e.packets
+                self._venc = self._fall_back(self._venc, str(e))
+                todo.extendleft(reversed([u for u in e.unanswered if u[0] < todo[0][0]]))
+        return packets
 
     def _deliver(self, packets: list[EncodedPacket]) -> None:
         if not packets:

@@ -27,6 +27,7 @@ import queue
 import shutil
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from appliance import heartbeat
@@ -210,9 +211,10 @@ class Recorder:
     def _write(self, pkt: EncodedPacket) -> None:
         t = pkt.seconds
         if pkt.stream == 0 and pkt.key:
-            if self._mux is None or t - self._seg_start >= self.cfg.segment_seconds - 1e-6:
+            if (self._mux is None or t - self._seg_start >= self.cfg.segment_seconds - 1e-6
+                    or pkt.codec and pkt.codec != self._mux.codec):  # (a fallback changed it: a segment holds one)
                 self._close_segment()
-                if not self._open_segment(t):
+                if not self._open_segment(t, pkt.codec):
                     return
         if self._mux is None:
             return  # waiting for the first keyframe: a segment must start with one
@@ -227,13 +229,14 @@ class Recorder:
             # a rename in this directory on a card that has stopped answering.
             self._open_bytes = self._seg_path.stat().st_size
 
-    def _open_segment(self, t: float) -> bool:
+    def _open_segment(self, t: float, codec: str = "") -> bool:
         if not self._make_room():
             return False
         self._seg_index += 1
         self._seg_path = self.session_dir / f"seg-{self._seg_index:05d}.ts.part"
         s = self.session
-        self._mux = TsMuxer(self._seg_path, s.video, s.audio_extradata, s.track_names, service_name=s.name)
+        video = replace(s.video, codec=codec or s.video.codec)
+        self._mux = TsMuxer(self._seg_path, video, s.audio_extradata, s.track_names, service_name=s.name)
         self._seg_start = self._seg_last = t
         self._last_fsync = time.monotonic()
         self._write_manifest(open_segment=self._seg_path.name)
@@ -253,7 +256,8 @@ class Recorder:
         self.bytes, self._open_bytes = self.bytes + size, 0
         self._seg_path = None
         self.segments.append({"file": final.name, "start": round(start, 3),
-                              "duration": round(last - start + 1 / self.session.video.fps, 3), "bytes": size})
+                              "duration": round(last - start + 1 / self.session.video.fps, 3), "bytes": size,
+                              "codec": mux.codec})
         self._write_manifest(open_segment=None)
 
     def _fsync(self, path: Path | None) -> None:

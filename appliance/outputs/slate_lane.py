@@ -47,9 +47,12 @@ class SlateEncoder:
                 # Each slate run (and the slate after a shed) opens on a keyframe: the viewer's
                 # decoder has since held other pictures, and a frame referring to an older
                 # slate would show garbage.
+                # In the show's codec: the ingest's decoder goes on with what it has.
                 self._enc = VideoEncoder(
-                    EncoderRung(codec="libx264", options={"preset": "ultrafast", "tune": "zerolatency"}),
-                    VideoSettings(video.width, video.height, SLATE_FPS, 100, 150, keyframe_seconds=1.0))
+                    EncoderRung(encoder="libx265" if video.codec == "h265" else "libx264",
+                                options={"preset": "ultrafast", "tune": "zerolatency"}),
+                    VideoSettings(video.width, video.height, SLATE_FPS, 100, 150, keyframe_seconds=1.0,
+                                  codec=video.codec))
                 self._src = self._src or Slate(video.width, video.height, "VIDEO PAUSED", "AUDIO CONTINUES")
             return self._enc.encode(self._src.frame(), tick.pts)
         except Exception as e:  # no slate (the picture holds), the audio goes on

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Callable
 
 from appliance import backoff, conditions, heartbeat, hostnames
@@ -313,6 +314,8 @@ class SrtOutput:
                 if self._shedding is not None:  # (not the wait for the first keyframe of a connection)
                     self.video_shed += 1
                 return
+            if pkt.key and pkt.codec and pkt.codec != self._mux.codec:
+                self._recodec(pkt.codec)
             self._need_key = False
             if self._shedding is not None:
                 log.info("stream: video resumes (%d frames shed)", self.video_shed - self._shedding,
@@ -324,6 +327,16 @@ class SrtOutput:
             del self._pending[:LIVE_PAYLOAD]
             self.caller.send(chunk)
             self.chunks_sent += 1
+
+    def _recodec(self, codec: str) -> None:
+        """The show's codec changed (an H.265 encoder failed, H.264 goes on): a new TS on a
+        fresh connection, as an ingest's demuxer keeps the stream type it read first. The
+        video resumes there on its next keyframe."""
+        s, old = self._session, self._mux
+        self._mux = TsMuxer(self._bytes, replace(s.video, codec=codec), s.audio_extradata, s.track_names,
+                            service_name=s.name)
+        old.close()
+        raise OSError(f"the video is {codec.upper()} from here: a fresh connection for the ingest")
 
     def _bytes(self, data: bytes) -> None:
         self._pending += data

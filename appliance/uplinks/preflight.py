@@ -97,7 +97,7 @@ def run(config: Config, links: dict[str, str], seconds: float = 12.0,
     total = sum(c.upload_kbps or 0 for c in checks if c.verdict != "no-go")
     overall = ("go" if any(c.verdict == "go" for c in checks) or total >= need * 1.1
                else "marginal" if total >= floor else "no-go")
-    return {"at": time.time(), "verdict": overall, "needed_kbps": need, "floor_kbps": floor,
+    return {"at": time.time(), "verdict": overall, "needed_kbps": need, "floor_kbps": floor, "codec": config.encoder.codec,
             "latency_ms": int(query.get("latency", s.latency_ms)), "seconds_per_link": per_link,
             "links": [asdict(c) for c in checks]}
 
@@ -162,6 +162,7 @@ def table(report: dict) -> str:
                      (f"{r.get('rat', '')} {radio}".strip() or "-"), c["why"]))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)) + "  " + row[-1] for row in rows]
-    lines.append(f"overall: {report['verdict'].upper()} (the show needs {report['needed_kbps']} kb/s, at least "
+    codec = {"h265": " in H.265", "h264": " in H.264"}.get(report.get("codec", ""), "")
+    lines.append(f"overall: {report['verdict'].upper()} (the show needs {report['needed_kbps']} kb/s{codec}, at least "
                  f"{report['floor_kbps']} for any video, SRT latency {report['latency_ms']} ms)")
     return "\n".join(lines)

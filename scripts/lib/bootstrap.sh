@@ -12,11 +12,18 @@ VENV="$ROOT/.venv"
 
 # What the daemon needs at run time on any board.
 APT_RUNTIME=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev libportaudio2 libsrt1.5-openssl)
+# The GStreamer encoder rung (a board's hardware encoder through its OS's elements):
+# the OS's Python bindings, appsrc/appsink and the H.264/H.265 parsers. JetPack adds its
+# NVENC elements, Raspberry Pi OS its V4L2 ones (plugins-good); plugins-ugly and -bad
+# bring x264enc and x265enc, the software stand-ins the tests use.
+APT_GSTREAMER=(python3-gi python3-gst-1.0 gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-plugins-base
+               gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly)
 # What the simulation needs on top (simulated FOH audio through PulseAudio, and
 # srt-live-transmit as the demo's ingest).
 APT_SIM=(pulseaudio pulseaudio-utils libasound2-plugins srt-tools)
 # What the tests need on top of that.
-APT_TEST=(systemd systemd-container nut-server chromium iproute2 nftables gcc libsrt1.5-openssl libsrt-openssl-dev srt-tools "${APT_SIM[@]}")
+APT_TEST=(systemd systemd-container nut-server chromium iproute2 nftables gcc libsrt1.5-openssl libsrt-openssl-dev srt-tools
+          "${APT_SIM[@]}" "${APT_GSTREAMER[@]}")
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
