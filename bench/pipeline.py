@@ -114,7 +114,7 @@ def main() -> None:
             "video": {"source": "testsrc", "width": width, "height": height, "fps": fps},
             "audio": {"tracks": []},
             "encoder": {"bitrate_kbps": 6000 if height == 1080 else 4000,
-                        "ladder": [{"codec": "libx264", "options": {"preset": "veryfast", "tune": "zerolatency"}}]},
+                        "ladder": [{"encoder": "libx264", "options": {"preset": "veryfast", "tune": "zerolatency"}}]},
             "recording": {"segment_seconds": 10},
         })
         frames = make_frames(width, height, fps, 60)
