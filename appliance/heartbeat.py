@@ -88,10 +88,24 @@ class Heartbeat:
         time.sleep(max(0.0, until - time.monotonic()))
 
 
+def _name_os_thread(name: str) -> None:
+    """The kernel's name for the thread too (15 bytes), so that `top -H`, `ps -L` and
+    /proc/PID/task/*/comm say which of ours takes the CPU (Python names only its own).
+    Never the main thread's: that name is the process's own, in ps and in the journal."""
+    if threading.current_thread() is threading.main_thread():
+        return
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:
+        pass
+
+
 @contextmanager
 def beating(name: str, bound: float, show: bool = False, disk: bool = False) -> Iterator[Heartbeat]:
     """The calling thread's heartbeat, registered while the block runs."""
     hb = Heartbeat(name, bound, show, disk)
+    _name_os_thread(name)
     previous = getattr(_local, "current", None)
     with _lock:
         _beating[id(hb)] = hb

@@ -7,6 +7,7 @@ import signal
 import stat
 import statistics
 import time
+from pathlib import Path
 
 from conftest import read_json, run_cli, wait_until
 
@@ -332,6 +333,9 @@ def test_sim_hang_names_the_threads_it_knows(daemon_factory):
     assert not answer["ok"] and "no running thread 'nope'" in answer["error"] and "media" in answer["error"]
     answer = d.request("sim", action="encoder-hang", seconds=1)
     assert not answer["ok"] and "only while live" in answer["error"]
+    # The same names in the kernel's view, where `top -H` and `ps -L` read them.
+    comms = {p.read_text().strip() for p in Path(f"/proc/{d.proc.pid}/task").glob("*/comm")}
+    assert {"media", "panel-leds", "power-ups"} <= comms, comms
     assert d.terminate() == 0
 
 
