@@ -98,6 +98,28 @@ def open_video(rung: EncoderRung, s: VideoSettings):
     return ctx
 
 
+class SimulatedFaults:
+    """The sim profile's (and the tests') encoder faults, for a rung of any backend."""
+
+    _fault: str | None = None
+    _hang_seconds = 0.0
+
+    def inject_fault(self, why: str = "simulated encoder failure") -> None:
+        """Simulated hardware failure: the next encode fails."""
+        self._fault = why
+
+    def inject_hang(self, seconds: float) -> None:
+        """Simulated wedged hardware: the next encode call blocks."""
+        self._hang_seconds = seconds
+
+    def _simulate(self) -> None:
+        if self._fault:
+            raise EncoderError(self._fault)
+        if self._hang_seconds:
+            seconds, self._hang_seconds = self._hang_seconds, 0.0
+            time.sleep(seconds)  # as an ioctl to a wedged hardware encoder does: nothing returns
+
+
 def open_encoder(rung: EncoderRung, settings: VideoSettings):
     """The rung's encoder, opened: through PyAV, or a GStreamer element in a child process."""
     if rung.backend == "gstreamer":
@@ -107,7 +129,7 @@ def open_encoder(rung: EncoderRung, settings: VideoSettings):
     return VideoEncoder(rung, settings)
 
 
-class VideoEncoder:
+class VideoEncoder(SimulatedFaults):
     def __init__(self, rung: EncoderRung, settings: VideoSettings):
         self.rung = rung
         self.name = rung.encoder
@@ -117,17 +139,7 @@ class VideoEncoder:
         self.psi = ParameterSetInserter(self.ctx.extradata, rung.codec)
         self.frames_in = 0
         self.packets_out = 0
-        self._fault: str | None = None
-        self._hang_seconds = 0.0
         self._stall_frames = max(2 * settings.fps, 10)
-
-    def inject_fault(self, why: str = "simulated encoder failure") -> None:
-        """Simulated hardware failure (sim profile, tests): the next encode fails."""
-        self._fault = why
-
-    def inject_hang(self, seconds: float) -> None:
-        """Simulated wedged hardware (sim profile, tests): the next encode call blocks."""
-        self._hang_seconds = seconds
 
     def set_bitrate(self, kbps: int) -> None:
         kbps = int(kbps)
@@ -150,11 +162,7 @@ class VideoEncoder:
     def encode(self, frame, pts: int) -> list[EncodedPacket]:
         from av.video.frame import PictureType
 
-        if self._fault:
-            raise EncoderError(self._fault)
-        if self._hang_seconds:
-            seconds, self._hang_seconds = self._hang_seconds, 0.0
-            time.sleep(seconds)  # as an ioctl to a wedged hardware encoder does: nothing returns
+        self._simulate()
         frame.pts = pts
         frame.time_base = VIDEO_TB
         # Decoded frames say "I": that would force a keyframe every frame.

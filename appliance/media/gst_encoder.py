@@ -29,7 +29,7 @@ from pathlib import Path
 from appliance import heartbeat
 from appliance.children import child_argv, child_env
 from appliance.media.annexb import ParameterSetInserter, starts_decodable
-from appliance.media.encoders import EncoderError
+from appliance.media.encoders import EncoderError, SimulatedFaults
 from appliance.media.gst_child import HEADER, read_exact
 from appliance.media.packets import VIDEO_TB, EncodedPacket, VideoSettings
 
@@ -127,14 +127,12 @@ def i420_planes(frame) -> list[memoryview]:
     return [memoryview(frame.to_ndarray()).cast("B")]  # (height * 3/2, width): the planes, unpadded
 
 
-class GstEncoder:
+class GstEncoder(SimulatedFaults):
     """One running child. Not thread-safe: the media thread alone calls it."""
 
     def __init__(self, rung, settings: VideoSettings, python: str = GST_PYTHON):
         self.rung, self.name, self.settings = rung, rung.encoder, settings
         self.frames_in = self.packets_out = 0
-        self._fault: str | None = None
-        self._hang_seconds = 0.0
         self._stall_frames = max(2 * settings.fps, 10)
         self._out: deque[EncodedPacket] = deque()
         self._pending: deque[tuple[int, object]] = deque()  # (pts, frame) sent, not yet answered
@@ -162,18 +160,8 @@ class GstEncoder:
 
     # --- the contract ---------------------------------------------------------------------------
 
-    def inject_fault(self, why: str = "simulated encoder failure") -> None:
-        self._fault = why
-
-    def inject_hang(self, seconds: float) -> None:
-        self._hang_seconds = seconds
-
     def encode(self, frame, pts: int) -> list[EncodedPacket]:
-        if self._fault:
-            raise EncoderError(self._fault)
-        if self._hang_seconds:
-            seconds, self._hang_seconds = self._hang_seconds, 0.0
-            time.sleep(seconds)
+        self._simulate()
         if self._ended.is_set():
             self._fail(self._error or f"{self.name}: the encoder process ended")
         if not self._send(b"F", pts, *i420_planes(frame)):
