@@ -57,6 +57,12 @@ def nal_types(data: bytes, codec: str = "h264") -> list[int]:
     return [syntax.nal_type(u) for u in nal_units(data)]
 
 
+def has_keyframe_picture(data: bytes, codec: str) -> bool:
+    """The access unit holds a picture a decoder can start on (an IDR)."""
+    syntax = SYNTAX[codec]
+    return any(syntax.nal_type(u) in syntax.keyframes for u in nal_units(data))
+
+
 def starts_decodable(data: bytes, codec: str) -> str:
     """Why a decoder could not start on this access unit, or "" when it can: a
     keyframe picture with every parameter set in front of it."""

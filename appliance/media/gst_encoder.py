@@ -28,7 +28,7 @@ from pathlib import Path
 
 from appliance import heartbeat
 from appliance.children import child_argv, child_env
-from appliance.media.annexb import ParameterSetInserter, starts_decodable
+from appliance.media.annexb import ParameterSetInserter, has_keyframe_picture
 from appliance.media.encoders import EncoderError, SimulatedFaults
 from appliance.media.gst_child import HEADER, read_exact
 from appliance.media.packets import VIDEO_TB, EncodedPacket, VideoSettings
@@ -153,7 +153,8 @@ class GstEncoder(SimulatedFaults):
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, name=f"gst-{self.name}", daemon=True)
         self._reader.start()
-        threading.Thread(target=self._drain_stderr, name=f"gst-{self.name}-err", daemon=True).start()
+        self._errors = threading.Thread(target=self._drain_stderr, name=f"gst-{self.name}-err", daemon=True)
+        self._errors.start()
         if not self._ready.wait(OPEN_SECONDS) or self._ended.is_set():
             self.close()
             raise EncoderError(self._error or f"{self.name}: not ready within {OPEN_SECONDS:g} s")
@@ -198,6 +199,7 @@ class GstEncoder(SimulatedFaults):
             child.kill()
             child.wait()
         self._reader.join(2.0)
+        self._errors.join(2.0)
 
     # --- the pipe -------------------------------------------------------------------------------
 
@@ -248,7 +250,7 @@ class GstEncoder(SimulatedFaults):
                     data = bytes(memoryview(payload)[1:])
                     # A keyframe is a picture a decoder can start on (an IDR): some elements also
                     # flag the I-frames of a scene cut, which a segment must not start on.
-                    key = payload[:1] == b"\x01" and starts_decodable(data, self.rung.codec) == ""
+                    key = payload[:1] == b"\x01" and has_keyframe_picture(data, self.rung.codec)
                     data = self.psi.process(data, key)
                     self._out.append(EncodedPacket(0, data, value, value, key, VIDEO_TB, self.rung.codec))
                 elif kind == b"R":
