@@ -39,7 +39,7 @@ CHILD = Path(__file__).with_name("gst_child.py")
 # The OS's Python: it has the OS's GStreamer bindings, which a virtual environment has not.
 GST_PYTHON = os.environ.get("APPLIANCE_GST_PYTHON", "/usr/bin/python3")
 OPEN_SECONDS = 10.0  # a hardware encoder's first open (NVENC loads its firmware)
-WRITE_SECONDS = 1.0  # a frame not taken within this is a wedged child
+WRITE_SECONDS = 2.0  # a frame not taken within this is a wedged child (the media thread may wait 3 s)
 FLUSH_SECONDS = 3.0
 PIPE_BYTES = 1 << 20  # the largest pipe an unprivileged process may ask for (pipe-max-size)
 
@@ -165,14 +165,24 @@ class GstEncoder(SimulatedFaults):
         self._simulate()
         if self._ended.is_set():
             self._fail(self._error or f"{self.name}: the encoder process ended")
-        if not self._send(b"F", pts, *i420_planes(frame)):
-            self._fail(self._error or f"{self.name}: took no frame for {WRITE_SECONDS:g} s (wedged)")
+        # Until its first access unit the encoder is starting (x265's thread pools, NVENC's
+        # firmware): it may take its first frames slowly, and that is no wedge.
+        limit = WRITE_SECONDS if self.packets_out or self._out else OPEN_SECONDS
+        with heartbeat.allowing(limit):
+            sent = self._send(b"F", pts, *i420_planes(frame), within=limit)
+        if not sent:
+            self._fail(self._error or f"{self.name}: took no frame for {limit:g} s (wedged)")
         self.frames_in += 1
         self._pending.append((pts, frame))
         out = self._take()
         if self.frames_in - self.packets_out > self._stall_frames:
             self._fail(f"{self.name}: stalled ({self.frames_in} frames in, {self.packets_out} packets out)")
         return out
+
+    @property
+    def backlog(self) -> int:
+        """Frames the child took and has not answered yet (its own latency, or falling behind)."""
+        return self.frames_in - self.packets_out - len(self._out)
 
     def _fail(self, why: str):
         out = self._take()
@@ -203,10 +213,10 @@ class GstEncoder(SimulatedFaults):
 
     # --- the pipe -------------------------------------------------------------------------------
 
-    def _send(self, kind: bytes, value: int = 0, *payload) -> bool:
-        """Writes one message (its payload in parts) within WRITE_SECONDS; False when the
-        child takes none of it in time or is gone."""
-        deadline = time.monotonic() + WRITE_SECONDS
+    def _send(self, kind: bytes, value: int = 0, *payload, within: float = WRITE_SECONDS) -> bool:
+        """Writes one message (its payload in parts) within `within` seconds; False when the
+        child does not take it in time or is gone."""
+        deadline = time.monotonic() + within
         size = sum(len(p) for p in payload)
         for part in (HEADER.pack(kind, size, value), *payload):
             view = memoryview(part)
