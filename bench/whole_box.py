@@ -10,10 +10,13 @@ and SRT out to a local srt-live-transmit listener (writing to /dev/null):
       pattern (lavfi testsrc2, with the clock burnt in), its two sine tracks
       through its own PulseAudio;
   (b) Debian's ffmpeg CLI: lavfi testsrc2 and two lavfi sine sources paced with
-      -re, the same encode, the segment muxer and SRT out through tee.
+      -re, the same encode, the segment muxer and SRT out through tee;
+  (c) the same ffmpeg capturing its two tracks from the same kind of PulseAudio
+      sine sources the daemon's simulation has (`-f pulse`), as a user scripting a
+      box would capture the desk: (b)'s audio is synthesised, nearly free.
 After a warm-up, CPU seconds per second (user + system) and RSS over the
-measured window, for the process and its children (the daemon's PulseAudio
-shown apart). Prints (a)/(b) for CPU and RSS. Goal: CPU a/b <= 1.1, and the
+measured window, for the process and its children (PulseAudio shown apart).
+Prints (a)/(b) and (a)/(c) for CPU and RSS. Goal: CPU a/b <= 1.1, and the
 daemon under 120 MiB RSS at 1080p30.
 """
 
@@ -122,13 +125,27 @@ port = {free_port(socket.SOCK_STREAM)}
         proc.wait(30)
 
 
-def diy_ffmpeg(work: Path, width: int, height: int, port: int, seconds: float):
+def diy_ffmpeg(work: Path, width: int, height: int, port: int, seconds: float, pulse: bool = False):
     rec = work / "diy"
     rec.mkdir()
+    sim = None
+    if pulse:
+        import asyncio
+
+        from appliance.sim.audio import SOURCES, PulseSim
+
+        sim, saved = PulseSim(work / "sim"), dict(os.environ)
+        asyncio.run(sim.start())  # (it points this process's environment at its server)
+        os.environ.clear()
+        os.environ.update(saved)
+        server = sim.env["PULSE_SERVER"]
+        audio = [a for name in SOURCES for a in ("-f", "pulse", "-server", server, "-sample_rate", "48000",
+                                                   "-channels", "2", "-i", f"{name}.monitor")]
+    else:
+        audio = ["-re", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+                 "-re", "-f", "lavfi", "-i", "sine=frequency=660:sample_rate=48000"]
     cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i",
-           f"testsrc2=size={width}x{height}:rate=30",
-           "-re", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-           "-re", "-f", "lavfi", "-i", "sine=frequency=660:sample_rate=48000",
+           f"testsrc2=size={width}x{height}:rate=30", *audio,
            "-map", "0:v", "-map", "1:a", "-map", "2:a",
            "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-b:v", "4000k", "-maxrate", "4000k",
            "-bufsize", "4000k", "-g", "30", "-sc_threshold", "0", "-bf", "0", "-pix_fmt", "yuv420p",
@@ -140,14 +157,20 @@ def diy_ffmpeg(work: Path, width: int, height: int, port: int, seconds: float):
     try:
         time.sleep(WARMUP)
         if proc.poll() is not None:
-            raise SystemExit(f"ffmpeg stopped: see {work / 'ffmpeg.log'}")
-        return measure(psutil.Process(proc.pid), seconds)
+            raise SystemExit("ffmpeg stopped:\n" + (work / "ffmpeg.log").read_text()[-2000:])
+        cpu, _, rss = measure(psutil.Process(proc.pid), seconds)
+        server_cpu = measure(psutil.Process(sim.proc.pid), seconds / 4)[0] if sim else 0.0
+        return cpu, server_cpu, rss
     finally:
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if sim is not None:
+            import asyncio
+
+            asyncio.run(sim.stop())
 
 
 def main() -> None:
@@ -162,7 +185,8 @@ def main() -> None:
     for size in args.sizes.split(","):
         width, height = map(int, size.split("x"))
         results = {}
-        for name, run in (("a", the_daemon), ("b", diy_ffmpeg)):
+        runs = (("a", the_daemon), ("b", diy_ffmpeg), ("c", lambda *a: diy_ffmpeg(*a, pulse=True)))
+        for name, run in runs:
             port = free_port()
             ingest = listener(port)
             try:
@@ -171,10 +195,13 @@ def main() -> None:
             finally:
                 ingest.terminate()
                 ingest.wait()
-        (a_cpu, pulse, a_rss), (b_cpu, _, b_rss) = results["a"], results["b"]
-        print(f"{height}p30: (a) daemon {a_cpu:.3f} CPU s/s (+{pulse:.3f} its PulseAudio), {a_rss:.0f} MiB   "
-              f"(b) ffmpeg {b_cpu:.3f} CPU s/s, {b_rss:.0f} MiB   "
-              f"a/b CPU {a_cpu / b_cpu:.2f} (with PulseAudio {(a_cpu + pulse) / b_cpu:.2f}), RSS {a_rss / b_rss:.2f}")
+        (a_cpu, pulse, a_rss), (b_cpu, _, b_rss), (c_cpu, c_pulse, c_rss) = results["a"], results["b"], results["c"]
+        print(f"{height}p30: (a) daemon {a_cpu:.3f} CPU s/s (+{pulse:.3f} its PulseAudio), {a_rss:.0f} MiB\n"
+              f"         (b) ffmpeg, synthesised audio {b_cpu:.3f} CPU s/s, {b_rss:.0f} MiB: "
+              f"a/b CPU {a_cpu / b_cpu:.2f}, RSS {a_rss / b_rss:.2f}\n"
+              f"         (c) ffmpeg capturing PulseAudio {c_cpu:.3f} CPU s/s (+{c_pulse:.3f} its PulseAudio), "
+              f"{c_rss:.0f} MiB: a/c CPU {a_cpu / c_cpu:.2f} (with PulseAudio {(a_cpu + pulse) / (c_cpu + c_pulse):.2f}),"
+              f" RSS {a_rss / c_rss:.2f}")
 
 
 if __name__ == "__main__":
