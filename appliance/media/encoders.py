@@ -32,8 +32,8 @@ if TYPE_CHECKING:  # the probe child must start fast: no pydantic there
 log = logging.getLogger(__name__)
 
 PROBE_FRAMES = 30
-SOFTWARE = ("libx264", "libx265")  # reopened for a new bitrate (see set_bitrate)
 PROBE_TIMEOUT = 15.0
+SOFTWARE = ("libx264", "libx265")  # reopened for a new bitrate (see set_bitrate)
 
 
 class EncoderError(ApplianceError, RuntimeError):
@@ -148,10 +148,11 @@ class VideoEncoder(SimulatedFaults):
             return
         if kbps == self._opened_kbps:
             return
-        # libx264 does re-read bit_rate on every frame (libx265 does not at all), but its ABR follows over
-        # ~1.5 s while the VBV ceiling stays where it was opened; a link that just
-        # shrank cannot wait that long (the backlog would outgrow the SRT latency).
-        # Reopening costs ~4 ms and one IDR, and the new rate holds from its first frame.
+        # libx264 does re-read bit_rate on every frame (libx265 does not at all), but
+        # its ABR follows over ~1.5 s while the VBV ceiling stays where it was opened;
+        # a link that just shrank cannot wait that long (the backlog would outgrow the
+        # SRT latency). Reopening costs ~4 ms and one IDR, and the new rate holds from
+        # its first frame.
         # A small VBV keeps that IDR from bursting into a link that is already full.
         s = replace(self.settings, bitrate_kbps=kbps, max_bitrate_kbps=kbps, vbv_seconds=0.3)
         self.ctx = open_video(self.rung, s)
