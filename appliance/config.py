@@ -81,6 +81,7 @@ class AudioSection(Section):
 
 
 Codec = Literal["h264", "h265"]
+CODEC_LABELS = {"h264": "H.264", "h265": "H.265"}  # as a tech reads them: the journal, probe, pre-flight
 
 
 def codec_of(encoder: str) -> str | None:

@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from appliance.config import Config
+from appliance.config import CODEC_LABELS, Config
 
 FOUND, MISSING, SIMULATED, OFF = "found", "not found", "simulated", "not fitted"
 
@@ -93,7 +93,7 @@ def probe_encoders(cfg: Config) -> list[Finding]:
                                              e.keyframe_seconds, codec=e.codec))
     findings = []
     for i, (rung, verdict) in enumerate(zip(ladder.rungs, ladder.probe_all()), 1):
-        kind = f"{rung.codec.upper().replace('H', 'H.')}, {'hardware' if rung.hardware else 'software'}"
+        kind = f"{CODEC_LABELS[rung.codec]}, {'hardware' if rung.hardware else 'software'}"
         findings.append(Finding(f"encoder {i}", rung.encoder, FOUND if verdict.ok else MISSING,
                                 f"{kind}: {verdict.reason}"))
     return findings

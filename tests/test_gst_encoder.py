@@ -187,7 +187,7 @@ uplinks = ["wired@127.0.0.2", "cell@127.0.0.3"]
         skipped = media()["frames_dropped"]  # ticks a starved media thread skipped (a loaded machine)
         ingest.stop()
         assert d.terminate() == 0
-        assert "the video is H264 from here on" in d.log()
+        assert "the video is H.264 from here on" in d.log()
         # The recording: H.265 segments, then H.264 ones from the change, none lost.
         pts, codecs, bad = read_back(segments(only_session(d.dir / "recordings")))
         assert bad == [], bad

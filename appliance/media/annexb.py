@@ -23,15 +23,14 @@ class Syntax:
     codec: str  # "h264" | "h265"
     parameter_sets: tuple[int, ...]  # in the order they must come
     keyframes: frozenset[int]  # the NAL types of a picture a decoder can start on
-    aud: int
 
     def nal_type(self, unit: bytes) -> int:
         return unit[0] & 0x1F if self.codec == "h264" else (unit[0] >> 1) & 0x3F
 
 
-H264 = Syntax("h264", (7, 8), frozenset({5}), 9)  # SPS, PPS; IDR
+H264 = Syntax("h264", (7, 8), frozenset({5}))  # SPS, PPS; IDR
 # VPS, SPS, PPS; IDR_W_RADL, IDR_N_LP (an encoder set for live emits IDRs, not CRAs)
-H265 = Syntax("h265", (32, 33, 34), frozenset({19, 20}), 35)
+H265 = Syntax("h265", (32, 33, 34), frozenset({19, 20}))
 SYNTAX = {s.codec: s for s in (H264, H265)}
 
 # The H.264 names, for the readers of H.264 streams (the tests, the probe's messages).

@@ -14,7 +14,7 @@ Messages both ways: a 13-byte header (kind: 1 byte, length: u32, value: i64,
 little-endian) and `length` bytes.
     in:  F frame (value: pts in 1/90000; the I420 picture), B bitrate (value: kb/s),
          E end (flush, then D)
-    out: R ready (JSON: the caps it negotiated), P access unit (value: pts; the first
+    out: R ready (JSON: the elements it runs), P access unit (value: pts; the first
          byte of the payload 1 for a keyframe, 0 otherwise), X error (text), D done
 """
 

@@ -88,11 +88,12 @@ ELEMENTS = {
     "qsvh264enc": Element(_QSV, ("bitrate", 1), "gstreamer1.0-plugins-bad"),
     "qsvh265enc": Element(_QSV, ("bitrate", 1), "gstreamer1.0-plugins-bad"),
 }
+UNKNOWN = Element("bitrate={kbps}", ("bitrate", 1), "?")  # an element of a rung's own choosing
 
 
 def job(rung, s: VideoSettings) -> dict:
     """What the child builds: the elements between raw frames and the parser."""
-    element = ELEMENTS.get(rung.encoder, Element("bitrate={kbps}", ("bitrate", 1), "?"))
+    element = ELEMENTS.get(rung.encoder, UNKNOWN)
     values = {"kbps": s.bitrate_kbps, "bps": s.bitrate_kbps * 1000, "gop": s.gop,
               "vbv_ms": int(s.vbv_seconds * 1000)}
     props = element.properties.format(**values)
@@ -138,8 +139,9 @@ class GstEncoder(SimulatedFaults):
         self._pending: deque[tuple[int, object]] = deque()  # (pts, frame) sent, not yet answered
         self._ended = threading.Event()
         self._error = ""
-        self.psi = ParameterSetInserter(None, rung.codec)  # (the parser repeats them: this only checks)
+        self.psi = ParameterSetInserter(None, rung.codec)  # (the parser repeats them: this is the backstop)
         spec = job(rung, settings)
+        self._retunable = bool(spec["bitrate_property"])  # else the element keeps the bitrate it opened with
         self._child = subprocess.Popen(child_argv([python, str(CHILD), json.dumps(spec)]), stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(), bufsize=0)
         self._stdin = self._child.stdin.fileno()
@@ -189,7 +191,7 @@ class GstEncoder(SimulatedFaults):
         raise EncoderError(why, packets=out, unanswered=list(self._pending))
 
     def set_bitrate(self, kbps: int) -> None:
-        if ELEMENTS.get(self.name, Element("", ("bitrate", 1), "")).bitrate[0]:
+        if self._retunable:
             self._send(b"B", int(kbps))
 
     def flush(self) -> list[EncodedPacket]:

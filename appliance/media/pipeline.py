@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from appliance import conditions, heartbeat
-from appliance.config import Config
+from appliance.config import CODEC_LABELS, Config
 from appliance.media.audio import RATE, AudioCapture, init_portaudio
 from appliance.media.encoders import AudioEncoder, EncoderError, Ladder, VideoEncoder, open_encoder
 from appliance.media.meters import Meter
@@ -302,7 +302,8 @@ class MediaPipeline:
             self.report(conditions.ENCODER_SOFTWARE, True)
         if enc.rung.codec != failed.rung.codec:
             # (the outputs see it in the packets: a new segment, a fresh connection)
-            log.warning("encoder: the video is %s from here on", enc.rung.codec.upper(), extra={"ENCODER": enc.name})
+            log.warning("encoder: the video is %s from here on", CODEC_LABELS[enc.rung.codec],
+                        extra={"ENCODER": enc.name})
             self.report(conditions.ENCODER_CODEC_CHANGED, True)
         if self.session:
             self.session.encoder = enc.name

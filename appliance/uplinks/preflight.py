@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from appliance.config import Config
+from appliance.config import CODEC_LABELS, Config
 from appliance.transport.libsrt import LIVE_PAYLOAD
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def table(report: dict) -> str:
                      (f"{r.get('rat', '')} {radio}".strip() or "-"), c["why"]))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)) + "  " + row[-1] for row in rows]
-    codec = {"h265": " in H.265", "h264": " in H.264"}.get(report.get("codec", ""), "")
+    codec = f" in {CODEC_LABELS[report['codec']]}" if report.get("codec") in CODEC_LABELS else ""
     lines.append(f"overall: {report['verdict'].upper()} (the show needs {report['needed_kbps']} kb/s{codec}, at least "
                  f"{report['floor_kbps']} for any video, SRT latency {report['latency_ms']} ms)")
     return "\n".join(lines)
