@@ -188,3 +188,21 @@ def test_the_codec_orders_the_ladder_and_wrong_combinations_say_what_to_change(t
     assert 'no rung of the ladder makes it (they make h264): add one, or set codec = "h264"' in problems[0]
     assert "encoder.ladder[0]" in problems[1] and "whether 'mjpeg' makes H.264 or H.265" in problems[1]
     assert "RTMP carries H.264 only here" in problems[2] and 'set encoder.codec = "h264"' in problems[2]
+
+
+def test_preflight_says_what_the_show_needs_in_each_codec_its_ladder_can_run(tmp_path):
+    from appliance.outputs.abr import audio_kbps
+    from appliance.uplinks import preflight
+
+    ladder = 'ladder = [{ encoder = "x265enc", backend = "gstreamer" }, { encoder = "libx264" }]\n'
+    cfg = cfgmod.load(write(tmp_path, '[encoder]\ncodec = "h265"\nbitrate_kbps = 3000\naudio_bitrate_kbps = 128\n'
+                            + ladder + '[audio]\ntracks = [{ name = "program" }]\n'), {}, "profile")
+    audio = audio_kbps(1, 128)
+    assert preflight.needed_by_codec(cfg) == {"h265": 3000 + audio, "h264": 5000 + audio}, "H.264: 1/0.6 the video"
+    assert preflight.needed_kbps(cfg)[0] == 3000 + audio, "the verdict is for the show's own codec"
+    report = {"verdict": "go", "codec": "h265", "needed_kbps": 3000 + audio, "floor_kbps": 800 + audio,
+              "latency_ms": 1000, "needed_by_codec": preflight.needed_by_codec(cfg), "links": []}
+    assert (f"the show needs {3000 + audio} kb/s in H.265; for the same picture after a fallback: {5000 + audio} "
+            "in H.264" in preflight.table(report)), preflight.table(report)
+    h264 = cfgmod.load(write(tmp_path, "[encoder]\n" + ladder), {}, "profile")
+    assert list(preflight.needed_by_codec(h264)) == ["h264"], "an H.264 show never runs H.265: nothing else to say"

@@ -22,6 +22,12 @@ from appliance.transport.libsrt import LIVE_PAYLOAD
 
 log = logging.getLogger(__name__)
 
+# The bitrate each codec needs for the same picture, against H.264's: H.265 carries it in
+# roughly 60 % (BELABOX and the encoder vendors say "half"; x265 against x264 at the fast
+# presets a box can run is nearer 60 %). Used to say what a fallback to the other codec
+# would need: the fallback streams at the bitrate the links allow, so its picture is
+# what suffers, and pre-flight says by how much.
+SAME_PICTURE = {"h264": 1.0, "h265": 0.6}
 NULL_TS = (b"\x47\x1f\xff\x10" + b"\xff" * 184) * 7  # 7 null packets: 1316 bytes that every demuxer drops
 HEADROOM = 1.25
 
@@ -46,6 +52,17 @@ def needed_kbps(config: Config) -> tuple[int, int]:
     e = config.encoder
     audio = audio_kbps(len(config.audio.tracks), e.audio_bitrate_kbps)
     return e.bitrate_kbps + audio, e.min_bitrate_kbps + audio
+
+
+def needed_by_codec(config: Config) -> dict[str, int]:
+    """What the show needs in each codec its ladder can run, for the configured
+    bitrate's picture (the configured codec first)."""
+    from appliance.outputs.abr import audio_kbps
+
+    e = config.encoder
+    audio = audio_kbps(len(config.audio.tracks), e.audio_bitrate_kbps)
+    codecs = dict.fromkeys(r.codec for r in e.rungs())
+    return {c: round(e.bitrate_kbps * SAME_PICTURE[c] / SAME_PICTURE[e.codec]) + audio for c in codecs}
 
 
 def judge(c: LinkCheck, need: int, floor: int, latency_ms: int) -> None:
@@ -98,7 +115,7 @@ def run(config: Config, links: dict[str, str], seconds: float = 12.0,
     overall = ("go" if any(c.verdict == "go" for c in checks) or total >= need * 1.1
                else "marginal" if total >= floor else "no-go")
     return {"at": time.time(), "verdict": overall, "needed_kbps": need, "floor_kbps": floor, "codec": config.encoder.codec,
-            "latency_ms": int(query.get("latency", s.latency_ms)), "seconds_per_link": per_link,
+            "needed_by_codec": needed_by_codec(config), "latency_ms": int(query.get("latency", s.latency_ms)), "seconds_per_link": per_link,
             "links": [asdict(c) for c in checks]}
 
 
@@ -163,6 +180,9 @@ def table(report: dict) -> str:
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)) + "  " + row[-1] for row in rows]
     codec = f" in {CODEC_LABELS[report['codec']]}" if report.get("codec") in CODEC_LABELS else ""
+    others = [f"{kbps} in {CODEC_LABELS[c]}" for c, kbps in report.get("needed_by_codec", {}).items() if c != report.get("codec")]
+    if others:
+        codec += f"; for the same picture after a fallback: {', '.join(others)}"
     lines.append(f"overall: {report['verdict'].upper()} (the show needs {report['needed_kbps']} kb/s{codec}, at least "
                  f"{report['floor_kbps']} for any video, SRT latency {report['latency_ms']} ms)")
     return "\n".join(lines)
