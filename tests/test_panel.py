@@ -320,3 +320,16 @@ shutdown_command = ["sh", "-c", "cat {tmp_path}/box/recordings/*/session.json > 
     log = d.log()
     assert log.index("recording finalized") < log.index("powering off")
     assert d.terminate() == 0
+
+
+@pytest.mark.parametrize("pattern", list(Pattern), ids=lambda p: p.name)
+def test_the_led_thread_wakes_at_each_edge_and_not_before(pattern):
+    """until_change (the LED thread's sleep) lands on the pattern's next edge exactly."""
+    for i in range(400):
+        t = i * 0.0173
+        wait = patterns.until_change(pattern, t)
+        lit = patterns.level(pattern, t)
+        assert 0 <= wait <= 1.0
+        assert all(patterns.level(pattern, t + wait * k / 10) == lit for k in range(10)), (t, wait)
+        if len({on for on, _ in patterns.TIMINGS[pattern]}) == 2:
+            assert patterns.level(pattern, t + wait + 1e-6) != lit, (t, wait)

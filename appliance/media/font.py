@@ -6,6 +6,8 @@ the test pattern's clock must not depend on fonts being installed.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 _GLYPHS = {
@@ -31,6 +33,12 @@ _GLYPHS = {
 _BITMAPS = {ch: np.array([[c == "1" for c in row] for row in rows.split()], dtype=bool) for ch, rows in _GLYPHS.items()}
 
 
+@functools.lru_cache(maxsize=256)
+def _scaled(ch: str, scale: int) -> np.ndarray:
+    # The test pattern burns its clock into every frame: scale each glyph once, not 30 times a second.
+    return np.kron(_BITMAPS.get(ch, _BITMAPS[" "]), np.ones((scale, scale), dtype=bool))
+
+
 def text_width(text: str, scale: int) -> int:
     return len(text) * 6 * scale
 
@@ -44,8 +52,7 @@ def draw_text(plane: np.ndarray, text: str, x: int, y: int, scale: int = 4, valu
         x0, x1 = max(0, x - scale), min(w, x + text_width(text, scale))
         plane[y0:y1, x0:x1] = background
     for i, ch in enumerate(text.upper()):
-        glyph = _BITMAPS.get(ch, _BITMAPS[" "])
-        big = np.kron(glyph, np.ones((scale, scale), dtype=bool))
+        big = _scaled(ch, scale)
         gx = x + i * 6 * scale
         gy0, gx0 = max(0, y), max(0, gx)
         gy1, gx1 = min(h, y + big.shape[0]), min(w, gx + big.shape[1])

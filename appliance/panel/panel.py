@@ -33,7 +33,11 @@ STOP_HOLD = 2.0
 SHUTDOWN_HOLD = 5.0
 ACK_MAX = 1.0  # an FN press shorter than this acknowledges
 LAMP_TEST = 1.0
-TICK = 0.01
+# The LED thread sleeps until the next edge of any pattern (at most this long), not
+# on a fixed tick: a 100 Hz tick cost 1 % of a core on a box whose LEDs mostly shine
+# steady. EDGE_SLACK lands it just past the edge, so the level read there is the new one.
+LONGEST_SLEEP = 1.0
+EDGE_SLACK = 0.001
 
 Post = Callable[..., None]
 
@@ -48,6 +52,7 @@ class LedDriver:
         self._lit: dict[str, bool] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._changed = threading.Event()  # a new pattern: the thread's sleep is recomputed
         self._thread: threading.Thread | None = None
         self.override_until = 0.0  # the lamp test
 
@@ -58,6 +63,7 @@ class LedDriver:
                 # Start the new pattern at its beginning: a change is seen at once.
                 self._patterns[led] = (pattern, self.clock())
         self._apply()
+        self._changed.set()
 
     def pattern(self, led: str) -> patterns.Pattern | None:
         entry = self._patterns.get(led)
@@ -69,6 +75,7 @@ class LedDriver:
 
     def stop(self) -> None:
         self._stop.set()
+        self._changed.set()
         if self._thread:
             self._thread.join()
             self._thread = None
@@ -77,9 +84,19 @@ class LedDriver:
 
     def _run(self) -> None:
         with heartbeat.beating("panel-leds", 10.0) as hb:
-            while not self._stop.wait(TICK):
+            while not self._stop.is_set():
                 hb.beat()
+                self._changed.clear()
                 self._apply()
+                self._changed.wait(self._sleep())
+
+    def _sleep(self) -> float:
+        now = self.clock()
+        with self._lock:
+            if now < self.override_until:
+                return min(LONGEST_SLEEP, self.override_until - now + EDGE_SLACK)
+            waits = [patterns.until_change(p, now - since) for p, since in self._patterns.values()]
+        return min([LONGEST_SLEEP, *waits]) + EDGE_SLACK
 
     def _apply(self) -> None:
         now = self.clock()

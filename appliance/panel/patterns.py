@@ -166,6 +166,23 @@ def level(pattern: Pattern, t: float) -> bool:
     return steps[-1][0]
 
 
+def until_change(pattern: Pattern, t: float) -> float:
+    """Seconds from `t` into the pattern until the LED next changes (a steady pattern:
+    one period, so the caller still wakes now and then)."""
+    steps = TIMINGS[pattern]
+    period = sum(d for _, d in steps)
+    if len({on for on, _ in steps}) == 1:
+        return period
+    t %= period
+    edge, lit = 0.0, level(pattern, t)
+    for i in range(2 * len(steps)):  # two periods: the next edge may lie in the next one
+        on, duration = steps[i % len(steps)]
+        edge += duration
+        if edge > t and steps[(i + 1) % len(steps)][0] != lit:
+            return edge - t
+    return period
+
+
 # --- the front-panel card (README) and its picture ---------------------------------------
 
 def card_markdown() -> str:
