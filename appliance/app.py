@@ -3,7 +3,7 @@
 Start order (stop is the reverse): control socket (the service adds it first),
 simulated devices (sim profile: the serial ptys, then PulseAudio), panel, power,
 uplinks (modem, link policy), media (sources, meters, encoder probes), the API,
-the live summary, the sim console. The media pipeline is also the live output;
+the fleet client (when [fleet] is on), the live summary, the sim console. The media pipeline is also the live output;
 the recorder and the network outputs hang off it. This is the one place that
 wires sim/ in.
 """
@@ -98,6 +98,12 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
     from appliance.api.http import ApiServer
 
     service.components.append(ApiServer(config, service, media))
+    if config.fleet.enabled:
+        from appliance.fleet.client import FleetClient
+
+        fleet = FleetClient(config.fleet, config.device.name, service.status, service.handle_command)
+        service.listeners.append(fleet.on_state)
+        service.components.append(fleet)
     from appliance.summary import LiveSummary
 
     service.components.append(LiveSummary(service.status, config.log.summary_seconds))

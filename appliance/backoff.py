@@ -12,3 +12,11 @@ LONGEST = STEPS[-1]
 def delay(attempt: int) -> float:
     """Seconds to wait before try number `attempt` + 1 (0: the first retry)."""
     return STEPS[min(max(attempt, 0), len(STEPS) - 1)]
+
+
+def jittered(attempt: int) -> float:
+    """delay() spread over half to one and a half times: many clients that lost the same
+    server (a fleet and its broker) come back spread out, not all in the same instant."""
+    import random
+
+    return delay(attempt) * random.uniform(0.5, 1.5)

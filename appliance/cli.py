@@ -328,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-links", type=int, default=8)
     sp.set_defaults(func=cmd_relay)
 
+    from appliance.fleet.cli import add_parser as add_fleet
+
+    add_fleet(sub)
+
     sp = sub.add_parser("panel-card", help="the front-panel card: every LED pattern and what to do")
     sp.add_argument("--readme", help="rewrite the card section of this README")
     sp.add_argument("--svg", help="write the panel picture (SVG) here")

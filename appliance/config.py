@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from appliance.configerrors import describe
+from appliance.configlayers import merge_layers
 from appliance.errors import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/appliance/appliance.toml")
@@ -305,6 +306,38 @@ class PowerSection(Section):
     shutdown_retry_seconds: float = Field(15.0, ge=1, le=600)
 
 
+class FleetSection(Section):
+    # Report to and take commands from an MQTT broker (docs/fleet.md). Off by default: the
+    # box works fully without it, and a broker that is down never holds anything up.
+    enabled: bool = False
+    broker: str = ""  # mqtts://host:8883, wss://host/path; mqtt:// only for a broker on this box
+    insecure: bool = False  # allow mqtt:// or ws:// to another host: passwords and commands in clear
+    ca_file: Path | None = None  # the broker's CA (else the system's)
+    cert_file: Path | None = None  # a client certificate, with key_file
+    key_file: Path | None = None
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    topic_prefix: str = Field("appliance", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    box: str = Field("", pattern=r"^$|^[A-Za-z0-9_.-]{1,63}$")  # "" = device.name
+    telemetry_seconds: float = Field(5.0, ge=1, le=3600)
+
+    @model_validator(mode="after")
+    def _safe(self):
+        from appliance.hostnames import parse_broker_url
+
+        if not self.enabled and not self.broker:
+            return self
+        if not self.broker:
+            raise ValueError("fleet.enabled needs fleet.broker (mqtts://HOST:8883)")
+        broker = parse_broker_url(self.broker)  # (a ConfigError: says what to write)
+        if not broker.tls and not broker.loopback and not self.insecure:
+            raise ValueError(f"fleet.broker {self.broker!r} is not encrypted: use mqtts:// or wss://, or set "
+                             "fleet.insecure = true to send the password and accept commands in clear")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("fleet.cert_file and fleet.key_file go together")
+        return self
+
+
 class Config(Section):
     board: BoardSection = BoardSection()
     device: DeviceSection = DeviceSection()
@@ -323,6 +356,7 @@ class Config(Section):
     links: LinksSection = LinksSection()
     api: ApiSection = ApiSection()
     power: PowerSection = PowerSection()
+    fleet: FleetSection = FleetSection()
 
     @model_validator(mode="after")
     def _rtmp_carries_h264(self):
@@ -349,50 +383,6 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: not valid TOML: {e}"]) from None
     except OSError as e:
         raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
-
-
-def merge_layers(layers: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], dict[tuple, str]]:
-    """Deep-merge dicts, later layers winning; remember which layer set each key.
-
-    Lists (the encoder ladder, audio tracks) are replaced whole, not merged:
-    half of a profile's ladder and half of a site's would make no sense.
-    """
-    merged: dict[str, Any] = {}
-    origins: dict[tuple, str] = {}
-
-    def walk(dst: dict, src: dict, prefix: tuple, origin: str) -> None:
-        for key, value in src.items():
-            loc = prefix + (key,)
-            if isinstance(value, dict) and isinstance(dst.get(key), dict):
-                walk(dst[key], value, loc, origin)
-            else:
-                dst[key] = _copy(value)
-                origins[loc] = origin
-                for sub in _sub_locs(value, loc):
-                    origins[sub] = origin
-
-    for origin, data in layers:
-        walk(merged, data, (), origin)
-    return merged, origins
-
-
-def _copy(value):
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    return value
-
-
-def _sub_locs(value, loc):
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield loc + (k,)
-            yield from _sub_locs(v, loc + (k,))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield loc + (i,)
-            yield from _sub_locs(v, loc + (i,))
 
 
 def validate(layers: list[tuple[str, dict[str, Any]]]) -> Config:

@@ -18,6 +18,7 @@ import logging
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from appliance.errors import ApplianceError, ConfigError
@@ -132,6 +133,50 @@ def split_host_port(netloc_url: str, key: str, scheme: str) -> tuple[str, int, d
 
 def parse_srt_url(url: str, key: str = "stream.url") -> tuple[str, int, dict]:
     return split_host_port(url, key, "srt")
+
+
+BROKER_PORTS = {"mqtt": 1883, "mqtts": 8883, "ws": 80, "wss": 443}
+
+
+@dataclass(frozen=True)
+class Broker:
+    """An MQTT broker's URL: mqtts://HOST[:8883], wss://HOST[:443]/PATH, or the plain
+    mqtt:// and ws:// (which carry passwords and commands in clear)."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme in ("mqtts", "wss")
+
+    @property
+    def transport(self) -> str:
+        return "websockets" if self.scheme in ("ws", "wss") else "tcp"
+
+    @property
+    def loopback(self) -> bool:
+        # By its spelling, with no DNS (a name that resolves to 127.0.0.1 today may not tomorrow).
+        return self.host == "localhost" or (literal(self.host) and ipaddress.ip_address(self.host).is_loopback)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}{self.path}"
+
+
+def parse_broker_url(url: str, key: str = "fleet.broker") -> Broker:
+    try:
+        u = urlsplit(url)
+        host, port = u.hostname, u.port
+    except ValueError:
+        u, host, port = None, None, None
+    if u is None or u.scheme not in BROKER_PORTS or not host:
+        raise ConfigError([f"{key}: {url!r} is not mqtts://HOST:PORT, wss://HOST/PATH, or mqtt:// for a broker "
+                           "on this box"])
+    path = (u.path or "/mqtt") if u.scheme in ("ws", "wss") else ""
+    return Broker(u.scheme, host, port or BROKER_PORTS[u.scheme], path)
 
 
 def display(addr: tuple) -> str:

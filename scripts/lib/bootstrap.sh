@@ -22,7 +22,7 @@ APT_GSTREAMER=(python3-gi python3-gst-1.0 gir1.2-gstreamer-1.0 gir1.2-gst-plugin
 # srt-live-transmit as the demo's ingest).
 APT_SIM=(pulseaudio pulseaudio-utils libasound2-plugins srt-tools)
 # What the tests need on top of that.
-APT_TEST=(systemd systemd-container nut-server chromium iproute2 nftables gcc libsrt1.5-openssl libsrt-openssl-dev srt-tools
+APT_TEST=(systemd systemd-container nut-server mosquitto openssl chromium iproute2 nftables gcc libsrt1.5-openssl libsrt-openssl-dev srt-tools
           "${APT_SIM[@]}" "${APT_GSTREAMER[@]}")
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
