@@ -16,7 +16,8 @@ from conftest import APPLIANCE, ROOT, wait_until
 from mqttbroker import Mosquitto
 
 BROKER = "broker.venue.example"
-USERS = {"box-a": "pw-a-0123456789", "box-b": "pw-b-0123456789", "producer": "pw-producer-0123", "exporter": "pw-exp-0123"}
+USERS = {"box-a": "pw-a-0123456789", "box-b": "pw-b-0123456789", "producer": "pw-producer-0123", "exporter": "pw-exp-0123",
+         **{f"fleet-{i:02d}": f"pw-fleet-{i:02d}-0123" for i in range(50)}}
 
 
 @pytest.fixture
@@ -74,18 +75,12 @@ class Raw:
     def __init__(self, broker, user: str):
         from appliance.config import FleetSection
 
-        self.s = FleetSection(broker=f"mqtts://127.0.0.1:{broker.port}", ca_file=broker.ca, username=user,
-                              password=USERS[user])
+        self.s = FleetSection(broker=broker.local_url, ca_file=broker.ca, username=user, password=USERS[user])
 
     def client(self):
-        import ssl
-
         from appliance.fleet import connect
 
-        ctx = connect.tls_context(self.s)
-        ctx.check_hostname = False  # (by address: this client runs outside the hosts namespace)
-        ctx.verify_mode = ssl.CERT_NONE
-        return connect.client(self.s, f"raw-{self.s.username}-{time.monotonic_ns()}", ctx)
+        return connect.client(self.s, f"raw-{self.s.username}-{time.monotonic_ns()}", connect.tls_context(self.s))
 
 
 async def _collect(client, seconds: float) -> list[tuple[str, bytes]]:
@@ -177,3 +172,89 @@ def test_a_box_reports_to_the_fleet_obeys_it_by_its_rules_and_reaches_no_other_b
     d.kill()  # SIGKILL: no goodbye; the broker publishes its will
     wait_box(private_hosts, producer, "box-a", 20, "box-a shown offline by its last will", online=False, state="READY")
     assert "(offline)" in fleet(private_hosts, producer, "status").stdout
+
+
+def test_a_broker_gone_for_30_s_mid_show_touches_nothing_and_the_box_comes_back_by_itself(
+        daemon_factory, broker, private_hosts, tmp_path, notify_socket):
+    producer = producer_file(tmp_path, broker)
+    # systemd's watchdog at 4 s: a ping later than that would have had the box killed.
+    env = {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "4000000"}
+    small = '[video]\nwidth = 320\nheight = 180\nfps = 15\n'
+    d = daemon_factory("box-a", config_extra=box_config(broker, "box-a", extra=small), prefix=private_hosts.prefix,
+                       env=env).start()
+    d.wait_state("READY", timeout=30)
+    assert d.request("live")["ok"]
+    d.wait_state("LIVE", timeout=10)
+    wait_box(private_hosts, producer, "box-a", 20, "box-a reporting LIVE", online=True, state="LIVE")
+    before = d.component("media")
+    recorded = d.output("recorder")["bytes"]
+
+    broker.stop()
+    outage_from = time.monotonic()
+    wait_until(lambda: not d.component("fleet")["connected"], 20, what="the box noticing the broker gone")
+    time.sleep(max(0.0, 30 - (time.monotonic() - outage_from)))
+    during = d.component("media")
+    broker.start()  # (empty: nothing retained survives it; the box must say it all again)
+    outage_to = time.monotonic()
+
+    back = wait_box(private_hosts, producer, "box-a", 20, "box-a back by itself", online=True, state="LIVE")
+    assert back["telemetry"]["bitrate_kbps"], back
+    after = d.component("media")
+    assert after["frames_dropped"] == before["frames_dropped"], (before["frames_dropped"], after["frames_dropped"])
+    # 15 fps throughout: the frames encoded over the outage are its seconds' worth (a stall would show here).
+    assert during["frames_encoded"] - before["frames_encoded"] >= 15 * 28, (before, during)
+    assert d.output("recorder")["bytes"] > recorded and d.output("recorder")["recording"]
+    pings = [t for t, _ in notify_socket.lines("WATCHDOG=1") if outage_from - 4 <= t <= outage_to]
+    gaps = [b - a for a, b in zip(pings, pings[1:])]
+    assert pings and max(gaps) < 4.0, gaps
+    fleet_status = d.component("fleet")
+    assert fleet_status["connected"] and fleet_status["connects"] >= 2, fleet_status
+    assert d.log().count("fleet: broker") == 1, "the outage is logged once, not once a retry"
+
+
+def test_fifty_boxes_reporting_every_second_all_show_in_fleet_status_and_the_exporter(broker, private_hosts,
+                                                                                       tmp_path):
+    import urllib.request
+
+    from conftest import free_port
+    from fleet_load import Clients
+
+    fifty = {b: p for b, p in USERS.items() if b.startswith("fleet-")}
+    clients = Clients(broker.local_url, broker.ca, fifty, every=1.0).start()
+    exporter = None
+    try:
+        wait_until(lambda: clients.connected == 50, 30, interval=0.2, what="50 clients connected")
+        listed = {}
+
+        def all_listed():
+            nonlocal listed
+            listed = boxes(private_hosts, producer_file(tmp_path, broker))
+            return sum(1 for b in fifty if listed.get(b, {}).get("online") and listed[b]["telemetry"]) == 50
+        wait_until(all_listed, 30, interval=0.5, what="fleet status listing all 50")
+        table = fleet(private_hosts, producer_file(tmp_path, broker), "status").stdout
+        assert all(f"fleet-{i:02d}  LIVE" in table for i in range(50)), table
+        assert "4100 kb/s" in table and "cell:up/48ms" in table, table
+
+        port = free_port()
+        exporter = subprocess.Popen([*private_hosts.prefix, *APPLIANCE, "fleet", "exporter", "--listen",
+                                     f"127.0.0.1:{port}", "--config", str(producer_file(tmp_path, broker, "exporter"))],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
+        text = ""
+
+        def served():
+            nonlocal text
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            except OSError:
+                return False
+            return text.count("appliance_fleet_bitrate_bps{") == 50
+        wait_until(served, 30, interval=0.5, what="the exporter serving all 50")
+        assert 'appliance_fleet_online{box="fleet-07"} 1.0' in text
+        assert 'appliance_fleet_link_rtt_seconds{box="fleet-07",link="cell"} 0.048' in text
+        assert 'appliance_fleet_state{box="fleet-49",state="LIVE"} 1.0' in text
+        assert "appliance_fleet_boxes 50.0" in text
+    finally:
+        if exporter is not None:
+            exporter.terminate()
+            exporter.wait(10)
+        clients.stop()

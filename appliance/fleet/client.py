@@ -124,7 +124,7 @@ class FleetClient:
 
     def _lost(self, e: Exception) -> None:
         why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        if why != self.error:  # once per kind of failure, not once per retry
+        if not self.error:  # once when the broker goes (the retries' reasons are in the status)
             log.warning("fleet: broker %s: %s (the show goes on; retrying)", redact_url(self.settings.broker), why,
                         extra={"FLEET": "lost"})
         self.error = why
