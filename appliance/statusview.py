@@ -28,6 +28,9 @@ def render(s: dict) -> str:
     power = comps.get("power", {})
     if power.get("state") == "running":
         lines.append(power_summary(power))
+    fleet = comps.get("fleet", {})
+    if fleet.get("state") == "running":
+        lines.append(f"  fleet: {fleet_summary(fleet)}")
     panel = comps.get("panel", {})
     if panel.get("leds"):
         lines.append(f"  panel: {lamps(panel)}")
@@ -171,3 +174,12 @@ def one_line(s: dict, abr_moves: int | None = None) -> str:
     if s["conditions"]:
         bits.append("conditions: " + "; ".join(s["conditions"]))
     return " · ".join(bits)
+
+
+def fleet_summary(f: dict) -> str:
+    if f.get("connected"):
+        since = time.strftime("%H:%M:%S", time.localtime(f["connected_since"])) if f.get("connected_since") else "?"
+        return (f"{f['box']} on {f['broker']} since {since}, {f['published']['state']} states and "
+                f"{f['published']['telemetry']} reports sent, {f['commands']} commands")
+    return f"{f['box']}: broker {f['broker']} not reached ({f.get('error') or 'connecting'}); the show goes on"
+

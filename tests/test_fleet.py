@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import APPLIANCE, ROOT, wait_until
+from conftest import APPLIANCE, ROOT, run_cli, wait_until
 from mqttbroker import Mosquitto
 
 BROKER = "broker.venue.example"
@@ -140,6 +140,8 @@ def test_a_box_reports_to_the_fleet_obeys_it_by_its_rules_and_reaches_no_other_b
     assert seen["state"]["profile"] == "sim" and seen["state"]["version"], seen
     table = fleet(private_hosts, producer, "status").stdout
     assert "box-a" in table and "READY" in table, table
+    shown = run_cli("status", "--socket", str(d.socket)).stdout
+    assert f"fleet: box-a on {broker.url} since" in shown, shown
 
     refused = fleet(private_hosts, producer, "stop", "box-a")
     assert refused.returncode == 1 and 'needs "confirm": true' in refused.stderr, refused
@@ -234,6 +236,10 @@ def test_fifty_boxes_reporting_every_second_all_show_in_fleet_status_and_the_exp
         table = fleet(private_hosts, producer_file(tmp_path, broker), "status").stdout
         assert all(f"fleet-{i:02d}  LIVE" in table for i in range(50)), table
         assert "4100 kb/s" in table and "cell:up/48ms" in table, table
+        # The same fleet through the broker's secure WebSockets listener (docs/fleet-mosquitto.conf).
+        ws = fleet(private_hosts, producer_file(tmp_path, broker), "status", "--json", "--broker",
+                   f"wss://{BROKER}:{broker.ws_port}/mqtt")
+        assert ws.returncode == 0 and len(json.loads(ws.stdout)) >= 50, (ws.stderr, ws.stdout[:500])
 
         port = free_port()
         exporter = subprocess.Popen([*private_hosts.prefix, *APPLIANCE, "fleet", "exporter", "--listen",
@@ -258,3 +264,39 @@ def test_fifty_boxes_reporting_every_second_all_show_in_fleet_status_and_the_exp
             exporter.terminate()
             exporter.wait(10)
         clients.stop()
+
+
+def test_the_grafana_dashboard_asks_only_for_what_the_exporter_serves():
+    import re
+
+    from appliance.fleet.exporter import render
+    from appliance.fleet.producer import Box
+    from appliance.fleet.topics import state_payload, telemetry_payload
+    from fleet_load import live_status
+
+    status = live_status("hall-a")
+    served = render({"hall-a": Box("hall-a", True, state_payload(status), telemetry_payload(status))}).decode()
+    names = set(re.findall(r"^(appliance_fleet_\w+)", served, re.M))
+    dashboard = json.loads((ROOT / "docs" / "grafana-fleet.json").read_text())
+    asked = {n for p in dashboard["panels"] for t in p["targets"] for n in re.findall(r"appliance_fleet_\w+", t["expr"])}
+    asked |= set(re.findall(r"appliance_fleet_\w+", json.dumps(dashboard["templating"])))
+    assert asked and asked <= names, asked - names
+    documented = set(re.findall(r"`(appliance_fleet_\w+)", (ROOT / "docs" / "fleet.md").read_text()))
+    assert documented == names, (documented ^ names)
+
+
+def test_what_the_fleet_reads_is_bounded_and_a_box_of_another_kind_is_named_not_fatal():
+    from appliance.fleet.producer import Box, apply, table
+
+    boxes: dict = {}
+    apply(boxes, "appliance", "appliance/hall-a/state", b'{"state": "LIVE", "at": 100.0}')
+    apply(boxes, "appliance", "appliance/hall-a/online", b"offline")
+    apply(boxes, "appliance", "appliance/hall-b/telemetry", b"[1, 2]")
+    apply(boxes, "appliance", "appliance/hall-c/cmd/live", b"{}")  # not a report: ignored
+    apply(boxes, "appliance", "elsewhere/hall-d/state", b"{}")
+    for i in range(10):
+        apply(boxes, "appliance", f"appliance/x{i}/online", b"online", limit=3)
+    assert sorted(boxes) == ["hall-a", "hall-b", "x0"], "3 at most, the first ones kept"
+    assert boxes["hall-b"].errors == ["telemetry: unreadable (a JSON object, not list)"]
+    shown = table({"hall-a": boxes["hall-a"], "new": Box("new")}, now=130.0)
+    assert "hall-a  LIVE (offline)" in shown and "30 s ago" in shown and "never" in shown, shown
