@@ -206,3 +206,28 @@ def test_preflight_says_what_the_show_needs_in_each_codec_its_ladder_can_run(tmp
             "in H.264" in preflight.table(report)), preflight.table(report)
     h264 = cfgmod.load(write(tmp_path, "[encoder]\n" + ladder), {}, "profile")
     assert list(preflight.needed_by_codec(h264)) == ["h264"], "an H.264 show never runs H.265: nothing else to say"
+
+
+def test_the_fleet_needs_tls_to_any_broker_off_the_box_and_its_password_is_masked(tmp_path):
+    from appliance.configshow import masked
+
+    def fleet(body):
+        return cfgmod.load(write(tmp_path, "[fleet]\nenabled = true\n" + body), {}, "profile").fleet
+
+    problems = []
+    for body in ('broker = "mqtt://broker.example.net:1883"\n', 'broker = "ws://broker.example.net/mqtt"\n',
+                 '', 'broker = "tcp://broker.example.net"\n',
+                 'broker = "mqtts://broker.example.net"\ncert_file = "/etc/appliance/box.crt"\n'):
+        with pytest.raises(ConfigError) as e:
+            fleet(body)
+        problems.append(str(e.value))
+    assert "site.toml: fleet: fleet.broker 'mqtt://broker.example.net:1883' is not encrypted: use mqtts://" \
+           in problems[0], problems[0]
+    assert "is not encrypted" in problems[1] and "needs fleet.broker" in problems[2], problems
+    assert "is not mqtts://HOST:PORT, wss://HOST/PATH" in problems[3] and "go together" in problems[4], problems
+    assert fleet('broker = "mqtt://broker.example.net"\ninsecure = true\n').insecure, "allowed when asked for"
+    for on_the_box in ("mqtt://localhost:1883", "mqtt://127.0.0.1", "mqtt://[::1]:1883"):
+        assert fleet(f'broker = "{on_the_box}"\n').broker == on_the_box
+    cfg = cfgmod.load(write(tmp_path, '[fleet]\nenabled = true\nbroker = "mqtts://b.example.net"\n'
+                            'password = "hunter2-hunter2"\n'), {}, "profile")
+    assert "hunter2" not in json.dumps(masked(cfg)) and cfg.fleet.password.get_secret_value() == "hunter2-hunter2"

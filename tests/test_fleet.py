@@ -143,6 +143,11 @@ def test_a_box_reports_to_the_fleet_obeys_it_by_its_rules_and_reaches_no_other_b
     shown = run_cli("status", "--socket", str(d.socket)).stdout
     assert f"fleet: box-a on {broker.url} since" in shown, shown
 
+    # Pre-flight and usage reset reach the box's own handlers (this box streams nowhere: it says so).
+    pre = fleet(private_hosts, producer, "preflight", "box-a", "--seconds", "4")
+    assert pre.returncode == 1 and "pre-flight needs [stream] enabled" in pre.stderr, pre
+    reset = fleet(private_hosts, producer, "usage-reset", "box-a", "--json")
+    assert reset.returncode == 0 and "reset_mb" in json.loads(reset.stdout), reset
     refused = fleet(private_hosts, producer, "stop", "box-a")
     assert refused.returncode == 1 and 'needs "confirm": true' in refused.stderr, refused
     went = fleet(private_hosts, producer, "live", "box-a")

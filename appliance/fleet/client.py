@@ -56,6 +56,13 @@ class FleetClient:
     # --- the component -----------------------------------------------------------------
 
     async def start(self) -> None:
+        from appliance.hostnames import parse_broker_url
+
+        broker = parse_broker_url(self.settings.broker)
+        if not broker.tls and not broker.loopback:
+            log.warning("fleet: INSECURE: %s is not encrypted (fleet.insecure = true): the broker password and "
+                        "every command cross the network in clear, and anyone on the path can command this box",
+                        redact_url(self.settings.broker), extra={"FLEET": "insecure"})
         self._task = asyncio.get_running_loop().create_task(self._run(), name="fleet")
 
     async def stop(self) -> None:
