@@ -14,7 +14,7 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -42,7 +42,7 @@ class Mosquitto:
         self.dir.mkdir(parents=True, exist_ok=True)
         make_certificates(self.dir / "certs", host)
         self.ca = self.dir / "certs" / "ca.crt"
-        self.port, self.ws_port = _free_port(), _free_port()
+        self.port, self.ws_port = free_port(), free_port()
         passwd = self.dir / "appliance.passwd"
         passwd.write_text("".join(f"{u}:{p}\n" for u, p in users.items()))
         subprocess.run(["mosquitto_passwd", "-U", str(passwd)], check=True, capture_output=True)
