@@ -195,22 +195,29 @@ LINK_PINS = {"link_wired": 22, "link_cell": 23}
 LINK_ROWS = [r for r in patterns.TABLE if r.led in LINK_PINS]
 
 
-@pytest.mark.parametrize("row", LINK_ROWS, ids=lambda r: f"{r.led}-{r.pattern.name}")
-def test_every_link_led_row_plays_on_its_pin(row):
-    """Each row of the two link LEDs, "solid while it carries the show" among them, as the pin sees it."""
+LINK_PAIRS = [(w, c) for w in LINK_ROWS if w.led == "link_wired" for c in LINK_ROWS
+              if c.led == "link_cell" and c.pattern is w.pattern]
+
+
+@pytest.mark.parametrize("rows", LINK_PAIRS, ids=lambda rows: rows[0].pattern.name)
+def test_every_link_led_row_plays_on_its_pin(rows):
+    """Each row of the two link LEDs, "solid while it carries the show" among them, as the pins see
+    them: both LEDs' rows of one pattern at once (their conditions and facts name each its own link)."""
     p = Panel(PanelSection(backend="mock", leds=LINK_PINS), Collector())
     asyncio.run(p.start())
     try:
         at(p, State.LIVE)  # nothing known of the links: off
         time.sleep(patterns_lamp_test() + 0.1)
-        pin = p.factory.pin(LINK_PINS[row.led])
-        assert pin.state == 0
-        pin.clear_states()
-        p.set_facts(frozenset({row.fact} if row.fact else ()))
-        at(p, row.states[0] if row.states else State.LIVE, {row.condition} if row.condition else ())
-        time.sleep(2 * sum(d for _, d in patterns.TIMINGS[row.pattern]) + 0.05)
-        assert p.status()["leds"][row.led]["meaning"] == row.meaning
-        pin.assert_states_and_times(expected_states(row.pattern))
+        pins = {row.led: p.factory.pin(LINK_PINS[row.led]) for row in rows}
+        assert all(pin.state == 0 for pin in pins.values())
+        for pin in pins.values():
+            pin.clear_states()
+        p.set_facts(frozenset(row.fact for row in rows if row.fact))
+        at(p, rows[0].states[0] if rows[0].states else State.LIVE, {row.condition for row in rows if row.condition})
+        time.sleep(2 * sum(d for _, d in patterns.TIMINGS[rows[0].pattern]) + 0.05)
+        for row in rows:
+            assert p.status()["leds"][row.led]["meaning"] == row.meaning
+            pins[row.led].assert_states_and_times(expected_states(row.pattern))
     finally:
         asyncio.run(p.stop())
 
