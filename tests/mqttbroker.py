@@ -79,11 +79,8 @@ class Mosquitto:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        from netsim import stop_gracefully
+
+        if self.proc is not None:
+            stop_gracefully(self.proc)
         self.proc = None

@@ -12,7 +12,8 @@ import pytest
 
 from appliance.config import EncoderRung
 from appliance.media.annexb import nal_types, starts_decodable
-from appliance.media.encoders import EncoderError, Ladder, open_encoder
+from appliance.media.encoder_faults import EncoderError
+from appliance.media.encoders import Ladder, open_encoder
 from appliance.media.mux import TsMuxer
 from appliance.media.packets import VideoSettings
 

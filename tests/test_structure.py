@@ -88,6 +88,20 @@ def test_packages_depend_in_one_direction():
     assert cycles(graph) == [], "\n".join(" -> ".join(c) for c in cycles(graph))
 
 
+def test_modules_import_in_one_direction_too():
+    """Within a package as between packages: two modules that import each other (inside
+    a function or not) are one module in two files, or a contract that wants its own."""
+    mods = imports()
+    graph: dict[str, set[str]] = {}
+    for mod, targets in mods.items():
+        for t in targets:
+            while t not in mods and "." in t:
+                t = t.rpartition(".")[0]
+            if t in mods and t not in (mod, "appliance"):
+                graph.setdefault(mod, set()).add(t)
+    assert cycles(graph) == [], "\n".join(" -> ".join(c) for c in cycles(graph))
+
+
 def test_device_code_never_imports_the_simulators():
     offenders = sorted(f"{mod} imports {t}" for mod, targets in imports().items()
                        if package_of(mod) != "sim" and mod not in ROOTS

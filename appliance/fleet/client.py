@@ -52,6 +52,7 @@ class FleetClient:
         self._task: asyncio.Task | None = None
         self._client = None
         self._answering: set[asyncio.Task] = set()
+        self._refusing: set[asyncio.Task] = set()  # (held: a task nobody holds may be collected unfinished)
 
     # --- the component -----------------------------------------------------------------
 
@@ -145,9 +146,10 @@ class FleetClient:
                 await asyncio.wait_for(self._changed.wait(), max(0.0, next_telemetry - time.monotonic()))
             except asyncio.TimeoutError:
                 pass
+            changed = self._changed.is_set()
+            self._changed.clear()  # (before the status is read: a change after it is sent next time)
             status = self.status_of()
-            if self._changed.is_set():
-                self._changed.clear()
+            if changed:
                 await self._send(client, "state", self.topics.state, state_payload(status), qos=1, retain=True)
             if time.monotonic() >= next_telemetry:
                 next_telemetry = time.monotonic() + every
@@ -179,7 +181,10 @@ class FleetClient:
     def _refuse(self, client, message, why: str) -> None:
         self.refused += 1
         log.warning("fleet: command refused: %s", why, extra={"FLEET": "refused"})
-        asyncio.get_running_loop().create_task(self._reply(client, message, None, {"ok": False, "error": why}))
+        task = asyncio.get_running_loop().create_task(self._reply(client, message, _request_id(message.payload),
+                                                                  {"ok": False, "error": why}))
+        self._refusing.add(task)
+        task.add_done_callback(self._refusing.discard)
 
     async def _command(self, client, message) -> None:
         topic = str(message.topic)

@@ -21,9 +21,9 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from appliance.children import child_argv, child_env
-from appliance.errors import ApplianceError
 from appliance.fsutil import atomic_write
 from appliance.media.annexb import ParameterSetInserter, starts_decodable
+from appliance.media.encoder_faults import EncoderError, SimulatedFaults
 from appliance.media.packets import AUDIO_TB, VIDEO_TB, EncodedPacket, VideoSettings
 
 if TYPE_CHECKING:  # the probe child must start fast: no pydantic there
@@ -34,17 +34,6 @@ log = logging.getLogger(__name__)
 PROBE_FRAMES = 30
 PROBE_TIMEOUT = 15.0
 SOFTWARE = ("libx264", "libx265")  # reopened for a new bitrate (see set_bitrate)
-
-
-class EncoderError(ApplianceError, RuntimeError):
-    """The running encoder failed or stalled: switch to the next rung. An encoder that
-    works ahead (in a child process) hands over what it still emitted and the frames it
-    took but never answered, so that the next rung starts on the first frame lost."""
-
-    def __init__(self, message: str, packets: list | None = None, unanswered: list | None = None):
-        super().__init__(message)
-        self.packets: list[EncodedPacket] = packets or []
-        self.unanswered: list[tuple[int, object]] = unanswered or []  # (pts, frame), oldest first
 
 
 @dataclass
@@ -96,28 +85,6 @@ def open_video(rung: EncoderRung, s: VideoSettings):
     ctx.options = options
     ctx.open()
     return ctx
-
-
-class SimulatedFaults:
-    """The sim profile's (and the tests') encoder faults, for a rung of any backend."""
-
-    _fault: str | None = None
-    _hang_seconds = 0.0
-
-    def inject_fault(self, why: str = "simulated encoder failure") -> None:
-        """Simulated hardware failure: the next encode fails."""
-        self._fault = why
-
-    def inject_hang(self, seconds: float) -> None:
-        """Simulated wedged hardware: the next encode call blocks."""
-        self._hang_seconds = seconds
-
-    def _simulate(self) -> None:
-        if self._fault:
-            raise EncoderError(self._fault)
-        if self._hang_seconds:
-            seconds, self._hang_seconds = self._hang_seconds, 0.0
-            time.sleep(seconds)  # as an ioctl to a wedged hardware encoder does: nothing returns
 
 
 def open_encoder(rung: EncoderRung, settings: VideoSettings):

@@ -29,7 +29,7 @@ from pathlib import Path
 from appliance import heartbeat
 from appliance.children import child_argv, child_env
 from appliance.media.annexb import ParameterSetInserter, has_keyframe_picture
-from appliance.media.encoders import EncoderError, SimulatedFaults
+from appliance.media.encoder_faults import EncoderError, SimulatedFaults
 from appliance.media.gst_child import HEADER, read_exact
 from appliance.media.packets import VIDEO_TB, EncodedPacket, VideoSettings
 

@@ -29,7 +29,8 @@ from typing import Callable
 from appliance import conditions, heartbeat
 from appliance.config import CODEC_LABELS, Config
 from appliance.media.audio import RATE, AudioCapture, init_portaudio
-from appliance.media.encoders import AudioEncoder, EncoderError, Ladder, VideoEncoder, open_encoder
+from appliance.media.encoder_faults import EncoderError
+from appliance.media.encoders import AudioEncoder, Ladder, VideoEncoder, open_encoder
 from appliance.media.meters import Meter
 from appliance.media.packets import EncodedPacket, Output, Session, VideoSettings
 from appliance.media.video import Slate, make_source
