@@ -10,7 +10,8 @@ wires sim/ in.
 
 from __future__ import annotations
 
-from appliance.config import Config, recordings_dir, runtime_dir, state_dir
+from appliance.config import Config
+from appliance.paths import recordings_dir, runtime_dir, state_dir
 from appliance.supervisor.service import Service
 from appliance.supervisor.state import Kind
 
@@ -66,10 +67,12 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
         from appliance.outputs.abr import AbrLimits, audio_kbps
 
         e = config.encoder
+        latency = config.stream.latency_max_ms if config.stream.latency_ms == "auto" else config.stream.latency_ms
         srt = SrtOutput(config.stream, lambda c, a: report(c, a, "srt"),
-                        AbrLimits(e.min_bitrate_kbps, e.bitrate_kbps, config.stream.latency_ms,
+                        AbrLimits(e.min_bitrate_kbps, e.bitrate_kbps, latency,
                                   audio_kbps(len(config.audio.tracks), e.audio_bitrate_kbps)),
-                        set_bitrate=lambda kbps: media.set_bitrate(kbps))
+                        set_bitrate=lambda kbps: media.set_bitrate(kbps),
+                        plan=lambda: uplinks.stream_plan())  # (the last pre-flight's choice, at GO)
         outputs.append(srt)
     if config.rtmp.enabled:
         from appliance.outputs.rtmp import RtmpOutput

@@ -13,6 +13,7 @@ from pathlib import Path
 from appliance import __version__
 from appliance import config as cfgmod
 from appliance import profiles
+from appliance.paths import runtime_dir, state_dir
 from appliance.errors import ApplianceError, ConfigError, ControlError
 
 log = logging.getLogger("appliance")
@@ -70,7 +71,7 @@ def _socket(args) -> Path:
         pass
     from appliance.supervisor.control import SOCKET_NAME
 
-    return cfgmod.runtime_dir(config) / SOCKET_NAME
+    return runtime_dir(config) / SOCKET_NAME
 
 
 def cmd_status(args) -> int:
@@ -204,7 +205,7 @@ def cmd_api_token(args) -> int:
     if config.api.token.get_secret_value():
         print(config.api.token.get_secret_value())
         return 0
-    path = cfgmod.state_dir(config) / TOKEN_FILE
+    path = state_dir(config) / TOKEN_FILE
     try:
         print(path.read_text().strip())
     except FileNotFoundError:

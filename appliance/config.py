@@ -8,12 +8,12 @@ problem is reported together, each naming the file that set the key.
 
 from __future__ import annotations
 
-import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator,
+                      model_validator)
 
 from appliance.configerrors import describe
 from appliance.configlayers import merge_layers
@@ -201,14 +201,34 @@ class RecordingSection(Section):
     warn_free_mb: int = Field(2000, ge=1)
 
 
-class StreamSection(Section):
-    enabled: bool = False
-    # srt://HOST:PORT[?streamid=...&latency=...] (an SRT listener: MediaMTX, SRS, srt-live-transmit)
-    # HOST: a name, an IPv4 address or an [IPv6] address in brackets
-    url: str = Field("", pattern=r"^$|^srt://([^\s/?#:\[\]]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}(\?\S*)?$")
+# srt://HOST:PORT[?streamid=...&latency=...] (an SRT listener: MediaMTX, SRS, srt-live-transmit)
+# HOST: a name, an IPv4 address or an [IPv6] address in brackets
+SRT_URL = r"srt://([^\s/?#:\[\]]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}(\?\S*)?$"
+
+
+class PopSection(Section):
+    # One edge PoP: a relay (with stream.bond) or an SRT ingest, and what it needs.
+    url: str = Field(pattern="^" + SRT_URL)
+    name: str = Field("", max_length=63)  # for people (status, page, journal); default: its host
     stream_id: SecretStr = SecretStr("")
     passphrase: SecretStr = SecretStr("")
-    latency_ms: int = Field(1000, ge=20, le=8000)
+    relay_secret: SecretStr = SecretStr("")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.url.split("://", 1)[1].split("?", 1)[0].rsplit(":", 1)[0].strip("[]")
+
+
+class StreamSection(Section):
+    enabled: bool = False
+    url: str = Field("", pattern="^$|^" + SRT_URL)  # one PoP; stream.relays for several
+    stream_id: SecretStr = SecretStr("")
+    passphrase: SecretStr = SecretStr("")
+    # SRT latency: a number, or "auto": the lowest the last pre-flight's links allow with
+    # margin for losing one (uplinks/latency.py), between latency_min_ms and latency_max_ms.
+    latency_ms: int | Literal["auto"] = 1000
+    latency_min_ms: int = Field(120, ge=20, le=8000)
+    latency_max_ms: int = Field(2000, ge=20, le=8000)
     # Bond every uplink through an SRTLA relay (`appliance relay`, srtla_rec) at url.
     bond: bool = False
     # Interfaces to bond ("eth0", "wwan0"), "NAME@ADDRESS" to pin an address, or "auto":
@@ -218,12 +238,38 @@ class StreamSection(Section):
     # Follow the links: the encoder's bitrate moves between encoder.min_bitrate_kbps
     # and encoder.bitrate_kbps; below the minimum, the voice lane.
     adaptive_bitrate: bool = True
+    # Edge PoPs, in the order to fall back through; pre-flight ranks them by what it measures.
+    relays: list[PopSection] = []
+
+    @field_validator("latency_ms", mode="before")
+    @classmethod
+    def _latency(cls, v):
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 20 <= v <= 8000):
+            return v
+        raise ValueError('a number of milliseconds (20 to 8000) or "auto"')
 
     @model_validator(mode="after")
     def _url_when_enabled(self):
-        if self.enabled and not self.url:
-            raise ValueError("stream.enabled = true needs stream.url (srt://HOST:PORT)")
+        if self.url and self.relays:
+            raise ValueError("stream: give stream.url (one PoP) or stream.relays (several), not both")
+        if self.enabled and not self.pops():
+            raise ValueError("stream.enabled = true needs stream.url (srt://HOST:PORT) or stream.relays")
+        labels = [p.label for p in self.relays]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"stream.relays: two PoPs named alike ({', '.join(labels)}): give each a name")
         return self
+
+    def pops(self) -> list[PopSection]:
+        """The PoPs: stream.relays, or the one stream.url names (its secrets beside it)."""
+        if self.relays or not self.url:
+            return list(self.relays)
+        return [PopSection(url=self.url, stream_id=self.stream_id, passphrase=self.passphrase,
+                           relay_secret=self.relay_secret)]
+
+    def at(self, pop: PopSection) -> "StreamSection":
+        """This stream aimed at one PoP: what the SRT output and pre-flight dial."""
+        return self.model_copy(update={"url": pop.url, "stream_id": pop.stream_id, "passphrase": pop.passphrase,
+                                       "relay_secret": pop.relay_secret, "relays": []})
 
 
 class RtmpSection(Section):
@@ -400,26 +446,3 @@ def load(config_path: Path | None, profile: dict[str, Any], profile_origin: str)
     if config_path is not None:
         layers.append((str(config_path), read_toml(config_path)))
     return validate(layers)
-
-
-# --- paths ----------------------------------------------------------------
-
-def state_dir(config: Config) -> Path:
-    return config.paths.state_dir or Path(os.environ.get("STATE_DIRECTORY", "/var/lib/appliance").split(":")[0])
-
-
-def runtime_dir(config: Config | None = None) -> Path:
-    if config is not None and config.paths.runtime_dir:
-        return config.paths.runtime_dir
-    if os.environ.get("RUNTIME_DIRECTORY"):
-        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
-    system = Path("/run/appliance")
-    if system.is_dir() or os.geteuid() == 0:
-        return system
-    # A developer's laptop: the daemon and the CLI must agree without root.
-    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/appliance-{os.getuid()}"
-    return Path(base) / "appliance"
-
-
-def recordings_dir(config: Config) -> Path:
-    return config.paths.recordings or state_dir(config) / "recordings"

@@ -77,4 +77,4 @@ def describe(err: dict, origins: dict[tuple, str], root) -> str:
         # A whole section or list: it may hold secrets, and the message says enough.
         return f"{origin}: {key}: {err['msg'].removeprefix('Value error, ')}"
     given = SECRET_MASK if _is_secret(root, loc) else repr(redact_url(value) if isinstance(value, str) else value)
-    return f"{origin}: {key}: {err['msg']} (got {given})"
+    return f"{origin}: {key}: {err['msg'].removeprefix('Value error, ')} (got {given})"

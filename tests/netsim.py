@@ -4,6 +4,7 @@ UDP path per uplink that can black-hole or drop (this kernel has no netem)."""
 from __future__ import annotations
 
 import asyncio
+import heapq
 import random
 import selectors
 import shutil
@@ -91,8 +92,9 @@ class RelayThread:
 class Impairer:
     """Stands between the bonding sender and the relay: one upstream socket per
     sender source address (so the relay sees one peer per uplink), with per-link
-    black-hole, random loss and hold (a queue that stops draining, then delivers
-    all it held, in order), both directions."""
+    black-hole, random loss, hold (a queue that stops draining, then delivers
+    all it held, in order) and delay (`delay_s`: each way, so the RTT grows by twice
+    it), both directions. `delay_all` delays every link alike: a PoP farther away."""
 
     def __init__(self, upstream: tuple[str, int]):
         self.upstream = upstream
@@ -107,6 +109,10 @@ class Impairer:
         self.held: set[str] = set()  # source IPs
         self._holding: dict[str, list] = {}
         self.forwarded: dict[str, int] = {}
+        self.delay_s: dict[str, float] = {}
+        self.delay_all = 0.0
+        self._due: list = []  # (time due, n, send, datagram, to): the delayed, in order
+        self._n = 0
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="test-impairer")
         self.thread.start()
@@ -119,7 +125,12 @@ class Impairer:
             for ip in [ip for ip in self._holding if ip not in self.held]:
                 for send, d, to in self._holding.pop(ip):
                     send(d, to)
-            for key, _ in self.sel.select(0.005 if self.held else 0.05):
+            now = time.monotonic()
+            while self._due and self._due[0][0] <= now:
+                _, _, send, d, to = heapq.heappop(self._due)
+                send(d, to)
+            wait = min(0.005 if self.held else 0.05, max(0.0, self._due[0][0] - now) if self._due else 1.0)
+            for key, _ in self.sel.select(wait):
                 if key.data is None:
                     d, src = self.sock.recvfrom(4096)
                     if self._cut(src[0]):
@@ -139,7 +150,11 @@ class Impairer:
                         self._deliver(src[0], self.sock.sendto, d, src)
 
     def _deliver(self, ip: str, send, d: bytes, to) -> None:
-        if ip in self.held or ip in self._holding:
+        delay = self.delay_s.get(ip, self.delay_all)
+        if delay:
+            self._n += 1
+            heapq.heappush(self._due, (time.monotonic() + delay, self._n, send, d, to))
+        elif ip in self.held or ip in self._holding:
             self._holding.setdefault(ip, []).append((send, d, to))
         else:
             send(d, to)

@@ -231,3 +231,30 @@ def test_the_fleet_needs_tls_to_any_broker_off_the_box_and_its_password_is_maske
     cfg = cfgmod.load(write(tmp_path, '[fleet]\nenabled = true\nbroker = "mqtts://b.example.net"\n'
                             'password = "hunter2-hunter2"\n'), {}, "profile")
     assert "hunter2" not in json.dumps(masked(cfg)) and cfg.fleet.password.get_secret_value() == "hunter2-hunter2"
+
+
+def test_pops_one_by_url_or_several_by_relays_each_with_its_secrets(tmp_path):
+    from appliance.configshow import masked
+
+    one = cfgmod.load(write(tmp_path, '[stream]\nenabled = true\nurl = "srt://relay.example.net:5000"\n'
+                            'relay_secret = "secret-one-0123456"\n'), {}, "p").stream
+    assert [(p.label, p.relay_secret.get_secret_value()) for p in one.pops()] == [("relay.example.net", "secret-one-0123456")]
+    several = cfgmod.load(write(tmp_path, '[stream]\nenabled = true\nlatency_ms = "auto"\nrelays = [\n'
+                                '  { url = "srt://fra.pop.example.net:5000", relay_secret = "secret-fra-0123456" },\n'
+                                '  { name = "ams", url = "srt://[2001:db8::1]:5000?latency=300" },\n]\n'), {}, "p").stream
+    assert [p.label for p in several.pops()] == ["fra.pop.example.net", "ams"]
+    aimed = several.at(several.pops()[0])
+    assert aimed.url == "srt://fra.pop.example.net:5000" and aimed.relay_secret.get_secret_value() == "secret-fra-0123456"
+    assert several.latency_ms == "auto" and "secret-fra" not in json.dumps(masked(cfgmod.validate([("s", {})])))
+    problems = []
+    for text in ('[stream]\nenabled = true\nurl = "srt://a.example.net:1"\nrelays = [{ url = "srt://b.example.net:1" }]\n',
+                 '[stream]\nenabled = true\nrelays = [{ url = "srt://b.example.net:1" }, { url = "srt://b.example.net:2" }]\n',
+                 '[stream]\nenabled = true\nrelays = [{ url = "rtmp://b.example.net/x" }]\n',
+                 '[stream]\nenabled = true\nurl = "srt://a.example.net:1"\nlatency_ms = "soon"\n'):
+        with pytest.raises(ConfigError) as e:
+            cfgmod.load(write(tmp_path, text), {}, "p")
+        problems.append(str(e.value))
+    assert "give stream.url (one PoP) or stream.relays (several), not both" in problems[0], problems[0]
+    assert "two PoPs named alike" in problems[1] and "give each a name" in problems[1], problems[1]
+    assert "stream.relays[0].url" in problems[2], problems[2]
+    assert "stream.latency_ms" in problems[3], problems[3]

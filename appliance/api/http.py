@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from appliance.api.metrics import render_metrics
-from appliance.config import state_dir
+from appliance.paths import state_dir
 from appliance.errors import ComponentError
 
 log = logging.getLogger(__name__)

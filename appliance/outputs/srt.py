@@ -26,9 +26,10 @@ from appliance.config import CODEC_LABELS, StreamSection
 from appliance.hostnames import NameNotResolved, parse_srt_url
 from appliance.media.mux import TsMuxer
 from appliance.media.packets import EncodedPacket, Report, Session
-from appliance.outputs.abr import VIDEO, VOICE, Abr, AbrLimits, DeliveryMeter
+from appliance.outputs.abr import VOICE, AbrLimits
 from appliance.outputs.send_gate import SendGate
 from appliance.outputs.slate_lane import SLATE_FPS, SlateEncoder, SlateTick
+from appliance.outputs.srt_follow import LinkFollower
 from appliance.transport.bond import Bonder
 from appliance.transport.caller import stream_caller
 from appliance.transport.interfaces import resolve_uplinks
@@ -53,20 +54,19 @@ class SrtOutput:
     name = "srt"
 
     def __init__(self, cfg: StreamSection, report: Report | None = None, abr: AbrLimits | None = None,
-                 set_bitrate: Callable[[int], None] | None = None):
+                 set_bitrate: Callable[[int], None] | None = None,
+                 plan: Callable[[], dict] | None = None):
         self.cfg = cfg
-        self.abr_limits = abr if cfg.adaptive_bitrate else None
-        self.set_bitrate = set_bitrate or (lambda kbps: None)
-        self.abr: Abr | None = None
-        self.abr_changes: deque = deque(maxlen=50)  # (monotonic time, kb/s, lane, why)
-        self.abr_moves = 0  # every change, this process
-        self.lane = VIDEO
+        self.pops = cfg.pops()
+        self.plan = plan or (lambda: {"pop": 0, "why": "the first listed"})
+        self.latency_rule = "as configured"
+        self.report = report or (lambda condition, active: None)
+        self.follow = LinkFollower(self.name, abr if cfg.adaptive_bitrate else None, set_bitrate or (lambda kbps: None),
+                                   self.report)
         self._slate_on = False  # media thread: the stream's video is the slate
         self._slate_next = 0
         self._slate_lane = SlateEncoder(self.name)  # sender thread
-        self.host, self.port, self.query = parse_srt_url(cfg.url)
-        self.latency_ms = int(self.query.get("latency", cfg.latency_ms))
-        self.report = report or (lambda condition, active: None)
+        self._aim(0)
         # media thread -> sender thread: (monotonic time queued, frame, kept when shedding), or _END
         self._frames: deque = deque()
         self._queued_bytes = 0
@@ -75,9 +75,7 @@ class SrtOutput:
         self._need_key = True  # sender thread: video resumes on a keyframe
         self._pending = bytearray()
         self._mux: TsMuxer | None = None
-        self._meter = DeliveryMeter()
         self._gate = SendGate()  # sender thread
-        self._resent = self._resent_seen = 0  # sender thread: SRT's re-sends, all connections; this one's
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.caller: SrtCaller | None = None
@@ -96,7 +94,19 @@ class SrtOutput:
         self._last_uplinks: dict[str, str] = {}
 
     def where(self) -> str:
-        return f"srt://{hostnames.display((self.host, self.port))}" + (" (bonded, SRTLA)" if self.cfg.bond else "")
+        pop = f" (PoP {self.pop.label})" if len(self.pops) > 1 else ""
+        return f"srt://{hostnames.display((self.host, self.port))}" + pop + (" (bonded, SRTLA)" if self.cfg.bond else "")
+
+    def _aim(self, index: int, latency_ms: int | None = None) -> None:
+        """At the PoP to stream to: its address, its secrets, its latency ("auto": as planned)."""
+        self.pop_index, self.pop = index, self.pops[index]
+        self.stream = self.cfg.at(self.pop)
+        if self.stream.latency_ms == "auto":
+            self.stream = self.stream.model_copy(update={"latency_ms": latency_ms or self.stream.latency_max_ms})
+        self.host, self.port, self.query = parse_srt_url(self.stream.url)
+        self.latency_ms = int(self.query.get("latency", self.stream.latency_ms))
+        if self.follow.limits is not None:  # (the ABR judges its buffer against the latency)
+            self.follow.limits = replace(self.follow.limits, latency_ms=self.latency_ms)
 
     # --- media thread -----------------------------------------------------------------------
 
@@ -105,16 +115,22 @@ class SrtOutput:
         self._queued_bytes = 0
         self._pending = bytearray()
         self._session = session
-        self.lane, self._slate_on, self._need_key, self._shedding = VIDEO, False, True, None
+        self._slate_on, self._need_key, self._shedding = False, True, None
         self._slate_lane = SlateEncoder(self.name)
-        self.abr = Abr(self.abr_limits) if self.abr_limits else None
-        self._meter = self.abr.meter if self.abr else DeliveryMeter()
         self._mux = TsMuxer(self._bytes, session.video, session.audio_extradata, session.track_names,
                             service_name=session.name)
         self._stop.clear()
+        plan = self.plan()
+        self._aim(plan["pop"] if 0 <= plan["pop"] < len(self.pops) else 0, plan.get("latency_ms"))
+        self.follow.start()
+        if len(self.pops) > 1:
+            log.info("stream: PoP %s, %s", self.pop.label, plan["why"], extra={"OUTPUT": self.name, "POP": self.pop.label})
+        if self.cfg.latency_ms == "auto" and "latency" not in self.query:
+            self.latency_rule = plan.get("latency_rule", "")
+            log.info("stream: SRT latency %s", self.latency_rule, extra={"OUTPUT": self.name})
         if self.cfg.bond:
             self._last_uplinks = resolve_uplinks(self.cfg.uplinks)
-            secret = self.cfg.relay_secret.get_secret_value().encode() or None
+            secret = self.stream.relay_secret.get_secret_value().encode() or None
             self.bonder = Bonder((self.host, self.port), self._last_uplinks, secret)
             self.bonder.start()
         self._accepting = True
@@ -125,7 +141,7 @@ class SrtOutput:
         if not self._accepting:
             return
         if pkt.stream == 0:
-            if self.lane == VOICE or (self._slate_on and not pkt.key):
+            if self.follow.lane == VOICE or (self._slate_on and not pkt.key):
                 self._slate(pkt)  # the voice lane; or back to video, which resumes on its next keyframe
                 return
             self._slate_on = False
@@ -176,22 +192,17 @@ class SrtOutput:
         self._not_connected.set(False)
         self._name_condition(None)
         self._slate_lane.close()
-        if self.lane == VOICE:
-            self.lane = VIDEO
-            self.report(conditions.VOICE_LANE, False)
+        self.follow.stop()
 
     def status(self) -> dict:
-        return {"url": self.where(), "connected": self.connected,
+        return {"url": self.where(), "pop": self.pop.label, "pops": [p.label for p in self.pops],
+                "latency_ms": self.latency_ms, "latency_rule": self.latency_rule, "connected": self.connected,
                 **({"connected_since": self.connected_since} if self.connected else {}),
                 "chunks_sent": self.chunks_sent,
                 "frames_dropped": self.frames_dropped, "reconnects": self.reconnects, "queued": len(self._frames),
                 **({"last_error": self.last_error} if self.last_error else {}), "srt": self.stats,
                 **({"bond": self.bonder.status()} if self.bonder is not None else {}),
-                "lane": self.lane, "video_shed": self.video_shed,
-                **({"abr": {"bitrate_kbps": self.abr.bitrate, "delivered_kbps": None if self.abr.delivered_kbps is None
-                            else round(self.abr.delivered_kbps), "changes": list(self.abr_changes)[-10:],
-                            "moves": self.abr_moves}}
-                   if self.abr is not None else {})}
+                "lane": self.follow.lane, "video_shed": self.video_shed, **self.follow.status()}
 
     # --- the sender thread --------------------------------------------------------------------
 
@@ -199,7 +210,7 @@ class SrtOutput:
         host, port = self.host, self.port
         if self.bonder is not None:
             host, port = "127.0.0.1", self.bonder.local_port  # the bond carries it to the relay
-        return stream_caller(self.cfg, host, port, self.query)
+        return stream_caller(self.stream, host, port, self.query)
 
     def _sender(self) -> None:
         # Every failure the network throws (a name that does not resolve, an unreachable
@@ -276,11 +287,11 @@ class SrtOutput:
             return item
 
     def _srt_has_room(self, now: float) -> bool:
-        rate = self._meter.kbps
-        if rate is None:
+        meter = self.follow.meter
+        if meter.kbps is None:
             return True
         held, span = self.caller.buffered()
-        return self._gate.has_room(now, min(rate, self._meter.kbps_now), self.latency_ms,
+        return self._gate.has_room(now, min(meter.kbps, meter.kbps_now), self.latency_ms,
                                    self.stats.get("rtt_ms", 100.0), held, span)
 
     def _shed(self, now: float) -> None:
@@ -350,44 +361,11 @@ class SrtOutput:
 
     def _adapt(self, now: float) -> None:
         """The adaptive bitrate: SRT's view of the links drives the encoder and the lane."""
-        st = self.stats
-        sent = self.chunks_sent * LIVE_PAYLOAD
-        # A counter, like `sent`, across reconnects (libsrt's starts again with each socket):
-        # the meter takes differences. What the bond held back never loaded a link; what it
-        # rescued from a dead one did.
-        self._resent += max(0, st["packets_retransmitted"] - self._resent_seen)
-        self._resent_seen = st["packets_retransmitted"]
-        resent = self._resent
-        if self.bonder is not None:
-            resent += self.bonder.resent - self.bonder.held
-        resent *= LIVE_PAYLOAD
-        if self.abr is None:
-            self._meter.update(now, sent, st["send_buffer_bytes"], resent)
-            return
         with self._cv:
             waited_ms = (now - self._frames[0][0]) * 1000 if self._frames else 0.0
             queued = self._queued_bytes
-        before_kbps, before_lane = self.abr.bitrate, self.abr.lane
-        out = self.abr.update(now, st["rtt_ms"], st["send_buffer_ms"] + waited_ms, sent, st["send_buffer_bytes"], queued,
-                              resent)
-        if out.lane != before_lane:
-            self.lane = out.lane
-            if out.lane == VOICE:
-                log.warning("stream: voice lane: audio and a still slate until the links recover (%s)", out.reason,
-                            extra={"OUTPUT": self.name, "EVENT": "voice_lane"})
-            else:
-                log.info("stream: video resumes at %d kb/s (%s)", out.bitrate_kbps, out.reason,
-                         extra={"OUTPUT": self.name, "EVENT": "video_lane"})
-            self.report(conditions.VOICE_LANE, out.lane == VOICE)
-        if out.bitrate_kbps != before_kbps or out.lane != before_lane:
-            self.abr_changes.append((round(now, 3), out.bitrate_kbps, out.lane, out.reason))
-            self.abr_moves += 1
-            # In the voice lane the stream carries no video: the recording gets the full bitrate back.
-            self.set_bitrate(self.abr_limits.max_kbps if out.lane == VOICE else out.bitrate_kbps)
-            if out.bitrate_kbps < before_kbps:
-                # (DEBUG: every few seconds on a busy cell; the journal gets them once a minute, summed up)
-                log.debug("stream: bitrate %d -> %d kb/s: %s", before_kbps, out.bitrate_kbps, out.reason,
-                          extra={"OUTPUT": self.name})
+        bond_resent = self.bonder.resent - self.bonder.held if self.bonder is not None else 0
+        self.follow.update(now, self.stats, self.chunks_sent * LIVE_PAYLOAD, bond_resent, waited_ms, queued)
 
     def set_uplinks(self, present: dict[str, str]) -> None:
         """Interfaces come and go (a modem re-attaching): the bond follows, live.
@@ -412,10 +390,7 @@ class SrtOutput:
             self._queued_bytes = sum(len(p.data) for _, p, _ in fresh if p is not _END)
             self.frames_dropped += stale
         self._pending.clear()  # a partial chunk of the old connection: the new one starts on a TS packet
-        self._resent_seen = 0
-        # Measured across the outage, the links would seem to have carried almost nothing,
-        # and the gate would hold the stream back to that.
-        self._meter.reset()
+        self.follow.connected()
         self._need_key = True
         self.connected, self.connected_since = True, time.time()
         if self.reconnects or self._not_connected.active:

@@ -22,7 +22,8 @@ from typing import Any, Awaitable, Callable, Protocol
 from appliance import __version__
 from appliance import conditions
 from appliance.conditions import component_failed
-from appliance.config import Config, runtime_dir, state_dir
+from appliance.config import Config
+from appliance.paths import runtime_dir, state_dir
 from appliance.errors import AlreadyRunning
 from appliance.supervisor import commands, poweroff
 from appliance.supervisor.control import SOCKET_NAME, ControlServer

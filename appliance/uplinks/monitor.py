@@ -76,6 +76,8 @@ class UplinkMonitor:
 
     async def start(self) -> None:
         self._load_usage()
+        # The last pre-flight still chooses the PoP after a restart (while it is fresh).
+        self.last_preflight = await asyncio.to_thread(self._saved_preflight)
         m = self.config.modem
         if m.source == "at" and self.config.serial.modem_at:
             from appliance.uplinks.modem import ModemAt
@@ -323,7 +325,7 @@ class UplinkMonitor:
         try:
             links = await asyncio.to_thread(self._present)
             log.info("preflight: %s against %s, %.0f s", ", ".join(links) or "no uplinks",
-                     redact_url(self.config.stream.url), seconds)
+                     ", ".join(redact_url(p.url) for p in self.config.stream.pops()), seconds)
             report = await asyncio.to_thread(preflight.run, self.config, links, seconds, self._radio_of)
         finally:
             self._preflight_running = False
@@ -341,14 +343,26 @@ class UplinkMonitor:
             return self.modem.radio.as_dict()
         return {}
 
+    def _saved_preflight(self) -> dict | None:
+        if self.preflight_path is None or not self.preflight_path.exists():
+            return None
+        try:
+            p = json.loads(self.preflight_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return p if isinstance(p, dict) else None
+
+    def stream_plan(self) -> dict:
+        """Which PoP GO streams to and why, and an "auto" latency (the SRT output asks, at GO)."""
+        from appliance.uplinks.preflight import plan
+
+        return plan(self.last_preflight, self.config.stream, time.time())
+
     def session_record(self) -> dict:
-        """For the session manifest: the last pre-flight, if it was today's."""
-        p = self.last_preflight
-        if p is None and self.preflight_path is not None and self.preflight_path.exists():
-            try:
-                p = json.loads(self.preflight_path.read_text())
-            except (OSError, ValueError):
-                p = None
+        """For the session manifest: the last pre-flight, if it was today's, and the stream's
+        plan (its PoP, an "auto" latency and their reasons), as GO takes them."""
+        p = self.last_preflight or self._saved_preflight()
+        out = {"stream_plan": self.stream_plan()} if self.config.stream.enabled else {}
         if p and time.time() - p.get("at", 0) < 12 * 3600:
-            return {"preflight": p}
-        return {}
+            out["preflight"] = p
+        return out

@@ -39,6 +39,7 @@ class LinkCheck:
     verdict: str = "no-go"
     why: str = ""
     rtt_ms: float | None = None
+    jitter_ms: float | None = None  # how far the RTT rose above its median (the 90th percentile less it)
     loss_percent: float | None = None
     upload_kbps: int | None = None
     offered_kbps: int = 0
@@ -88,41 +89,93 @@ def judge(c: LinkCheck, need: int, floor: int, latency_ms: int) -> None:
         c.verdict = "no-go"
 
 
+VERDICTS = ("go", "marginal", "no-go")
+FRESH_SECONDS = 3 * 3600  # a pre-flight older than this does not choose the PoP
+
+
 def run(config: Config, links: dict[str, str], seconds: float = 12.0,
         radio_for: Callable[[str], dict] | None = None) -> dict:
-    """Blocking (a thread): one dry stream per uplink, in turn; the whole report."""
+    """Blocking (a thread): one dry stream per PoP and uplink, in turn; the whole report,
+    its top level for the PoP ranked first (the one GO will use)."""
+    pops = config.stream.pops()
+    if not config.stream.bond:
+        links = {"direct": ""}
+    per_link = max(4.0, seconds / max(1, len(links) * len(pops)))
+    ranked = sorted((_one_pop(config, pop, links, per_link, radio_for) for pop in pops), key=rank_key)
+    best = ranked[0]
+    return {**best, "at": time.time(), "codec": config.encoder.codec, "needed_by_codec": needed_by_codec(config),
+            "seconds_per_link": per_link, "chosen": best["pop"], "pops": ranked}
+
+
+def rank_key(p: dict) -> tuple:
+    """Best first: the verdict, then the worst RTT of the links that can carry, then their loss."""
+    usable = [c for c in p["links"] if c["verdict"] != "no-go"]
+    worst_rtt = max((c["rtt_ms"] for c in usable if c["rtt_ms"] is not None), default=float("inf"))
+    loss = max((c["loss_percent"] or 0 for c in usable), default=100.0)
+    return VERDICTS.index(p["verdict"]), worst_rtt, loss
+
+
+def plan(report: dict | None, stream, now: float) -> dict:
+    """What GO streams to: the PoP (its index, and why) and, for latency_ms = "auto", the
+    latency with its rule. From the last pre-flight while it is fresh, else the first
+    PoP and the most the latency may be."""
+    labels = [p.label for p in stream.pops()]
+    fresh = bool(report) and now - report.get("at", 0) <= FRESH_SECONDS and report.get("chosen") in labels
+    if fresh:
+        at = time.strftime("%H:%M", time.localtime(report["at"]))
+        index, why = labels.index(report["chosen"]), f"ranked first by the pre-flight at {at}"
+    else:
+        index, why = 0, "the first listed (no fresh pre-flight of these PoPs)"
+    out = {"pop": index, "pop_name": labels[index] if labels else "", "why": why}
+    if stream.latency_ms == "auto":
+        if fresh:
+            out["latency_ms"], out["latency_rule"] = report["latency_ms"], report.get("latency_rule", "")
+        else:
+            out["latency_ms"] = stream.latency_max_ms
+            out["latency_rule"] = f"{stream.latency_max_ms} ms: no fresh pre-flight (the maximum, stream.latency_max_ms)"
+    return out
+
+
+def _one_pop(config: Config, pop, links: dict[str, str], per_link: float, radio_for) -> dict:
+    from appliance.configshow import redact_url
     from appliance.hostnames import parse_srt_url
 
-    s = config.stream
+    s = config.stream.at(pop)
     host, port, query = parse_srt_url(s.url)
     need, floor = needed_kbps(config)
     offered = int(need * HEADROOM)
-    if not s.bond:
-        links = {"direct": ""}
-    per_link = max(4.0, seconds / max(1, len(links)))
+    auto = s.latency_ms == "auto" and "latency" not in query
+    if auto:  # the dry streams at the most it may be; the links then say what it can be
+        s = s.model_copy(update={"latency_ms": s.latency_max_ms})
     checks = []
     for name, source in links.items():
         c = LinkCheck(name, source, offered_kbps=offered, radio=(radio_for or (lambda n: {}))(name) or {})
         try:
-            _measure(c, config, (host, port), query, per_link, offered)
+            _measure(c, config, s, (host, port), query, per_link, offered)
         except Exception as e:  # noqa: BLE001 - a link that cannot be measured is a no-go, with the reason
             c.why = str(e)
             c.upload_kbps = None
-        judge(c, need, floor, int(query.get("latency", s.latency_ms)))
-        log.info("preflight: %s %s (%s)", name, c.verdict, c.why, extra={"LINK": name})
         checks.append(c)
+    latency, rule = int(query.get("latency", s.latency_ms)), "as configured"
+    if auto:
+        from appliance.uplinks.latency import budget
+
+        measured = [{**asdict(c), "verdict": "go" if c.upload_kbps is not None else "no-go"} for c in checks]
+        latency, rule = budget(measured, s.latency_min_ms, s.latency_max_ms)
+    for c in checks:
+        judge(c, need, floor, latency)
+        log.info("preflight: %s via %s %s (%s)", pop.label, c.name, c.verdict, c.why, extra={"LINK": c.name})
     total = sum(c.upload_kbps or 0 for c in checks if c.verdict != "no-go")
     overall = ("go" if any(c.verdict == "go" for c in checks) or total >= need * 1.1
                else "marginal" if total >= floor else "no-go")
-    return {"at": time.time(), "verdict": overall, "needed_kbps": need, "floor_kbps": floor, "codec": config.encoder.codec,
-            "needed_by_codec": needed_by_codec(config), "latency_ms": int(query.get("latency", s.latency_ms)), "seconds_per_link": per_link,
-            "links": [asdict(c) for c in checks]}
+    return {"pop": pop.label, "url": redact_url(pop.url), "verdict": overall, "needed_kbps": need, "floor_kbps": floor,
+            "latency_ms": latency, "latency_rule": rule, "links": [asdict(c) for c in checks]}
 
 
-def _measure(c: LinkCheck, config: Config, relay: tuple[str, int], query: dict, seconds: float, offered: int) -> None:
+def _measure(c: LinkCheck, config: Config, s, relay: tuple[str, int], query: dict, seconds: float,
+             offered: int) -> None:
     from appliance.transport.caller import stream_caller
 
-    s = config.stream
     bonder = None
     target = relay
     try:
@@ -160,7 +213,9 @@ def _measure(c: LinkCheck, config: Config, relay: tuple[str, int], query: dict, 
             c.upload_kbps = int(max(0, arrived) * 8 / 1000 / duration)
             c.loss_percent = round(100 * st["packets_lost"] / max(1, st["packets_sent"]), 1)
             rtts.append(st["rtt_ms"])
-            c.rtt_ms = round(sorted(rtts)[len(rtts) // 2], 1)
+            rtts.sort()
+            c.rtt_ms = round(rtts[len(rtts) // 2], 1)
+            c.jitter_ms = round(rtts[int(len(rtts) * 0.9)] - c.rtt_ms, 1)
         finally:
             caller.close()
     finally:
@@ -183,6 +238,11 @@ def table(report: dict) -> str:
     others = [f"{kbps} in {CODEC_LABELS[c]}" for c, kbps in report.get("needed_by_codec", {}).items() if c != report.get("codec")]
     if others:
         codec += f"; for the same picture after a fallback: {', '.join(others)}"
+    if len(report.get("pops", ())) > 1:
+        ranked = [f"{i}. {p['pop']} ({p['verdict']}" + (f", RTT up to {rank_key(p)[1]:g} ms" if rank_key(p)[1] != float("inf")
+                                                        else "") + ")" for i, p in enumerate(report["pops"], 1)]
+        lines.insert(0, f"PoPs, best first: {'  '.join(ranked)}; the links below are {report['chosen']}'s")
+    auto = f"; auto: {report['latency_rule']}" if report.get("latency_rule", "as configured") != "as configured" else ""
     lines.append(f"overall: {report['verdict'].upper()} (the show needs {report['needed_kbps']} kb/s{codec}, at least "
-                 f"{report['floor_kbps']} for any video, SRT latency {report['latency_ms']} ms)")
+                 f"{report['floor_kbps']} for any video, SRT latency {report['latency_ms']} ms{auto})")
     return "\n".join(lines)

@@ -1,0 +1,109 @@
+"""Edge PoPs: pre-flight measures every PoP over every uplink and ranks them; GO
+streams to the best. Two relays (`appliance relay`) named by host name, each
+behind a user-space delay forwarder (the kernel has no netem): the one listed
+first is the farther."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+from conftest import APPLIANCE, ROOT, free_port, wait_until
+from netsim import Impairer, stop_gracefully
+
+SECRET = "a-shared-secret-for-the-relays"
+
+
+def test_preflight_ranks_the_nearer_pop_first_and_go_streams_to_it(daemon_factory, ingest, private_hosts, tmp_path):
+    ingest.start()
+    secret = tmp_path / "relay.secret"
+    secret.write_text(SECRET)
+    relays, paths = [], {}
+    try:
+        for name, one_way in (("far", 0.040), ("near", 0.010)):  # 80 ms and 20 ms more RTT
+            port = free_port()
+            relays.append(subprocess.Popen([*APPLIANCE, "relay", "--listen", str(port), "--to",
+                                            f"srt://localhost:{ingest.port}", "--secret-file", str(secret)],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT))
+            paths[name] = Impairer(("127.0.0.1", port))
+            paths[name].delay_all = one_way
+        private_hosts.set({"far.pop.test": "127.0.0.1", "near.pop.test": "127.0.0.1"})
+        d = daemon_factory(prefix=private_hosts.prefix, config_extra=f"""
+[video]
+width = 320
+height = 180
+fps = 15
+[stream]
+enabled = true
+latency_ms = 500
+bond = true
+uplinks = ["wired@127.0.0.2"]
+relays = [
+  {{ name = "far", url = "srt://far.pop.test:{paths['far'].addr[1]}", relay_secret = "{SECRET}" }},
+  {{ name = "near", url = "srt://near.pop.test:{paths['near'].addr[1]}", relay_secret = "{SECRET}" }},
+]
+""").start()
+        d.wait_state("READY", timeout=30)
+        answer = d.request("preflight", seconds=8)
+        assert answer["ok"], answer
+        report = answer["preflight"]
+        assert [p["pop"] for p in report["pops"]] == ["near", "far"], report["pops"]
+        near, far = report["pops"]
+        assert near["links"][0]["rtt_ms"] + 40 < far["links"][0]["rtt_ms"], (near["links"], far["links"])
+        assert report["chosen"] == "near" and report["verdict"] == "go", report
+        saved = json.loads((d.dir / "state" / "preflight.json").read_text())
+        assert saved["chosen"] == "near"
+
+        before = {n: sum(p.forwarded.values()) for n, p in paths.items()}
+        assert d.request("live")["ok"]
+        wait_until(lambda: d.output("srt")["connected"], 20, what="streaming through the bond")
+        time.sleep(2)
+        srt = d.output("srt")
+        assert srt["pop"] == "near" and "(PoP near)" in srt["url"], srt
+        sent = {n: sum(p.forwarded.values()) - before[n] for n, p in paths.items()}
+        assert sent["near"] > 200 and sent["far"] == 0, sent
+        assert "stream: PoP near, ranked first by the pre-flight at" in d.log()
+        d.request("stop")
+        d.wait_state("READY", timeout=20)
+    finally:
+        for r in relays:
+            stop_gracefully(r)
+        for p in paths.values():
+            p.close()
+
+
+def test_the_latency_budget_follows_the_worst_link_within_its_bounds():
+    from appliance.uplinks.latency import budget
+
+    links = [{"name": "wired", "verdict": "go", "rtt_ms": 12.0, "jitter_ms": 1.0},
+             {"name": "cell", "verdict": "go", "rtt_ms": 40.0, "jitter_ms": 6.0},
+             {"name": "dead", "verdict": "no-go", "rtt_ms": 900.0, "jitter_ms": 0.0}]
+    ms, rule = budget(links, 120, 2000)
+    # 4 x 40 + 6 + the bond's notice for 40 ms (4 x 40 = 160, within 150..300) + 40 = 366 -> 370
+    assert ms == 370, rule
+    assert rule == "370 ms: 4 x 40 ms RTT + 6 ms jitter + 160 ms dead-link notice + 40 ms re-send, on cell", rule
+    assert budget(links[:1], 400, 2000)[0] == 400 and "(the minimum)" in budget(links[:1], 400, 2000)[1]
+    assert budget(links, 120, 300) == (300, budget(links, 120, 300)[1]) and "(the maximum)" in budget(links, 120, 300)[1]
+    assert budget(links[2:], 120, 2000)[0] == 2000, "nothing usable measured: the maximum"
+
+
+def test_go_takes_the_pops_and_latency_of_a_fresh_preflight_and_the_safe_defaults_without_one(tmp_path):
+    from appliance import config as cfgmod
+    from appliance.uplinks.preflight import FRESH_SECONDS, plan, rank_key
+
+    site = tmp_path / "site.toml"
+    site.write_text('[stream]\nenabled = true\nlatency_ms = "auto"\nlatency_max_ms = 1500\nrelays = [\n'
+                    '  { name = "a", url = "srt://a.pop.test:5000" },\n  { name = "b", url = "srt://b.pop.test:5000" },\n]\n')
+    stream = cfgmod.load(site, {}, "profile").stream
+    def pop(name, verdict, *rtts):
+        return {"pop": name, "verdict": verdict, "links": [{"verdict": "go", "rtt_ms": r, "loss_percent": 0} for r in rtts]}
+    assert sorted([pop("a", "go", 20, 90), pop("b", "go", 30, 40), pop("c", "marginal", 5)], key=rank_key)[0]["pop"] == "b"
+    report = {"at": 1000.0, "chosen": "b", "latency_ms": 370, "latency_rule": "370 ms: ..."}
+    assert plan(report, stream, 1000.0 + 60) == {"pop": 1, "pop_name": "b", "why": plan(report, stream, 1060.0)["why"],
+                                                 "latency_ms": 370, "latency_rule": "370 ms: ..."}
+    assert plan(report, stream, 1060.0)["why"].startswith("ranked first by the pre-flight at")
+    stale = plan(report, stream, 1000.0 + FRESH_SECONDS + 1)
+    assert stale["pop"] == 0 and stale["latency_ms"] == 1500 and "no fresh pre-flight" in stale["latency_rule"]
+    other = plan({**report, "chosen": "gone"}, stream, 1060.0)
+    assert other["pop"] == 0, "a pre-flight of other PoPs chooses nothing"
