@@ -96,6 +96,15 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
 
     service.commands["preflight"] = lambda req: uplinks.async_preflight(req, busy)
     service.commands["usage-reset"] = uplinks.async_reset_usage
+    if srt is not None:
+        async def pop(req: dict) -> dict:
+            try:
+                srt.move_to(str(req.get("name", "")))
+            except ValueError as e:
+                return {"ok": False, "error": str(e)}
+            return {"ok": True}
+
+        service.commands["pop"] = pop  # the operator's PoP, mid-show
     service.live_parts.append(media)
     service.before_power_off.append(power.before_power_off)
     from appliance.api.http import ApiServer

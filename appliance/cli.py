@@ -141,6 +141,17 @@ def cmd_usage_reset(args) -> int:
     return 0
 
 
+def cmd_pop(args) -> int:
+    from appliance.supervisor.control import request
+
+    answer = request(_socket(args), "pop", name=args.name)
+    if not answer.get("ok"):
+        print(f"error: {answer.get('error')}", file=sys.stderr)
+        return 1
+    print(f"moving the stream to PoP {args.name}")
+    return 0
+
+
 def cmd_live_stop(args) -> int:
     from appliance.supervisor.control import request
 
@@ -312,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, socket=True)
     sp.add_argument("link", nargs="?", help="the uplink's name, as in status")
     sp.set_defaults(func=cmd_usage_reset)
+
+    sp = sub.add_parser("pop", help="mid-show: stream through this PoP (stream.relays) from now on")
+    common(sp, socket=True)
+    sp.add_argument("name", help="the PoP's name, as in status")
+    sp.set_defaults(func=cmd_pop)
 
     sp = sub.add_parser("probe", help="check each hardware part of the profile, starting nothing")
     common(sp)

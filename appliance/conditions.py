@@ -59,6 +59,22 @@ class Latch:
         return True
 
 
+class Current:
+    """At most one condition of a kind at a time, whose words change with its cause
+    ("relay name does not resolve: HOST"): the old one cleared, the new one set."""
+
+    def __init__(self, report):
+        self.report, self.condition = report, None
+
+    def set(self, condition: str | None) -> None:
+        if condition != self.condition:
+            if self.condition is not None:
+                self.report(self.condition, False)
+            if condition is not None:
+                self.report(condition, True)
+            self.condition = condition
+
+
 def link_fact(role: str, what: str) -> str:
     """Not a condition but a fact the panel shows (it never makes the state DEGRADED):
     what the uplinks of a role ("wired", "cell") are doing. "carrying": in READY up and

@@ -131,6 +131,21 @@ async def _bad_commands(broker) -> list[dict]:
     return replies
 
 
+async def _retained_command_meets_a_box_starting(broker, start) -> list[dict]:
+    """A command left retained on the broker, and a box that (re)starts: what it answers."""
+    async with Raw(broker, "producer").client() as p:
+        await p.subscribe("appliance/box-a/reply/kept", qos=1)
+        await p.publish("appliance/box-a/cmd/live", b'{"id": "kept"}', qos=1, retain=True)
+        start()
+        replies = []
+        async with asyncio.timeout(30):
+            async for m in p.messages:
+                replies.append(json.loads(m.payload))
+                break
+        await p.publish("appliance/box-a/cmd/live", b"", qos=1, retain=True)  # (the broker forgets it)
+    return replies
+
+
 def test_a_box_reports_to_the_fleet_obeys_it_by_its_rules_and_reaches_no_other_box(daemon_factory, broker,
                                                                                     private_hosts, tmp_path):
     producer = producer_file(tmp_path, broker)
@@ -179,6 +194,13 @@ def test_a_box_reports_to_the_fleet_obeys_it_by_its_rules_and_reaches_no_other_b
     d.kill()  # SIGKILL: no goodbye; the broker publishes its will
     wait_box(private_hosts, producer, "box-a", 20, "box-a shown offline by its last will", online=False, state="READY")
     assert "(offline)" in fleet(private_hosts, producer, "status").stdout
+
+    # A command someone left retained would run at every reconnect: a box (re)starting refuses it.
+    replies = asyncio.run(_retained_command_meets_a_box_starting(broker, d.start))
+    assert replies and not replies[0]["ok"] and "a retained command is refused" in replies[0]["error"], replies
+    d.wait_state("READY", timeout=30)
+    time.sleep(1)
+    assert d.state() == "READY", "and it did not go live"
 
 
 def test_a_broker_gone_for_30_s_mid_show_touches_nothing_and_the_box_comes_back_by_itself(

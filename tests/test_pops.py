@@ -10,7 +10,8 @@ import subprocess
 import time
 
 from conftest import APPLIANCE, ROOT, free_port, wait_until
-from netsim import Impairer, stop_gracefully
+from media_check import decode_files, missing_frames, only_session, segments
+from netsim import Impairer, Ingest, stop_gracefully
 
 SECRET = "a-shared-secret-for-the-relays"
 
@@ -45,7 +46,9 @@ relays = [
 ]
 """).start()
         d.wait_state("READY", timeout=30)
-        answer = d.request("preflight", seconds=8)
+        from appliance.supervisor import control
+
+        answer = control.request(d.socket, "preflight", timeout=60, seconds=8)
         assert answer["ok"], answer
         report = answer["preflight"]
         assert [p["pop"] for p in report["pops"]] == ["near", "far"], report["pops"]
@@ -71,6 +74,71 @@ relays = [
             stop_gracefully(r)
         for p in paths.values():
             p.close()
+
+
+def test_the_chosen_pop_killed_mid_show_the_stream_moves_to_the_other_and_the_recording_has_no_gap(
+        daemon_factory, private_hosts, tmp_path):
+    secret = tmp_path / "relay.secret"
+    secret.write_text(SECRET)
+    ingests, relays = {}, {}
+    try:
+        for name in ("a", "b"):  # each PoP with its own ingest, as edge PoPs are
+            (tmp_path / name).mkdir()
+            ingests[name] = Ingest(tmp_path / name, free_port())
+            ingests[name].start()
+            port = free_port()
+            relays[name] = (port, subprocess.Popen(
+                [*APPLIANCE, "relay", "--listen", str(port), "--to", f"srt://localhost:{ingests[name].port}",
+                 "--secret-file", str(secret)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT))
+        private_hosts.set({"a.pop.test": "127.0.0.1", "b.pop.test": "127.0.0.1"})
+        d = daemon_factory(prefix=private_hosts.prefix, config_extra=f"""
+[video]
+width = 320
+height = 180
+fps = 15
+[stream]
+enabled = true
+latency_ms = 500
+bond = true
+uplinks = ["wired@127.0.0.2", "cell@127.0.0.3"]
+relays = [
+  {{ name = "a", url = "srt://a.pop.test:{relays['a'][0]}", relay_secret = "{SECRET}" }},
+  {{ name = "b", url = "srt://b.pop.test:{relays['b'][0]}", relay_secret = "{SECRET}" }},
+]
+""").start()
+        d.wait_state("READY", timeout=30)
+        assert d.request("live")["ok"]
+        wait_until(lambda: d.output("srt")["connected"], 20, what="streaming through PoP a")
+        assert d.output("srt")["pop"] == "a", "no pre-flight: the first listed"
+        time.sleep(3)
+        relays["a"][1].kill()  # the PoP dies with the stream on it
+        killed = time.monotonic()
+        wait_until(lambda: (lambda s: s["pop"] == "b" and s["connected"])(d.output("srt")), 20,
+                   what="the stream through PoP b")
+        moved_in = time.monotonic() - killed
+        chunks = d.output("srt")["chunks_sent"]
+        wait_until(lambda: d.output("srt")["chunks_sent"] > chunks + 100, 10, what="the stream flowing through b")
+        srt = d.output("srt")
+        assert srt["pop_moves"] == 1 and "(PoP b)" in srt["url"], srt
+        assert "stream: leaving PoP a (no answer on any uplink for" in d.log()
+        time.sleep(2)
+        d.request("stop")
+        d.wait_state("READY", timeout=20)
+        skipped = d.component("media")["frames_dropped"]
+        for i in ingests.values():
+            i.stop()
+        through_b = decode_files([ingests["b"].runs[0][2]])
+        assert len(through_b.video_pts) > 15, "the show went on through b"
+        rec = decode_files(segments(only_session(d.dir / "recordings")))
+        assert missing_frames(rec.video_pts) == skipped, "the recording never noticed"
+        # The bound: the dead-link notice (at most 0.3 s), the PoP's silence (1 s), then a
+        # registration and an SRT handshake on loopback.
+        assert moved_in < 3.3, f"{moved_in:.1f} s from the kill to the stream on b"
+    finally:
+        for _, proc in relays.values():
+            stop_gracefully(proc)
+        for i in ingests.values():
+            i.stop()
 
 
 def test_the_latency_budget_follows_the_worst_link_within_its_bounds():

@@ -189,6 +189,8 @@ class FleetClient:
     async def _command(self, client, message) -> None:
         topic = str(message.topic)
         try:
+            if message.retain:  # kept by the broker, it would run again at every reconnect
+                raise CommandError(f"{topic}: a retained command is refused (publish commands without retain)")
             command = parse_command(self.topics, topic, bytes(message.payload or b""))
         except CommandError as e:
             self.refused += 1

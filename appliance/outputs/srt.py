@@ -27,6 +27,7 @@ from appliance.hostnames import NameNotResolved, parse_srt_url
 from appliance.media.mux import TsMuxer
 from appliance.media.packets import EncodedPacket, Report, Session
 from appliance.outputs.abr import VOICE, AbrLimits
+from appliance.outputs.pop_watch import PopWatch
 from appliance.outputs.send_gate import SendGate
 from appliance.outputs.slate_lane import SLATE_FPS, SlateEncoder, SlateTick
 from appliance.outputs.srt_follow import LinkFollower
@@ -60,6 +61,7 @@ class SrtOutput:
         self.pops = cfg.pops()
         self.plan = plan or (lambda: {"pop": 0, "why": "the first listed"})
         self.latency_rule = "as configured"
+        self.watch = PopWatch([p.label for p in self.pops])
         self.report = report or (lambda condition, active: None)
         self.follow = LinkFollower(self.name, abr if cfg.adaptive_bitrate else None, set_bitrate or (lambda kbps: None),
                                    self.report)
@@ -89,13 +91,41 @@ class SrtOutput:
         self.last_error = ""
         self.stats: dict = {}
         self._not_connected = conditions.Latch(self.report, NOT_CONNECTED)
-        self._unresolved: str | None = None  # the name condition reported now
+        self._unresolved = conditions.Current(self.report)  # the name condition reported now
         self.bonder: Bonder | None = None  # while it streams over a bond (uplinks/ reads its links)
         self._last_uplinks: dict[str, str] = {}
 
     def where(self) -> str:
         pop = f" (PoP {self.pop.label})" if len(self.pops) > 1 else ""
         return f"srt://{hostnames.display((self.host, self.port))}" + pop + (" (bonded, SRTLA)" if self.cfg.bond else "")
+
+    def _bond(self) -> None:
+        secret = self.stream.relay_secret.get_secret_value().encode() or None
+        self.bonder = Bonder((self.host, self.port), self._last_uplinks, secret)
+        self.bonder.start()
+        self.watch.aimed(self.pop_index, time.monotonic())
+
+    def move_to(self, name: str) -> None:
+        """The operator's command: stream through this PoP from now on (any thread)."""
+        if self.bonder is None:
+            raise ValueError("the stream is not live, or not bonded: GO takes the pre-flight's choice")
+        self.watch.ask(name)
+
+    def _next_pop(self, why: str, index: int) -> None:
+        """To another PoP: a new bond and SRT connection; the video resumes on a keyframe."""
+        old = self.pop.label
+        self.bonder.stop()
+        if self.caller is not None:
+            self.caller.close()
+            self.caller = None
+        if self.connected:
+            self.reconnects += 1
+        self.connected = False
+        self._aim(index, self.latency_ms)
+        self._bond()
+        self.watch.moves += 1
+        log.warning("stream: leaving PoP %s (%s): streaming through %s", old, why, self.pop.label,
+                    extra={"OUTPUT": self.name, "POP": self.pop.label, "EVENT": "pop_moved"})
 
     def _aim(self, index: int, latency_ms: int | None = None) -> None:
         """At the PoP to stream to: its address, its secrets, its latency ("auto": as planned)."""
@@ -130,9 +160,7 @@ class SrtOutput:
             log.info("stream: SRT latency %s", self.latency_rule, extra={"OUTPUT": self.name})
         if self.cfg.bond:
             self._last_uplinks = resolve_uplinks(self.cfg.uplinks)
-            secret = self.stream.relay_secret.get_secret_value().encode() or None
-            self.bonder = Bonder((self.host, self.port), self._last_uplinks, secret)
-            self.bonder.start()
+            self._bond()
         self._accepting = True
         self._thread = threading.Thread(target=self._sender, name="srt-sender", daemon=True)
         self._thread.start()
@@ -195,7 +223,7 @@ class SrtOutput:
         self.follow.stop()
 
     def status(self) -> dict:
-        return {"url": self.where(), "pop": self.pop.label, "pops": [p.label for p in self.pops],
+        return {"url": self.where(), "pop": self.pop.label, "pops": self.watch.labels, "pop_moves": self.watch.moves,
                 "latency_ms": self.latency_ms, "latency_rule": self.latency_rule, "connected": self.connected,
                 **({"connected_since": self.connected_since} if self.connected else {}),
                 "chunks_sent": self.chunks_sent,
@@ -230,6 +258,10 @@ class SrtOutput:
         attempt, last_stats, waiting_since = 0, 0.0, time.monotonic()
         while not self._stop.is_set():
             hb.beat()
+            why, index = self.watch.verdict(time.monotonic(), self.bonder)
+            if why:
+                self._next_pop(why, index)
+                waiting_since = time.monotonic()
             if not self.connected and self.bonder is not None and not self.bonder.ready():
                 # No uplink has registered with the relay yet: connecting now would only fail.
                 self._name_condition(self.bonder.name_error)
@@ -400,15 +432,8 @@ class SrtOutput:
             log.info("stream: connected to %s", self.where(), extra={"OUTPUT": self.name})
         self._not_connected.set(False)
 
-    def _name_condition(self, error: NameNotResolved | None) -> None:
-        """The condition "relay (or ingest) name does not resolve: HOST" while it is the current cause."""
-        now = conditions.unresolved(error.role, error.host) if error is not None else None
-        if now != self._unresolved:
-            if self._unresolved is not None:
-                self.report(self._unresolved, False)
-            if now is not None:
-                self.report(now, True)
-            self._unresolved = now
+    def _name_condition(self, error: NameNotResolved | None) -> None:  # "relay name does not resolve: HOST"
+        self._unresolved.set(conditions.unresolved(error.role, error.host) if error is not None else None)
 
     def _broken(self, why: str) -> None:
         """Logged when the cause changes: the bonded wait reports it at every poll."""

@@ -54,6 +54,9 @@ function render(s) {
   if (media.state === "running") {
     text($("encoder"), media.live ? `${media.encoder}${media.encoder_hardware ? " (hardware)" : ""} · ` +
          `${media.fps} fps · ${(media.bitrate_kbps / 1000).toFixed(1)} Mb/s` : "idle (not live)");
+    const srt = (media.outputs || {}).srt;
+    text($("stream"), srt ? `${srt.url} · ${srt.connected ? "connected" : "not connected"} · SRT latency ` +
+         `${srt.latency_ms} ms` + (srt.pop_moves ? ` · moved ${srt.pop_moves}× this show` : "") : "no stream");
     const rec = (media.outputs || {}).recorder;
     text($("recording"), rec && rec.session ? `${rec.recording ? "recording" : (rec.stopped || "finalized")} · ` +
          `${(rec.bytes / 1e6).toFixed(1)} MB · ${rec.seconds.toFixed(0)} s in closed segments` : "not recording");
