@@ -36,6 +36,18 @@ def wait_until(predicate, timeout: float, interval: float = 0.02, what: str = "c
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+# scripts/test runs two workers (pytest-xdist, --dist loadgroup). Each file is a group of
+# its own, run in order by one worker; the files that encode or stream the most share one
+# group, so that no two of them compete for the two cores (a 720p demo beside two software
+# H.265 encoders lost seconds of video to a starved sender).
+HEAVY = {"test_netbench.py", "test_media.py", "test_gst_encoder.py", "test_demo.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("heavy" if item.path.name in HEAVY else item.path.name))
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_threads():
     """Every test must leave no thread of its own running."""

@@ -3,6 +3,7 @@ bonded over two loopback uplinks through the local relay, reaches the ingest."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import re
@@ -48,6 +49,12 @@ def test_demo_goes_live_and_streams_through_the_local_relay(tmp_path):
                 watch.wait()
         assert watch.returncode == 0, err
         assert "uplink sim-cell" in screen.read_text() and "Traceback" not in err
+        status = json.loads(run_cli("status", *sock, "--json").stdout)
+        media = status["components"]["media"]
+        srt = media["outputs"]["srt"]
+        # Frames the box itself says it skipped (a starved media thread) or shed (a sender
+        # that fell behind): a loaded machine may; the path to the ingest must add none.
+        accounted = media["frames_dropped"] + srt["video_shed"] + srt["frames_dropped"]
     finally:
         os.killpg(p.pid, signal.SIGINT)  # Ctrl-C, as a user would
         rc = p.wait(30)
@@ -56,7 +63,8 @@ def test_demo_goes_live_and_streams_through_the_local_relay(tmp_path):
     assert rc == 0, text[-3000:]
     assert "bond: uplink sim-wired up" in text and "bond: uplink sim-cell up" in text
     got = decode_files([demo / "received.ts"])
-    assert len(got.video_pts) >= 60 and missing_frames(got.video_pts) == 0
+    assert len(got.video_pts) >= 60 and missing_frames(got.video_pts) <= accounted, (missing_frames(got.video_pts),
+                                                                                     accounted)
     assert len(got.audio) == 2
 
 
