@@ -16,21 +16,18 @@ from netsim import Impairer, Ingest, stop_gracefully
 SECRET = "a-shared-secret-for-the-relays"
 
 
-def test_preflight_ranks_the_nearer_pop_first_and_go_streams_to_it(daemon_factory, ingest, private_hosts, tmp_path):
-    ingest.start()
-    secret = tmp_path / "relay.secret"
-    secret.write_text(SECRET)
-    relays, paths = [], {}
-    try:
-        for name, one_way in (("far", 0.040), ("near", 0.010)):  # 80 ms and 20 ms more RTT
-            port = free_port()
-            relays.append(subprocess.Popen([*APPLIANCE, "relay", "--listen", str(port), "--to",
-                                            f"srt://localhost:{ingest.port}", "--secret-file", str(secret)],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT))
-            paths[name] = Impairer(("127.0.0.1", port))
-            paths[name].delay_all = one_way
-        private_hosts.set({"far.pop.test": "127.0.0.1", "near.pop.test": "127.0.0.1"})
-        d = daemon_factory(prefix=private_hosts.prefix, config_extra=f"""
+def relay(port: int, ingest_port: int, secret) -> subprocess.Popen:
+    return subprocess.Popen([*APPLIANCE, "relay", "--listen", str(port), "--to", f"srt://localhost:{ingest_port}",
+                             "--secret-file", str(secret)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=ROOT)
+
+
+def box_with_pops(daemon_factory, private_hosts, pops: dict[str, int], uplinks: str):
+    """A box (a small picture) bonding over `uplinks` to PoPs NAME.pop.test:PORT, by name."""
+    private_hosts.set({f"{name}.pop.test": "127.0.0.1" for name in pops})
+    relays = "".join(f'  {{ name = "{n}", url = "srt://{n}.pop.test:{port}", relay_secret = "{SECRET}" }},\n'
+                     for n, port in pops.items())
+    return daemon_factory(prefix=private_hosts.prefix, config_extra=f"""
 [video]
 width = 320
 height = 180
@@ -39,12 +36,24 @@ fps = 15
 enabled = true
 latency_ms = 500
 bond = true
-uplinks = ["wired@127.0.0.2"]
+uplinks = {uplinks}
 relays = [
-  {{ name = "far", url = "srt://far.pop.test:{paths['far'].addr[1]}", relay_secret = "{SECRET}" }},
-  {{ name = "near", url = "srt://near.pop.test:{paths['near'].addr[1]}", relay_secret = "{SECRET}" }},
-]
+{relays}]
 """).start()
+
+
+def test_preflight_ranks_the_nearer_pop_first_and_go_streams_to_it(daemon_factory, ingest, private_hosts, tmp_path):
+    ingest.start()
+    secret = tmp_path / "relay.secret"
+    secret.write_text(SECRET)
+    relays, paths = [], {}
+    try:
+        for name, one_way in (("far", 0.040), ("near", 0.010)):  # 80 ms and 20 ms more RTT
+            port = free_port()
+            relays.append(relay(port, ingest.port, secret))
+            paths[name] = Impairer(("127.0.0.1", port))
+            paths[name].delay_all = one_way
+        d = box_with_pops(daemon_factory, private_hosts, {n: p.addr[1] for n, p in paths.items()}, '["wired@127.0.0.2"]')
         d.wait_state("READY", timeout=30)
         from appliance.supervisor import control
 
@@ -87,25 +96,9 @@ def test_the_chosen_pop_killed_mid_show_the_stream_moves_to_the_other_and_the_re
             ingests[name] = Ingest(tmp_path / name, free_port())
             ingests[name].start()
             port = free_port()
-            relays[name] = (port, subprocess.Popen(
-                [*APPLIANCE, "relay", "--listen", str(port), "--to", f"srt://localhost:{ingests[name].port}",
-                 "--secret-file", str(secret)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT))
-        private_hosts.set({"a.pop.test": "127.0.0.1", "b.pop.test": "127.0.0.1"})
-        d = daemon_factory(prefix=private_hosts.prefix, config_extra=f"""
-[video]
-width = 320
-height = 180
-fps = 15
-[stream]
-enabled = true
-latency_ms = 500
-bond = true
-uplinks = ["wired@127.0.0.2", "cell@127.0.0.3"]
-relays = [
-  {{ name = "a", url = "srt://a.pop.test:{relays['a'][0]}", relay_secret = "{SECRET}" }},
-  {{ name = "b", url = "srt://b.pop.test:{relays['b'][0]}", relay_secret = "{SECRET}" }},
-]
-""").start()
+            relays[name] = (port, relay(port, ingests[name].port, secret))
+        d = box_with_pops(daemon_factory, private_hosts, {n: port for n, (port, _) in relays.items()},
+                          '["wired@127.0.0.2", "cell@127.0.0.3"]')
         d.wait_state("READY", timeout=30)
         assert d.request("live")["ok"]
         wait_until(lambda: d.output("srt")["connected"], 20, what="streaming through PoP a")
