@@ -8,6 +8,7 @@ problem is reported together, each naming the file that set the key.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator,
                       model_validator)
 
+from appliance.codecs import Codec, codec_of
 from appliance.configerrors import describe
 from appliance.configlayers import merge_layers
 from appliance.errors import ConfigError
@@ -79,21 +81,6 @@ class AudioSection(Section):
     tracks: list[AudioTrack] = [AudioTrack(name="program", device="default", channels=[1, 2])]
     silence_dbfs: float = Field(-60.0, ge=-120.0, le=0.0)
     silence_seconds: float = Field(10.0, gt=0, le=3600)
-
-
-Codec = Literal["h264", "h265"]
-CODEC_LABELS = {"h264": "H.264", "h265": "H.265"}  # as a tech reads them: the journal, probe, pre-flight
-
-
-def codec_of(encoder: str) -> str | None:
-    """Which codec an encoder makes, by its name: FFmpeg's (libx265, hevc_nvenc,
-    h264_v4l2m2m) and GStreamer's (x264enc, nvv4l2h265enc, vah265enc) alike."""
-    name = encoder.lower()
-    if "265" in name or "hevc" in name:
-        return "h265"
-    if "264" in name or "avc" in name:
-        return "h264"
-    return None
 
 
 class EncoderRung(Section):
@@ -254,6 +241,8 @@ class StreamSection(Section):
             raise ValueError("stream: give stream.url (one PoP) or stream.relays (several), not both")
         if self.enabled and not self.pops():
             raise ValueError("stream.enabled = true needs stream.url (srt://HOST:PORT) or stream.relays")
+        if self.latency_min_ms > self.latency_max_ms:
+            raise ValueError("stream.latency_min_ms is above stream.latency_max_ms")
         labels = [p.label for p in self.relays]
         if len(set(labels)) != len(labels):
             raise ValueError(f"stream.relays: two PoPs named alike ({', '.join(labels)}): give each a name")
@@ -412,6 +401,10 @@ class Config(Section):
         if self.rtmp.enabled and self.encoder.codec == "h265":
             raise ValueError('rtmp: RTMP carries H.264 only here; with encoder.codec = "h265", stream over SRT '
                              '(stream.url) and turn rtmp off, or set encoder.codec = "h264"')
+        box = self.fleet.box or self.device.name
+        if self.fleet.enabled and not re.fullmatch(r"[A-Za-z0-9_.-]{1,63}", box):  # (one MQTT topic level)
+            raise ValueError(f"fleet: the box name {box!r} (device.name) cannot be a topic level: set fleet.box "
+                             "to letters, digits, '.', '_' or '-'")
         return self
 
 

@@ -14,7 +14,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from appliance.config import CODEC_LABELS, Config
+from appliance.codecs import CODEC_LABELS
+from appliance.config import Config
 
 FOUND, MISSING, SIMULATED, OFF = "found", "not found", "simulated", "not fitted"
 

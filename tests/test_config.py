@@ -258,3 +258,15 @@ def test_pops_one_by_url_or_several_by_relays_each_with_its_secrets(tmp_path):
     assert "two PoPs named alike" in problems[1] and "give each a name" in problems[1], problems[1]
     assert "stream.relays[0].url" in problems[2], problems[2]
     assert "stream.latency_ms" in problems[3], problems[3]
+
+
+def test_a_device_name_that_cannot_be_a_topic_level_needs_a_fleet_box(tmp_path):
+    fleet = '[fleet]\nenabled = true\nbroker = "mqtts://broker.example.net"\n'
+    with pytest.raises(ConfigError) as e:
+        cfgmod.load(write(tmp_path, '[device]\nname = "Hall A/left"\n' + fleet), {}, "p")
+    assert "the box name 'Hall A/left' (device.name) cannot be a topic level: set fleet.box" in str(e.value)
+    ok = cfgmod.load(write(tmp_path, '[device]\nname = "Hall A/left"\n' + fleet + 'box = "hall-a-left"\n'), {}, "p")
+    assert ok.fleet.box == "hall-a-left"
+    with pytest.raises(ConfigError) as e:
+        cfgmod.load(write(tmp_path, '[stream]\nlatency_min_ms = 900\nlatency_max_ms = 500\n'), {}, "p")
+    assert "latency_min_ms is above stream.latency_max_ms" in str(e.value)

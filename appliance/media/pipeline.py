@@ -26,8 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from appliance import conditions, heartbeat
-from appliance.config import CODEC_LABELS, Config
+from appliance import codecs, conditions, heartbeat
+from appliance.config import Config
 from appliance.media.audio import RATE, AudioCapture, init_portaudio
 from appliance.media.encoder_faults import EncoderError
 from appliance.media.encoders import AudioEncoder, Ladder, VideoEncoder, open_encoder
@@ -303,7 +303,7 @@ class MediaPipeline:
             self.report(conditions.ENCODER_SOFTWARE, True)
         if enc.rung.codec != failed.rung.codec:
             # (the outputs see it in the packets: a new segment, a fresh connection)
-            log.warning("encoder: the video is %s from here on", CODEC_LABELS[enc.rung.codec],
+            log.warning("encoder: the video is %s from here on", codecs.CODEC_LABELS[enc.rung.codec],
                         extra={"ENCODER": enc.name})
             self.report(conditions.ENCODER_CODEC_CHANGED, True)
         if self.session:

@@ -21,8 +21,8 @@ from collections import deque
 from dataclasses import replace
 from typing import Callable
 
-from appliance import backoff, conditions, heartbeat, hostnames
-from appliance.config import CODEC_LABELS, StreamSection
+from appliance import backoff, codecs, conditions, heartbeat, hostnames
+from appliance.config import StreamSection
 from appliance.hostnames import NameNotResolved, parse_srt_url
 from appliance.media.mux import TsMuxer
 from appliance.media.packets import EncodedPacket, Report, Session
@@ -379,7 +379,7 @@ class SrtOutput:
         self._mux = TsMuxer(self._bytes, replace(s.video, codec=codec), s.audio_extradata, s.track_names,
                             service_name=s.name)
         old.close()
-        raise OSError(f"the video is {CODEC_LABELS[codec]} from here: a fresh connection for the ingest")
+        raise OSError(f"the video is {codecs.CODEC_LABELS[codec]} from here: a fresh connection for the ingest")
 
     def _bytes(self, data: bytes) -> None:
         self._pending += data

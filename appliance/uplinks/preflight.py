@@ -17,7 +17,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from appliance.config import CODEC_LABELS, Config
+from appliance.codecs import CODEC_LABELS
+from appliance.config import Config
 from appliance.transport.libsrt import LIVE_PAYLOAD
 
 log = logging.getLogger(__name__)
