@@ -83,7 +83,8 @@ def settings(args):
             raise ConfigError([f"--password-file: {e}"]) from None
     if password:
         data["password"] = password
-    data.pop("enabled", None), data.pop("box", None), data.pop("telemetry_seconds", None)
+    for box_only in ("enabled", "box", "telemetry_seconds"):  # (a box's keys: a producer has no use for them)
+        data.pop(box_only, None)
     if not data.get("broker"):
         raise ConfigError(["fleet: no broker: give --broker mqtts://HOST:8883 or --config FILE with [fleet] broker"])
     origin = args.config or "the command line"

@@ -19,11 +19,11 @@ import logging
 import time
 from typing import Awaitable, Callable
 
-from appliance import backoff
 from appliance.config import FleetSection
 from appliance.configshow import redact_url
 from appliance.fleet import connect
-from appliance.fleet.topics import OFFLINE, ONLINE, CommandError, Topics, parse_command, state_payload, telemetry_payload
+from appliance.fleet.topics import (OFFLINE, ONLINE, REQUEST_ID, CommandError, Topics, parse_command, state_payload,
+                                    telemetry_payload)
 
 log = logging.getLogger(__name__)
 
@@ -93,27 +93,19 @@ class FleetClient:
     async def _run(self) -> None:
         import aiomqtt
 
-        attempt = 0
-        while True:
-            try:
-                tls = await asyncio.to_thread(connect.tls_context, self.settings)
-                will = aiomqtt.Will(self.topics.online, OFFLINE, qos=1, retain=True)
-                async with connect.client(self.settings, f"appliance-{self.topics.box}", tls, will=will,
-                                          max_queued=MAX_QUEUED) as client:
-                    self._client = client
-                    attempt = 0
-                    await self._connected(client)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - MqttError, OSError, ssl errors: all mean "try again"
-                self._lost(e)
-            finally:
-                self._client = None
-                self.connected = False
-            await asyncio.sleep(backoff.jittered(attempt))
-            attempt += 1
+        will = aiomqtt.Will(self.topics.online, OFFLINE, qos=1, retain=True)
+        await connect.keep_connected(self.settings, f"appliance-{self.topics.box}", self._connected, self._lost,
+                                     will=will, max_queued=MAX_QUEUED)
 
     async def _connected(self, client) -> None:
+        self._client = client
+        try:
+            await self._serve(client)
+        finally:
+            self._client = None
+            self.connected = False
+
+    async def _serve(self, client) -> None:
         await client.publish(self.topics.online, ONLINE, qos=1, retain=True)
         await client.subscribe(self.topics.commands, qos=1)
         self.connected, self.connected_since = True, time.time()
@@ -230,8 +222,6 @@ class FleetClient:
 
 
 def _request_id(payload) -> str | None:
-    from appliance.fleet.topics import REQUEST_ID
-
     try:
         rid = json.loads(bytes(payload or b"")).get("id")
     except Exception:  # noqa: BLE001 - an unreadable command has no id to answer to

@@ -11,10 +11,10 @@ import asyncio
 import logging
 import time
 
-from appliance import backoff
 from appliance.config import FleetSection
 from appliance.fleet import connect
 from appliance.fleet.producer import Box, apply
+from appliance.fleet.topics import report_filters
 
 log = logging.getLogger(__name__)
 
@@ -104,27 +104,24 @@ class Exporter:
         self.error = ""
 
     async def listen(self) -> None:
-        attempt = 0
+        await connect.keep_connected(self.settings, f"appliance-exporter-{id(self):x}", self._listening, self._lost)
+
+    async def _listening(self, client) -> None:
         prefix = self.settings.topic_prefix
-        while True:
-            try:
-                tls = await asyncio.to_thread(connect.tls_context, self.settings)
-                async with connect.client(self.settings, f"appliance-exporter-{id(self):x}", tls) as client:
-                    for leaf in ("state", "telemetry", "online"):
-                        await client.subscribe(f"{prefix}/+/{leaf}", qos=0)
-                    self.connected, attempt = True, 0
-                    log.info("exporter: listening to %s under %s/", self.settings.broker, prefix)
-                    async for m in client.messages:
-                        apply(self.boxes, prefix, str(m.topic), bytes(m.payload or b""), MAX_BOXES)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - MqttError, OSError, ssl: try again
-                if str(e) != self.error:
-                    log.warning("exporter: broker %s: %s (retrying)", self.settings.broker, e)
-                self.error = str(e)
+        try:
+            for topic in report_filters(prefix):
+                await client.subscribe(topic, qos=0)
+            self.connected = True
+            log.info("exporter: listening to %s under %s/", self.settings.broker, prefix)
+            async for m in client.messages:
+                apply(self.boxes, prefix, str(m.topic), bytes(m.payload or b""), MAX_BOXES)
+        finally:
             self.connected = False
-            await asyncio.sleep(backoff.jittered(attempt))
-            attempt += 1
+
+    def _lost(self, e: Exception) -> None:
+        if str(e) != self.error:
+            log.warning("exporter: broker %s: %s (retrying)", self.settings.broker, e)
+        self.error = str(e)
 
     async def serve(self, host: str, port: int) -> None:
         from aiohttp import web

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from appliance.config import FleetSection
 from appliance.errors import ApplianceError
 from appliance.fleet import connect
-from appliance.fleet.topics import ONLINE, Topics, box_of
+from appliance.fleet.topics import ONLINE, REPORTS, Topics, box_of, report_filters
 
 QUIET = 0.3  # the retained messages have all come when none came for this long
 
@@ -55,7 +55,7 @@ class Box:
 def apply(boxes: dict[str, Box], prefix: str, topic: str, payload: bytes, limit: int = 10000) -> None:
     """One message into the fleet's picture (bounded: `limit` boxes at most)."""
     where = box_of(prefix, topic)
-    if where is None or where[1] not in ("state", "telemetry", "online"):
+    if where is None or where[1] not in REPORTS:
         return
     name, leaf = where
     if name not in boxes and len(boxes) >= limit:
@@ -75,8 +75,8 @@ async def read(s: FleetSection, seconds: float = 5.0) -> dict[str, Box]:
     tls = await asyncio.to_thread(connect.tls_context, s)
     try:
         async with connect.client(s, _identifier(), tls) as client:
-            for leaf in ("state", "telemetry", "online"):
-                await client.subscribe(f"{s.topic_prefix}/+/{leaf}", qos=1)
+            for topic in report_filters(s.topic_prefix):
+                await client.subscribe(topic, qos=1)
             deadline = time.monotonic() + seconds
             messages = aiter(client.messages)
             while time.monotonic() < deadline:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from appliance.errors import ApplianceError
 
 COMMANDS = ("live", "stop", "preflight", "usage-reset")
+REPORTS = ("state", "telemetry", "online")  # what every box publishes under <prefix>/<box>/
 ONLINE, OFFLINE = b"online", b"offline"
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_COMMAND_BYTES = 4096
@@ -56,6 +57,11 @@ class Topics:
 
     def reply(self, request_id: str) -> str:
         return self.of(f"reply/{request_id}")
+
+
+def report_filters(prefix: str) -> list[str]:
+    """The subscriptions that hear every box's reports."""
+    return [f"{prefix}/+/{leaf}" for leaf in REPORTS]
 
 
 def box_of(prefix: str, topic: str) -> tuple[str, str] | None:
