@@ -149,6 +149,13 @@ class NetBench:
         self.rules[uplink] = f"numgen random mod 100 < {int(percent)} drop"
         self._apply_rules()
 
+    def lose_shutdowns(self, uplink: str) -> None:
+        """SRT's SHUTDOWN lost on the link (control type 5: its header's first 16 bits,
+        after UDP's 8 bytes, are 0x8005), as a lossy modem loses one packet that nothing
+        acknowledges: the ingest holds the caller until its idle timeout."""
+        self.rules[uplink] = "@th,64,16 0x8005 drop"
+        self._apply_rules()
+
     def clear(self, uplink: str) -> None:
         self.rules.pop(uplink, None)
         self._apply_rules()

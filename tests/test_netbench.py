@@ -359,6 +359,31 @@ poll_seconds = 0.5
     assert d.terminate() == 0
 
 
+def test_preflight_measures_the_next_link_when_the_last_ones_shutdown_was_lost(daemon_factory, net, tmp_path):
+    """srt-live-transmit takes one caller at a time. When up0's dry stream ends and its
+    SHUTDOWN is lost on the way, the ingest holds that caller for its idle timeout (5 s)
+    and does not answer up1's: CI once saw up1 reported "connection timed out"."""
+    net.lose_shutdowns("up0")
+    net.start_ingest(tmp_path / "received.ts", INGEST_PORT, 500)
+    net.start_relay(RELAY_PORT, INGEST_PORT, tmp_path / "relay.log")
+    d = daemon_factory(prefix=["ip", "netns", "exec", net.app], config_extra=f"""
+[stream]
+enabled = true
+url = "srt://{RELAY_NAME}:{RELAY_PORT}"
+bond = true
+uplinks = ["up0", "up1"]
+""").start()
+    d.wait_state("READY", timeout=30)
+    cli = subprocess.run(["ip", "netns", "exec", net.app, *APPLIANCE, "preflight", "--socket", str(d.socket),
+                          "--seconds", "4"], capture_output=True, text=True, timeout=90)
+    print(cli.stdout, cli.stderr)
+    report = json.loads((d.dir / "state" / "preflight.json").read_text())
+    verdicts = {c["name"]: (c["verdict"], c["why"]) for c in report["links"]}
+    assert verdicts == {"up0": ("go", "fine"), "up1": ("go", "fine")}, cli.stdout + cli.stderr
+    assert "again, the ingest may still hold the last dry stream" in d.log(), "it was the lost SHUTDOWN"
+    assert d.terminate() == 0
+
+
 # --- names and network faults, as the field throws them ----------------------------------------
 
 def conditions_of(d) -> list[str]:

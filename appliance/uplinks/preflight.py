@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 SAME_PICTURE = {"h264": 1.0, "h265": 0.6}
 NULL_TS = (b"\x47\x1f\xff\x10" + b"\xff" * 184) * 7  # 7 null packets: 1316 bytes that every demuxer drops
 HEADROOM = 1.25
+HELD_SECONDS = 6.0  # SRT's peer idle timeout (5 s) and a margin: how long an ingest holds a caller gone quiet
 
 
 @dataclass
@@ -191,8 +192,7 @@ def _measure(c: LinkCheck, config: Config, s, relay: tuple[str, int], query: dic
                     raise RuntimeError(f"over {c.name}: {bonder.problem()} within 5 s")
                 time.sleep(0.05)
             target = ("127.0.0.1", bonder.local_port)
-        caller = stream_caller(s, *target, query)
-        caller.connect()
+        caller = _connect(c.name, stream_caller(s, *target, query))
         try:
             rate = offered * 1000 / 8 / LIVE_PAYLOAD
             t0, rtts, n = time.monotonic(), [], 0
@@ -222,6 +222,23 @@ def _measure(c: LinkCheck, config: Config, s, relay: tuple[str, int], query: dic
     finally:
         if bonder is not None:
             bonder.stop()
+
+
+def _connect(link: str, caller):
+    """Dial, and dial again while the ingest may still hold the last link's dry stream:
+    its SHUTDOWN is one packet that nothing acknowledges, and when a lossy link loses it,
+    an ingest that takes one caller at a time (srt-live-transmit, a stream id that is
+    taken) keeps the old connection until its idle timeout and does not answer the next."""
+    deadline = time.monotonic() + HELD_SECONDS
+    while True:
+        try:
+            caller.connect()
+            return caller
+        except ConnectionError as e:
+            if "timed out" not in str(e) or time.monotonic() > deadline:
+                raise
+            log.info("preflight: via %s: %s: again, the ingest may still hold the last dry stream", link, e,
+                     extra={"LINK": link})
 
 
 def table(report: dict) -> str:
