@@ -86,6 +86,11 @@ def build(config: Config, profile_name: str, sim_go_after: float | None = None, 
 
     uplinks = UplinkMonitor(config, lambda c, a: report(c, a, "uplinks"), srt, state_dir=state_dir(config))
     uplinks.on_facts = panel.set_facts  # the link LEDs: which uplinks carry the show
+
+    def warm_bond(before, after) -> None:  # from READY on, until a fault, the exit or a power-off
+        uplinks.warm_bond = after.state.value not in ("BOOTING", "FAULT") and not after.exiting and not after.power_off
+
+    service.listeners.append(warm_bond)
     service.components.append(uplinks)
     service.components.append(media)
     media.session_extras = uplinks.session_record

@@ -111,6 +111,7 @@ class Impairer:
         self.forwarded: dict[str, int] = {}
         self.delay_s: dict[str, float] = {}
         self.delay_all = 0.0
+        self.first_data_at: float | None = None  # monotonic: the first SRT data packet (a TS payload) through
         self._due: list = []  # (time due, n, send, datagram, to): the delayed, in order
         self._n = 0
         self._stop = threading.Event()
@@ -142,6 +143,8 @@ class Impairer:
                         self.routes[src] = up
                         self.sel.register(up, selectors.EVENT_READ, src)
                     self.forwarded[src[0]] = self.forwarded.get(src[0], 0) + 1
+                    if self.first_data_at is None and len(d) >= 16 + 188 and not d[0] & 0x80:
+                        self.first_data_at = time.monotonic()
                     self._deliver(src[0], up.sendto, d, self.upstream)
                 else:
                     src = key.data

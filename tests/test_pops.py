@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 
 from conftest import APPLIANCE, ROOT, free_port, wait_until
@@ -132,6 +133,62 @@ def test_the_chosen_pop_killed_mid_show_the_stream_moves_to_the_other_and_the_re
             stop_gracefully(proc)
         for i in ingests.values():
             i.stop()
+
+
+def test_go_goes_live_at_once_through_the_bond_kept_warm_in_ready_from_the_recordings_first_frame(
+        daemon_factory, ingest, private_hosts, tmp_path):
+    ingest.start()
+    secret = tmp_path / "relay.secret"
+    secret.write_text(SECRET)
+    at_ingest = Impairer(("127.0.0.1", ingest.port))  # (no impairment: it notes the first TS packet through)
+    port = free_port()
+    r = relay(port, at_ingest.addr[1], secret)
+    try:
+        d = box_with_pops(daemon_factory, private_hosts, {"only": port}, '["wired@127.0.0.2"]')
+        d.wait_state("READY", timeout=30)
+        wait_until(lambda: d.output("srt").get("bond", {}).get("links", {}).get("wired", {}).get("state") == "up", 10,
+                   what="the bond registered and its link up in READY")
+        time.sleep(1)
+        assert sum(at_ingest.forwarded.values()) == 0, "keepalives only: nothing reaches the ingest in READY"
+        go = time.monotonic()
+        assert d.request("live")["ok"]
+        wait_until(lambda: at_ingest.first_data_at is not None, 10, what="the first TS packet at the ingest")
+        print(f"GO to the first packet at the ingest: {(at_ingest.first_data_at - go) * 1000:.0f} ms")
+        time.sleep(3)
+        d.request("stop")
+        d.wait_state("READY", timeout=20)
+        log = d.log()
+        assert "registers while READY: GO goes live at once" in log
+        assert log.count("bond: uplink wired up") == 1, "GO took the bond registered in READY"
+        assert d.output("srt").get("bond", {}).get("registered"), "STOP hands the bond back, warm"
+        ingest.stop()
+        received = decode_files([ingest.runs[0][2]])
+        rec = decode_files(segments(only_session(d.dir / "recordings")))
+        assert received.video_pts and received.video_pts[0] == rec.video_pts[0], (
+            f"the stream starts at pts {received.video_pts[:1]}, the recording at {rec.video_pts[0]}")
+    finally:
+        stop_gracefully(r)
+        at_ingest.close()
+
+
+def test_auto_latency_at_40_ms_rtt_a_link_cut_loses_no_frame_at_the_ingest():
+    """bench/latency.py's auto-cut case, shortened: pre-flight over two uplinks each
+    behind 40 ms of RTT picks the latency, and the cell link is black-holed halfway."""
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "latency.py"), "--cases", "auto-cut", "--seconds", "8",
+                          "--size", "640x360", "--rtt-ms", "40"], capture_output=True, text=True, timeout=240, cwd=ROOT)
+    print(run.stdout)
+    assert run.returncode == 0, run.stdout + run.stderr
+    case = json.loads(run.stdout.splitlines()[-1])["cases"][0]
+    assert all(c["verdict"] == "go" and c["rtt_ms"] >= 40 for c in case["preflight"].values()), case["preflight"]
+    # The rule on 40 ms: 4 x 40 + jitter + the notice (4 x 40) + 40, at least; from what pre-flight measured.
+    from appliance.uplinks.latency import budget
+
+    measured = [{"name": n, **c} for n, c in case["preflight"].items()]
+    assert case["latency_ms"] == budget(measured, 120, 2000)[0] >= 370, case
+    # (a frame the box itself skipped, a tick its media thread missed on a loaded machine, is no loss of the link's)
+    assert case["lost"] <= case["box_skipped"], f"a link cut at {case['latency_ms']} ms lost frames: {case}"
+    assert case["frames"] > 150 and case["unread"] == 0, "every frame's time code read at the ingest"
+    assert case["median_ms"] >= case["latency_ms"], "the ingest holds each packet for the latency: the code reads true"
 
 
 def test_the_latency_budget_follows_the_worst_link_within_its_bounds():

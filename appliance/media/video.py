@@ -20,6 +20,7 @@ import numpy as np
 
 from appliance import backoff
 from appliance.config import VideoSection
+from appliance.media import timecode
 from appliance.media.font import draw_text, text_width
 from appliance.worker import Worker
 
@@ -133,7 +134,8 @@ class VideoSource(Worker):
 
 class TestPattern(VideoSource):
     """lavfi testsrc2 paced in real time, with the wall clock burnt in so the
-    glass-to-glass latency can be read off a received frame."""
+    glass-to-glass latency can be read off a received frame, by eye (the text at
+    the bottom) or by a program (media/timecode.py's blocks at the top)."""
 
     kind = "testsrc"
 
@@ -171,6 +173,8 @@ class TestPattern(VideoSource):
         stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
         scale = max(2, self.cfg.height // 120)
         burn_text(frame, stamp, scale * 2, self.cfg.height - 10 * scale, scale)
+        u, v = (np.frombuffer(p, np.uint8).reshape(frame.height // 2, p.line_size) for p in frame.planes[1:])
+        timecode.stamp(luma(frame), u, v, int(now * 1000))  # the same instant, for a machine
         return frame
 
 

@@ -21,9 +21,9 @@ from collections import deque
 from dataclasses import replace
 from typing import Callable
 
-from appliance import backoff, codecs, conditions, heartbeat, hostnames
+from appliance import backoff, codecs, conditions, heartbeat
 from appliance.config import StreamSection
-from appliance.hostnames import NameNotResolved, parse_srt_url
+from appliance.hostnames import NameNotResolved
 from appliance.media.mux import TsMuxer
 from appliance.media.packets import EncodedPacket, Report, Session
 from appliance.outputs.abr import VOICE, AbrLimits
@@ -31,9 +31,8 @@ from appliance.outputs.pop_watch import PopWatch
 from appliance.outputs.send_gate import SendGate
 from appliance.outputs.slate_lane import SLATE_FPS, SlateEncoder, SlateTick
 from appliance.outputs.srt_follow import LinkFollower
-from appliance.transport.bond import Bonder
+from appliance.outputs.srt_route import SrtRoute
 from appliance.transport.caller import stream_caller
-from appliance.transport.interfaces import resolve_uplinks
 from appliance.transport.libsrt import LIVE_PAYLOAD, SrtCaller
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ NOT_CONNECTED = conditions.SRT_NOT_CONNECTED
 _END = object()
 
 
-class SrtOutput:
+class SrtOutput(SrtRoute):
     name = "srt"
 
     def __init__(self, cfg: StreamSection, report: Report | None = None, abr: AbrLimits | None = None,
@@ -68,12 +67,12 @@ class SrtOutput:
         self._slate_on = False  # media thread: the stream's video is the slate
         self._slate_next = 0
         self._slate_lane = SlateEncoder(self.name)  # sender thread
-        self._aim(0)
+        self._accepting = False
+        self._init_route()
         # media thread -> sender thread: (monotonic time queued, frame, kept when shedding), or _END
         self._frames: deque = deque()
         self._queued_bytes = 0
         self._cv = threading.Condition()
-        self._accepting = False
         self._need_key = True  # sender thread: video resumes on a keyframe
         self._pending = bytearray()
         self._mux: TsMuxer | None = None
@@ -83,6 +82,7 @@ class SrtOutput:
         self.caller: SrtCaller | None = None
         self.connected = False
         self.connected_since: float | None = None  # wall time of the current connection
+        self._began, self._first_connect = 0.0, True
         self.chunks_sent = 0
         self.frames_dropped = 0  # queue overflow, and stale on reconnect
         self.video_shed = 0  # video frames not sent so that the audio goes on
@@ -92,51 +92,6 @@ class SrtOutput:
         self.stats: dict = {}
         self._not_connected = conditions.Latch(self.report, NOT_CONNECTED)
         self._unresolved = conditions.Current(self.report)  # the name condition reported now
-        self.bonder: Bonder | None = None  # while it streams over a bond (uplinks/ reads its links)
-        self._last_uplinks: dict[str, str] = {}
-
-    def where(self) -> str:
-        pop = f" (PoP {self.pop.label})" if len(self.pops) > 1 else ""
-        return f"srt://{hostnames.display((self.host, self.port))}" + pop + (" (bonded, SRTLA)" if self.cfg.bond else "")
-
-    def _bond(self) -> None:
-        secret = self.stream.relay_secret.get_secret_value().encode() or None
-        self.bonder = Bonder((self.host, self.port), self._last_uplinks, secret)
-        self.bonder.start()
-        self.watch.aimed(self.pop_index, time.monotonic())
-
-    def move_to(self, name: str) -> None:
-        """The operator's command: stream through this PoP from now on (any thread)."""
-        if self.bonder is None:
-            raise ValueError("the stream is not live, or not bonded: GO takes the pre-flight's choice")
-        self.watch.ask(name)
-
-    def _next_pop(self, why: str, index: int) -> None:
-        """To another PoP: a new bond and SRT connection; the video resumes on a keyframe."""
-        old = self.pop.label
-        self.bonder.stop()
-        if self.caller is not None:
-            self.caller.close()
-            self.caller = None
-        if self.connected:
-            self.reconnects += 1
-        self.connected = False
-        self._aim(index, self.latency_ms)
-        self._bond()
-        self.watch.moves += 1
-        log.warning("stream: leaving PoP %s (%s): streaming through %s", old, why, self.pop.label,
-                    extra={"OUTPUT": self.name, "POP": self.pop.label, "EVENT": "pop_moved"})
-
-    def _aim(self, index: int, latency_ms: int | None = None) -> None:
-        """At the PoP to stream to: its address, its secrets, its latency ("auto": as planned)."""
-        self.pop_index, self.pop = index, self.pops[index]
-        self.stream = self.cfg.at(self.pop)
-        if self.stream.latency_ms == "auto":
-            self.stream = self.stream.model_copy(update={"latency_ms": latency_ms or self.stream.latency_max_ms})
-        self.host, self.port, self.query = parse_srt_url(self.stream.url)
-        self.latency_ms = int(self.query.get("latency", self.stream.latency_ms))
-        if self.follow.limits is not None:  # (the ABR judges its buffer against the latency)
-            self.follow.limits = replace(self.follow.limits, latency_ms=self.latency_ms)
 
     # --- media thread -----------------------------------------------------------------------
 
@@ -150,18 +105,19 @@ class SrtOutput:
         self._mux = TsMuxer(self._bytes, session.video, session.audio_extradata, session.track_names,
                             service_name=session.name)
         self._stop.clear()
+        # The session's first connection sends from its first frame (the recording's), when
+        # that is still fresh: with the bond kept warm, the handshake is a few round trips.
+        self._began, self._first_connect = time.monotonic(), True
         plan = self.plan()
-        self._aim(plan["pop"] if 0 <= plan["pop"] < len(self.pops) else 0, plan.get("latency_ms"))
+        with self._route_lock:
+            self._take_route(plan)
+            self._accepting = True
         self.follow.start()
         if len(self.pops) > 1:
             log.info("stream: PoP %s, %s", self.pop.label, plan["why"], extra={"OUTPUT": self.name, "POP": self.pop.label})
         if self.cfg.latency_ms == "auto" and "latency" not in self.query:
             self.latency_rule = plan.get("latency_rule", "")
             log.info("stream: SRT latency %s", self.latency_rule, extra={"OUTPUT": self.name})
-        if self.cfg.bond:
-            self._last_uplinks = resolve_uplinks(self.cfg.uplinks)
-            self._bond()
-        self._accepting = True
         self._thread = threading.Thread(target=self._sender, name="srt-sender", daemon=True)
         self._thread.start()
 
@@ -213,10 +169,8 @@ class SrtOutput:
         if self._mux is not None:  # the sender never got to the end (not connected)
             self._mux.close()
             self._mux = None
-        if self.bonder is not None:
-            self.bonder.stop()
-            self.bonder = None
-            self.caller = None  # it pointed at the bond's port
+        with self._route_lock:
+            self._leave_route()
         self._not_connected.set(False)
         self._name_condition(None)
         self._slate_lane.close()
@@ -271,7 +225,7 @@ class SrtOutput:
                 continue
             if not self.connected:
                 try:
-                    began = time.monotonic()
+                    began = self._began if self._first_connect else time.monotonic()
                     self.caller = self.caller or self._caller()
                     with hb.allow(CONNECT_SECONDS):
                         self.caller.connect()
@@ -399,16 +353,6 @@ class SrtOutput:
         bond_resent = self.bonder.resent - self.bonder.held if self.bonder is not None else 0
         self.follow.update(now, self.stats, self.chunks_sent * LIVE_PAYLOAD, bond_resent, waited_ms, queued)
 
-    def set_uplinks(self, present: dict[str, str]) -> None:
-        """Interfaces come and go (a modem re-attaching): the bond follows, live.
-        The uplinks component, which watches the interfaces, calls this (any thread)."""
-        if self.bonder is None:
-            return
-        if present != self._last_uplinks:
-            log.info("stream: uplinks changed: %s", ", ".join(f"{n} {a}" for n, a in present.items()) or "none")
-            self._last_uplinks = present
-            self.bonder.set_uplinks(present)
-
     def _connected(self, handshake_began: float) -> None:
         # What queued while we were away (backing off, or waiting for the relay) is stale
         # for a live viewer: it goes, and the video starts on a keyframe. What queued
@@ -424,7 +368,7 @@ class SrtOutput:
         self._pending.clear()  # a partial chunk of the old connection: the new one starts on a TS packet
         self.follow.connected()
         self._need_key = True
-        self.connected, self.connected_since = True, time.time()
+        self.connected, self.connected_since, self._first_connect = True, time.time(), False
         if self.reconnects or self._not_connected.active:
             log.info("stream: reconnected to %s (%d stale frames dropped)", self.where(), stale,
                      extra={"OUTPUT": self.name})

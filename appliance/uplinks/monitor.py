@@ -71,6 +71,9 @@ class UplinkMonitor:
         self._sent: list[tuple[float, dict[str, int]]] = []  # (time, bytes each link sent that tick), SHARE_WINDOW
         self.shares: dict[str, float] = {}  # each link's part of the traffic, 0..1
         self.on_facts: Callable[[frozenset[str]], None] = lambda facts: None
+        # The stream's bond kept registered while not live (outputs/srt_route.py): the
+        # composition root says when it is wanted, the loop applies it off the loop.
+        self.warm_bond, self._warm_applied = False, False
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -100,6 +103,8 @@ class UplinkMonitor:
             await asyncio.gather(self._task, return_exceptions=True)
         if self.modem is not None:
             await asyncio.to_thread(self.modem.stop)
+        if self.srt is not None:
+            await asyncio.to_thread(self.srt.keep_warm, False)
         await asyncio.to_thread(self._save_usage)
 
     def status(self) -> dict:
@@ -124,6 +129,9 @@ class UplinkMonitor:
             try:
                 present = await asyncio.to_thread(self._present)
                 self.tick(time.monotonic(), present)
+                if self.srt is not None and self.warm_bond != self._warm_applied:
+                    self._warm_applied = self.warm_bond
+                    await asyncio.to_thread(self.srt.keep_warm, self.warm_bond)
                 if self._save_due:
                     self._save_due = False
                     await asyncio.to_thread(self._save_usage)  # an fsync: never on the loop
@@ -137,9 +145,9 @@ class UplinkMonitor:
         return resolve_uplinks(self.config.stream.uplinks)
 
     def tick(self, now: float, present: dict[str, str]) -> None:
-        bond = self.srt.bonder if self.srt is not None else None  # while streaming over a bond
-        if bond is not None:
-            self.srt.set_uplinks(present)  # the one place the interfaces are watched
+        bond = self.srt.live_bond() if self.srt is not None else None  # while streaming over a bond
+        if self.srt is not None:
+            self.srt.set_uplinks(present)  # the one place the interfaces are watched (the warm bond follows too)
         links = bond.link_stats() if bond is not None else {}
         if bond is not self._bonder_id:
             self._bonder_id, self._last_bytes, self._loss = bond, {}, LossMeter()
@@ -181,8 +189,8 @@ class UplinkMonitor:
                 self._active_conditions.add(f"cap:{name}")
                 log.warning("uplinks: %s reached its data cap (%d MB): on standby", name, self.caps[name] // 1_000_000,
                             extra={"EVENT": "data_cap", "LINK": name})
-        if bond is not None:
-            bond.set_policy(d.weights, d.standby)
+        if self.srt is not None and self.srt.bonder is not None:  # the warm bond too: GO's first packets obey it
+            self.srt.bonder.set_policy(d.weights, d.standby)
         if bond is None:
             self._streaming_since = None
         elif self._streaming_since is None:
@@ -336,6 +344,8 @@ class UplinkMonitor:
             except OSError as e:
                 log.warning("preflight: cannot save to %s: %s", self.preflight_path, e)
         log.info("preflight: %s", report["verdict"], extra={"EVENT": "preflight", "VERDICT": report["verdict"]})
+        if self.srt is not None and self._warm_applied:
+            await asyncio.to_thread(self.srt.keep_warm, True)  # to the PoP it chose
         return {"ok": True, "preflight": report}
 
     def _radio_of(self, name: str) -> dict:
