@@ -204,6 +204,25 @@ class NetBench:
             time.sleep(0.05)
         raise AssertionError("relay never listened")
 
+    def start_pop(self, ns: str, addr: str, port: int, ingest_url: str, one_way_s: float, log: Path,
+                  secret_file: Path) -> None:
+        """An edge PoP in namespace ns: `appliance relay` on 127.0.0.1:port+1 to ingest_url,
+        reached at addr:port through a delay forwarder (one_way_s each way)."""
+        with open(log, "ab") as f:
+            self.procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", ns, *APPLIANCE, "relay", "--listen", str(port + 1), "--bind", "127.0.0.1",
+                 "--to", ingest_url, "--secret-file", str(secret_file)], stdout=f, stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+        fwd = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(Path(__file__).parent / "delay_forwarder.py"),
+                                addr, str(port), str(port + 1), str(one_way_s * 1000)], stdout=subprocess.PIPE,
+                               env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
+        self.procs.append(fwd)
+        assert fwd.stdout.readline().strip() == b"ready", "the delay forwarder did not start"
+        deadline = time.monotonic() + 10
+        while f"127.0.0.1:{port + 1} " not in self.ns(ns, "ss", "-uln").stdout:
+            assert time.monotonic() < deadline, f"the PoP's relay never listened: {Path(log).read_text()}"
+            time.sleep(0.05)
+
     def compare(self, script: str, variants: tuple[str, ...], args: list[str], workdir: Path,
                 latency_ms: int = 500) -> dict[str, tuple[dict, Path]]:
         """For the benchmarks: one relay; for each variant a fresh ingest and

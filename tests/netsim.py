@@ -96,10 +96,10 @@ class Impairer:
     all it held, in order) and delay (`delay_s`: each way, so the RTT grows by twice
     it), both directions. `delay_all` delays every link alike: a PoP farther away."""
 
-    def __init__(self, upstream: tuple[str, int]):
+    def __init__(self, upstream: tuple[str, int], bind: tuple[str, int] = ("127.0.0.1", 0)):
         self.upstream = upstream
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(bind)
         self.addr = self.sock.getsockname()
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.sock, selectors.EVENT_READ, None)

@@ -14,7 +14,8 @@ import pytest
 
 from conftest import APPLIANCE, wait_until
 from media_check import decode_files, missing_frames, only_session, segments, ts_continuity_errors
-from netns import RELAY_ADDR, RELAY_NAME, NetBench
+from netns import INGEST_ADDR, INGEST_NAME, RELAY_ADDR, RELAY_NAME, NetBench
+from netsim import stop_gracefully
 
 RELAY_PORT, INGEST_PORT = 5000, 5001
 
@@ -506,3 +507,61 @@ def test_the_phone_page_live_with_one_uplink_down(daemon_factory, net, tmp_path)
     assert (tmp_path / "live-one-uplink-down.png").stat().st_size > 10_000
     net.clear("up1")
     assert d.terminate() == 0
+
+
+def test_preflight_ranks_the_nearer_of_two_pops_in_their_own_namespaces_and_go_streams_to_it(daemon_factory, net,
+                                                                                            tmp_path):
+    """Two edge PoPs, each a relay in its own namespace with its own ingest and secret,
+    behind 80 and 20 ms of added RTT (a delay forwarder on the PoP's address), named by
+    host name; the farther listed first. Both are reached over both uplinks."""
+    pops = {"far": (net.ingest_ns, INGEST_ADDR, 0.040, "localhost", 6001),  # (the relay beside its ingest)
+            "near": (net.relay_ns, RELAY_ADDR, 0.010, INGEST_NAME, 6002)}
+    outs = {}
+    for name, (ns, addr, one_way, ingest_host, ingest_port) in pops.items():
+        outs[name] = tmp_path / f"{name}.ts"
+        net.start_ingest(outs[name], ingest_port, 120)
+        secret = tmp_path / f"{name}.secret"
+        secret.write_text(f"the {name} relay's own secret")
+        net.start_pop(ns, addr, 6100, f"srt://{ingest_host}:{ingest_port}", one_way, tmp_path / f"{name}.log", secret)
+    net.set_hosts(net.app, {RELAY_NAME: RELAY_ADDR, "far.pop.bench.test": INGEST_ADDR,
+                            "near.pop.bench.test": RELAY_ADDR})
+    d = daemon_factory(prefix=["ip", "netns", "exec", net.app], config_extra="""
+[stream]
+enabled = true
+latency_ms = 500
+bond = true
+uplinks = ["up0", "up1"]
+relays = [
+  { name = "far", url = "srt://far.pop.bench.test:6100", relay_secret = "the far relay's own secret" },
+  { name = "near", url = "srt://near.pop.bench.test:6100", relay_secret = "the near relay's own secret" },
+]
+""").start()
+    d.wait_state("READY", timeout=30)
+    from appliance.supervisor import control
+
+    answer = control.request(d.socket, "preflight", timeout=90, seconds=4)
+    assert answer["ok"], answer
+    report = answer["preflight"]
+    assert [p["pop"] for p in report["pops"]] == ["near", "far"], report["pops"]
+    near, far = report["pops"]
+    for a, b in zip(near["links"], far["links"]):
+        assert a["verdict"] == b["verdict"] == "go", (a, b)
+        assert a["rtt_ms"] + 40 < b["rtt_ms"], (a, b)
+    assert report["chosen"] == "near", report
+    assert d.request("live")["ok"]
+    wait_until(lambda: d.output("srt")["connected"], 20, what="streaming through the bond")
+    time.sleep(3)
+    srt = d.output("srt")
+    assert srt["pop"] == "near" and RELAY_ADDR in srt["bond"]["relay"], srt
+    assert all(link["state"] == "up" for link in srt["bond"]["links"].values()), srt["bond"]
+    assert "stream: PoP near, ranked first by the pre-flight at" in d.log()
+    d.request("stop")
+    d.wait_state("READY", timeout=20)
+    assert d.terminate() == 0
+    for p in net.procs:
+        if "srt-live-transmit" in " ".join(map(str, p.args)):
+            stop_gracefully(p)
+    assert decode_files([outs["near"]]).video_pts, "the show reached near's ingest"
+    far = outs["far"].read_bytes()
+    pids = {(far[i + 1] & 0x1F) << 8 | far[i + 2] for i in range(0, len(far) - 187, 188)}
+    assert pids <= {0x1FFF}, "far's ingest had the pre-flight's null packets only"

@@ -324,6 +324,23 @@ def test_groups_that_register_and_carry_no_data_are_reaped_within_seconds(relay)
     busy.close()
 
 
+def test_a_group_kept_registered_by_keepalives_alone_stays_and_one_that_only_registered_goes(relay):
+    """A box READY with its bond kept warm sends keepalives and no data until GO."""
+    warm, idle = client(), client()
+    register(relay, [warm])
+    register(relay, [idle])
+    until = time.monotonic() + 7  # past IDLE_GROUP (5 s), with the relay's own cleanup running every second
+    while time.monotonic() < until:
+        warm.sendto(srtla.keepalive(1), relay.addr)
+        warm.recv(100)
+        time.sleep(0.5)
+    assert relay.relay.status()["groups"] == 1, "the warm one stayed, the one that only registered went"
+    warm.sendto(srt_data(1), relay.addr)
+    assert srtla.srt_seq(relay.server.recvfrom(2000)[0]) == 1, "and it carries the show at GO, unregistered never"
+    warm.close()
+    idle.close()
+
+
 def test_a_flood_of_registrations_does_not_grow_memory():
     r = RelayThread(max_groups=20)
     socks = [client(f"127.0.4.{i}") for i in range(1, 61)]
@@ -495,3 +512,44 @@ def test_an_ingest_name_that_resolves_late_is_retried_and_said_once(private_host
         out = proc.communicate(timeout=10)[0]
     assert out.count("cannot reach the SRT server") == 1, out
     assert "is reachable again" in out, out
+
+
+def test_an_ingest_name_whose_first_address_refuses_is_reached_at_the_next(private_hosts):
+    """`--to srt://localhost:PORT` where localhost is ::1 first (glibc's order, with
+    both in /etc/hosts) and the ingest listens on IPv4 only, as srt-live-transmit's
+    `srt://:PORT` does: the port refuses at ::1, and the relay goes on to 127.0.0.1."""
+    import subprocess
+
+    from conftest import APPLIANCE, free_port
+
+    ingest = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    ingest.bind(("127.0.0.1", 0))
+    ingest.settimeout(0.2)
+    port = free_port()
+    proc = subprocess.Popen([*private_hosts.prefix, *APPLIANCE, "relay", "--listen", str(port), "--bind", "127.0.0.1",
+                             "--to", f"srt://localhost:{ingest.getsockname()[1]}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    link = client()
+    target = type("R", (), {"addr": ("127.0.0.1", port)})()
+    try:
+        def registers():
+            try:
+                register(target, [link])
+                return True
+            except (socket.timeout, ConnectionRefusedError):
+                return False
+        wait_until(registers, 10, what="the relay answering")
+
+        def arrives(seq: int) -> bool:
+            link.sendto(srt_data(seq), target.addr)  # (SRT's caller repeats its handshake likewise)
+            try:
+                return srtla.srt_seq(ingest.recv(2000)) is not None
+            except socket.timeout:
+                return False
+        wait_until(lambda: arrives(7), 10, interval=0.05, what="the packets reaching the ingest at 127.0.0.1")
+    finally:
+        link.close()
+        ingest.close()
+        proc.terminate()
+        out = proc.communicate(timeout=10)[0]
+    assert "refuses at [::1]:" in out and ": trying 127.0.0.1:" in out, out

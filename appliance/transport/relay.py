@@ -42,7 +42,7 @@ GROUP_TIMEOUT = 10.0
 CLEANUP_EVERY = 1.0
 SERVER_RETRY = 1.0  # s between attempts to open a group's socket towards the ingest
 WAITING_MAX = 64  # packets kept for the ingest while its socket is being made
-IDLE_GROUP = 5.0  # s: registered and never carried data (irlserver/srtla reaps them after 5 s)
+IDLE_GROUP = 5.0  # s: registered, no data ever, no keepalive since (irlserver/srtla reaps any without data)
 CHALLENGE_TTL = 10  # s a challenge is good for (once)
 USED_MAX = 200_000  # challenges remembered: beyond that, proofs are refused until some expire
 PER_SOURCE_GROUPS = 16  # a carrier NAT puts many boxes behind one address: not 1
@@ -80,6 +80,9 @@ class Group:
     opened_at: float = 0.0  # when it was last tried (the ingest's name may not resolve yet)
     waiting: list[bytes] = field(default_factory=list)  # what came while it was being made
     bytes_in: int = 0
+    last_keepalive: float = 0.0  # a box kept READY keeps its group registered with keepalives alone
+    server_try: int = 0  # which of the server name's addresses (in getaddrinfo's order) it tries
+    server_addr: tuple | None = None
 
 
 class _ServerSide(asyncio.DatagramProtocol):
@@ -93,6 +96,8 @@ class _ServerSide(asyncio.DatagramProtocol):
 
     def error_received(self, exc) -> None:
         self.relay.dropped["server unreachable"] += 1
+        if isinstance(exc, ConnectionRefusedError):
+            self.relay._server_refused(self.group)
 
 
 class Relay(asyncio.DatagramProtocol):
@@ -115,6 +120,9 @@ class Relay(asyncio.DatagramProtocol):
         self._cleanup: asyncio.Task | None = None
         self._pending: set[asyncio.Task] = set()
         self._server_error = ""  # logged once while it lasts
+        self._server_first = 0  # the server name's address that answered last (an index, modulo)
+        self._server_addrs: list[tuple] = []  # the name's addresses at the last lookup
+        self._refusal: tuple = ()  # (refusing, next) last said
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -282,10 +290,12 @@ class Relay(asyncio.DatagramProtocol):
 
         async def connect():
             try:
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _ServerSide(self, group), remote_addr=self.server)
+                infos = await loop.getaddrinfo(*self.server, type=socket.SOCK_DGRAM)
+                self._server_addrs = addrs = list(dict.fromkeys(i[4][:2] for i in infos))
+                addr = addrs[(self._server_first + group.server_try) % len(addrs)]
+                transport, _ = await loop.create_datagram_endpoint(lambda: _ServerSide(self, group), remote_addr=addr)
                 if self.groups.get(self._key(group.gid)) is group:
-                    group.transport = transport
+                    group.transport, group.server_addr = transport, addr
                     for d in group.waiting:
                         transport.sendto(d)
                         self.forwarded += 1
@@ -316,6 +326,7 @@ class Relay(asyncio.DatagramProtocol):
         link = group.links[addr]
         link.last = time.monotonic()
         if t == srtla.KEEPALIVE:
+            group.last_keepalive = link.last
             return self._send(d, addr)  # echoed whole: the sender's timestamp comes back
         if len(d) < srtla.MIN_SRT:
             self.dropped["shorter than an SRT header"] += 1
@@ -341,7 +352,27 @@ class Relay(asyncio.DatagramProtocol):
 
     # --- from the server ------------------------------------------------------------------------
 
+    def _server_refused(self, group: Group) -> None:
+        """The server's port refuses at this address (an ICMP port unreachable): a name with
+        more than one (localhost: ::1 first, 127.0.0.1) and a server on one family only.
+        The group tries the next; the caller repeats its handshake meanwhile."""
+        if group.transport is None or group.opening:
+            return
+        refused = group.server_addr
+        group.transport.close()
+        group.transport = None
+        group.server_try += 1
+        self._open_server_side(group)
+        addrs = self._server_addrs
+        after = addrs[(self._server_first + group.server_try) % len(addrs)] if addrs else None
+        if (refused, after) != self._refusal and after != refused:  # said once, not per group
+            self._refusal = (refused, after)
+            log.warning("relay: the SRT server %s refuses at %s: trying %s", _show(self.server), _show(refused),
+                        _show(after))
+
     def _from_server(self, group: Group, d: bytes) -> None:
+        if group.server_addr is not None and group.server_try:  # this one answers: the next groups start here
+            self._server_first, group.server_try = self._server_first + group.server_try, 0
         if srtla.kind(d) == srtla.SRT_ACK:
             for addr in group.links:
                 self._send(d, addr)
@@ -376,9 +407,10 @@ class Relay(asyncio.DatagramProtocol):
                         group.last_link = None
             if not group.links and now - group.created > GROUP_TIMEOUT:
                 self._drop_group(group)
-            elif not group.bytes_in and now - group.created > IDLE_GROUP:
+            elif not group.bytes_in and now - max(group.created, group.last_keepalive) > IDLE_GROUP:
                 self.dropped["groups that never carried data"] += 1
-                log.info("relay: a group from %s carried no data in %.0f s: removed", group.source, IDLE_GROUP)
+                log.info("relay: a group from %s carried no data nor keepalives in %.0f s: removed", group.source,
+                         IDLE_GROUP)
                 self._drop_group(group)
 
     def _drop_group(self, group: Group) -> None:
