@@ -22,7 +22,7 @@ def relay(port: int, ingest_port: int, secret) -> subprocess.Popen:
                             cwd=ROOT)
 
 
-def box_with_pops(daemon_factory, private_hosts, pops: dict[str, int], uplinks: str):
+def box_with_pops(daemon_factory, private_hosts, pops: dict[str, int], uplinks: str, latency: str = "500"):
     """A box (a small picture) bonding over `uplinks` to PoPs NAME.pop.test:PORT, by name."""
     private_hosts.set({f"{name}.pop.test": "127.0.0.1" for name in pops})
     relays = "".join(f'  {{ name = "{n}", url = "srt://{n}.pop.test:{port}", relay_secret = "{SECRET}" }},\n'
@@ -34,12 +34,46 @@ height = 180
 fps = 15
 [stream]
 enabled = true
-latency_ms = 500
+latency_ms = {latency}
 bond = true
 uplinks = {uplinks}
 relays = [
 {relays}]
 """).start()
+
+
+def test_without_a_preflight_a_quick_probe_in_ready_picks_the_nearer_pop_and_its_latency(
+        daemon_factory, private_hosts, tmp_path, ingest):
+    ingest.start()
+    secret = tmp_path / "relay.secret"
+    secret.write_text(SECRET)
+    relays, paths = [], {}
+    try:
+        for name, one_way in (("far", 0.040), ("near", 0.010)):  # 80 ms and 20 ms more RTT; far listed first
+            port = free_port()
+            relays.append(relay(port, ingest.port, secret))
+            paths[name] = Impairer(("127.0.0.1", port))
+            paths[name].delay_all = one_way
+        d = box_with_pops(daemon_factory, private_hosts, {n: p.addr[1] for n, p in paths.items()},
+                          '["wired@127.0.0.2", "cell@127.0.0.3"]', latency='"auto"')
+        d.wait_state("READY", timeout=30)
+        wait_until(lambda: d.output("srt")["pop"] == "near", 20, what="the warm bond moved to the probe's choice")
+        assert "near is the nearest" in d.log()
+        assert d.request("live")["ok"]
+        wait_until(lambda: d.output("srt")["connected"], 20, what="streaming")
+        srt = d.output("srt")
+        assert srt["pop"] == "near", srt
+        assert "a quick probe's RTT" in srt["latency_rule"] and 120 <= srt["latency_ms"] < 2000, srt
+        assert "stream: PoP near, the nearest by a quick probe at" in d.log()
+        d.request("stop")
+        d.wait_state("READY", timeout=20)
+        manifest = json.loads(next((d.dir / "recordings").glob("*/session.json")).read_text())
+        assert "quick probe" in manifest["settings"]["stream_plan"]["why"], manifest["settings"]["stream_plan"]
+    finally:
+        for r in relays:
+            stop_gracefully(r)
+        for p in paths.values():
+            p.close()
 
 
 def test_the_chosen_pop_killed_mid_show_the_stream_moves_to_the_other_and_the_recording_has_no_gap(
@@ -58,26 +92,27 @@ def test_the_chosen_pop_killed_mid_show_the_stream_moves_to_the_other_and_the_re
                           '["wired@127.0.0.2", "cell@127.0.0.3"]')
         d.wait_state("READY", timeout=30)
         assert d.request("live")["ok"]
-        wait_until(lambda: d.output("srt")["connected"], 20, what="streaming through PoP a")
-        assert d.output("srt")["pop"] == "a", "no pre-flight: the first listed"
+        wait_until(lambda: d.output("srt")["connected"], 20, what="streaming through a PoP")
+        chosen = d.output("srt")["pop"]  # (the quick probe's: on loopback either)
+        other = "b" if chosen == "a" else "a"
         time.sleep(3)
-        relays["a"][1].kill()  # the PoP dies with the stream on it
+        relays[chosen][1].kill()  # the PoP dies with the stream on it
         killed = time.monotonic()
-        wait_until(lambda: (lambda s: s["pop"] == "b" and s["connected"])(d.output("srt")), 20,
-                   what="the stream through PoP b")
+        wait_until(lambda: (lambda s: s["pop"] == other and s["connected"])(d.output("srt")), 20,
+                   what="the stream through the other PoP")
         moved_in = time.monotonic() - killed
         chunks = d.output("srt")["chunks_sent"]
         wait_until(lambda: d.output("srt")["chunks_sent"] > chunks + 100, 10, what="the stream flowing through b")
         srt = d.output("srt")
-        assert srt["pop_moves"] == 1 and "(PoP b)" in srt["url"], srt
-        assert "stream: leaving PoP a (no answer on any uplink for" in d.log()
+        assert srt["pop_moves"] == 1 and f"(PoP {other})" in srt["url"], srt
+        assert f"stream: leaving PoP {chosen} (no answer on any uplink for" in d.log()
         time.sleep(2)
         d.request("stop")
         d.wait_state("READY", timeout=20)
         skipped = d.component("media")["frames_dropped"]
         for i in ingests.values():
             i.stop()
-        through_b = decode_files([ingests["b"].runs[0][2]])
+        through_b = decode_files([ingests[other].runs[0][2]])
         assert len(through_b.video_pts) > 15, "the show went on through b"
         rec = decode_files(segments(only_session(d.dir / "recordings")))
         assert missing_frames(rec.video_pts) == skipped, "the recording never noticed"

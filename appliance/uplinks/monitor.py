@@ -48,6 +48,8 @@ class UplinkMonitor:
         self.usage_path = state_dir / "usage.json" if state_dir else None
         self.preflight_path = state_dir / "preflight.json" if state_dir else None
         self.last_preflight: dict | None = None
+        self.last_probe: dict | None = None  # uplinks/quick_probe.py: the PoPs' RTT, without a pre-flight
+        self._probe: asyncio.Task | None = None
         self._preflight_running = False
         self.modem = None
         self.memory = FailoverMemory()
@@ -101,6 +103,8 @@ class UplinkMonitor:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._probe is not None:  # (its thread finishes within quick_probe.SECONDS)
+            await asyncio.gather(self._probe, return_exceptions=True)
         if self.modem is not None:
             await asyncio.to_thread(self.modem.stop)
         if self.srt is not None:
@@ -132,6 +136,8 @@ class UplinkMonitor:
                 if self.srt is not None and self.warm_bond != self._warm_applied:
                     self._warm_applied = self.warm_bond
                     await asyncio.to_thread(self.srt.keep_warm, self.warm_bond)
+                if (self._probe is None or self._probe.done()) and self._probe_due(time.time()):
+                    self._probe = asyncio.get_running_loop().create_task(self._quick_probe(present), name="quick-probe")
                 if self._save_due:
                     self._save_due = False
                     await asyncio.to_thread(self._save_usage)  # an fsync: never on the loop
@@ -366,7 +372,37 @@ class UplinkMonitor:
         """Which PoP GO streams to and why, and an "auto" latency (the SRT output asks, at GO)."""
         from appliance.uplinks.preflight import plan
 
-        return plan(self.last_preflight, self.config.stream, time.time())
+        return plan(self.last_preflight, self.config.stream, time.time(), self.last_probe)
+
+    def _probe_due(self, now: float) -> bool:
+        """READY (the bond kept warm, not live), bonded to more than one PoP, no fresh
+        pre-flight, and no probe in the last quick_probe.EVERY seconds."""
+        from appliance.uplinks import preflight, quick_probe
+
+        s = self.config.stream
+        if self.srt is None or not s.bond or len(self.srt.pops) < 2 or not self._warm_applied:
+            return False
+        if self.srt.live_bond() is not None or self._preflight_running:
+            return False
+        if preflight.is_fresh(self.last_preflight, [p.label for p in self.srt.pops], now):
+            return False
+        return self.last_probe is None or now - self.last_probe["at"] >= quick_probe.EVERY
+
+    async def _quick_probe(self, present: dict[str, str]) -> None:
+        from appliance.uplinks import quick_probe
+
+        try:
+            result = await asyncio.to_thread(quick_probe.probe, self.config, present)
+        except Exception:  # noqa: BLE001 - a bug of ours: no choice this time; the next probe tries again
+            log.exception("uplinks: the quick probe failed")
+            self.last_probe = {"at": time.time(), "chosen": "", "pops": []}
+            return
+        self.last_probe = result
+        figures = ", ".join(f"{p['pop']} " + ("/".join("-" if f is None else f"{f['rtt_ms']:g}" for f in p["links"].values())
+                                              or "-") + " ms" for p in result["pops"])
+        log.info("uplinks: quick probe of the PoPs (RTT per uplink): %s: %s is the nearest", figures, result["chosen"],
+                 extra={"EVENT": "quick_probe"})
+        await asyncio.to_thread(self.srt.keep_warm, self._warm_applied)  # to the PoP it chose
 
     def session_record(self) -> dict:
         """For the session manifest: the last pre-flight, if it was today's, and the stream's

@@ -117,21 +117,40 @@ def rank_key(p: dict) -> tuple:
     return VERDICTS.index(p["verdict"]), worst_rtt, loss
 
 
-def plan(report: dict | None, stream, now: float) -> dict:
+def is_fresh(report: dict | None, labels: list[str], now: float) -> bool:
+    """A pre-flight that still chooses the PoP: recent, and of these PoPs."""
+    return bool(report) and now - report.get("at", 0) <= FRESH_SECONDS and report.get("chosen") in labels
+
+
+def plan(report: dict | None, stream, now: float, probed: dict | None = None) -> dict:
     """What GO streams to: the PoP (its index, and why) and, for latency_ms = "auto", the
-    latency with its rule. From the last pre-flight while it is fresh, else the first
-    PoP and the most the latency may be."""
+    latency with its rule. From the last pre-flight while it is fresh, else from the
+    last quick probe (uplinks/quick_probe.py) while it is, else the first PoP and the
+    most the latency may be."""
+    from appliance.uplinks import quick_probe
+
     labels = [p.label for p in stream.pops()]
-    fresh = bool(report) and now - report.get("at", 0) <= FRESH_SECONDS and report.get("chosen") in labels
+    fresh = is_fresh(report, labels, now)
+    quick = not fresh and quick_probe.fresh(probed, labels, now)
     if fresh:
         at = time.strftime("%H:%M", time.localtime(report["at"]))
         index, why = labels.index(report["chosen"]), f"ranked first by the pre-flight at {at}"
+    elif quick:
+        at = time.strftime("%H:%M", time.localtime(probed["at"]))
+        index = labels.index(probed["chosen"])
+        why = f"the nearest by a quick probe at {at} (RTT up to {quick_probe.rank_key(probed['pops'][0])[1]:g} ms)"
     else:
         index, why = 0, "the first listed (no fresh pre-flight of these PoPs)"
     out = {"pop": index, "pop_name": labels[index] if labels else "", "why": why}
     if stream.latency_ms == "auto":
         if fresh:
             out["latency_ms"], out["latency_rule"] = report["latency_ms"], report.get("latency_rule", "")
+        elif quick:
+            from appliance.uplinks.latency import budget
+
+            links = [{"name": n, "verdict": "go", **f} for n, f in probed["pops"][0]["links"].items() if f is not None]
+            ms, rule = budget(links, stream.latency_min_ms, stream.latency_max_ms)
+            out["latency_ms"], out["latency_rule"] = ms, f"{rule} (a quick probe's RTT; a pre-flight measures more)"
         else:
             out["latency_ms"] = stream.latency_max_ms
             out["latency_rule"] = f"{stream.latency_max_ms} ms: no fresh pre-flight (the maximum, stream.latency_max_ms)"
