@@ -259,8 +259,15 @@ def cmd_relay(args) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 78
+    stats = None
+    if args.stats:
+        host, _, port = args.stats.rpartition(":")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            print(f"error: --stats {args.stats}: not ADDRESS:PORT (e.g. 127.0.0.1:8181)", file=sys.stderr)
+            return 78
+        stats = (host.strip("[]") or "0.0.0.0", int(port))
     try:
-        asyncio.run(serve(args.listen, args.to, secret, args.bind, args.max_groups, args.max_links))
+        asyncio.run(serve(args.listen, args.to, secret, args.bind, args.max_groups, args.max_links, stats))
     except OSError as e:
         print(f"error: relay: cannot listen on {args.bind or 'every address'} port {args.listen}: {e.strerror or e}",
               file=sys.stderr)
@@ -343,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: the systemd credential relay.secret, if the unit loads one)")
     sp.add_argument("--max-groups", type=int, default=200)
     sp.add_argument("--max-links", type=int, default=8)
+    sp.add_argument("--stats", metavar="ADDRESS:PORT", help="serve per-link stats here: /stats (JSON), /metrics "
+                    "(Prometheus), /noalbs/openirl/STREAMID and /noalbs/belabox (NOALBS); e.g. 127.0.0.1:8181")
     sp.set_defaults(func=cmd_relay)
 
     from appliance.fleet.cli import add_parser as add_fleet

@@ -392,7 +392,7 @@ class Bonder(Worker):
             if link.state != "registering" and now - link.last_keepalive >= KEEPALIVE_EVERY:
                 link.last_keepalive = now
                 try:
-                    self._sendto(link, srtla.keepalive(self._ms()))
+                    self._sendto(link, srtla.keepalive(self._ms(), link.srtt))  # (our RTT: for the relay's view)
                 except OSError:
                     pass
             if link.state in ("up", "probation") and link.last_rx and now - link.last_rx > link.dead_after():

@@ -22,18 +22,16 @@ Better than the reference where it is weak:
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import ipaddress
 import logging
 import os
 import socket
-import struct
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from appliance.transport import srtla
+from appliance.transport import relay_stats, srtla
+from appliance.transport.relay_stats import show_addr as _show
+from appliance.transport.relay_gate import RelayGate, source_of
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +41,7 @@ CLEANUP_EVERY = 1.0
 SERVER_RETRY = 1.0  # s between attempts to open a group's socket towards the ingest
 WAITING_MAX = 64  # packets kept for the ingest while its socket is being made
 IDLE_GROUP = 5.0  # s: registered, no data ever, no keepalive since (irlserver/srtla reaps any without data)
-CHALLENGE_TTL = 10  # s a challenge is good for (once)
-USED_MAX = 200_000  # challenges remembered: beyond that, proofs are refused until some expire
 PER_SOURCE_GROUPS = 16  # a carrier NAT puts many boxes behind one address: not 1
-REG_RATE, REG_BURST = 20.0, 40.0  # REG1/REG2 a second from one source (a sender needs a few)
-SOURCES_MAX = 100_000
-
-
-def source_of(addr) -> str:
-    """Who a limit counts against: the IPv4 address, or the IPv6 /64 (one subscriber's)."""
-    ip = ipaddress.ip_address(addr[0])
-    if ip.version == 6 and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    if ip.version == 4:
-        return str(ip)
-    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
 @dataclass
@@ -66,6 +50,11 @@ class Link:
     last: float
     received: int = 0
     pending_acks: list[int] = field(default_factory=list)
+    packets: int = 0  # what came in on it (data and control, keepalives aside)
+    bytes: int = 0
+    rtt_ms: float | None = None  # the sender's, where its keepalives carry it (srtla.keepalive_rtt_ms)
+    rate: tuple = (0.0, 0.0)  # (packets/s, bytes/s) over the last sample (relay_stats.sample)
+    sampled: tuple = (0.0, 0, 0)  # (when, packets, bytes) at the last sample
 
 
 @dataclass
@@ -80,6 +69,8 @@ class Group:
     opened_at: float = 0.0  # when it was last tried (the ingest's name may not resolve yet)
     waiting: list[bytes] = field(default_factory=list)  # what came while it was being made
     bytes_in: int = 0
+    dropped: int = 0  # its packets the relay could not forward
+    stream_id: str | None = None
     last_keepalive: float = 0.0  # a box kept READY keeps its group registered with keepalives alone
     server_try: int = 0  # which of the server name's addresses (in getaddrinfo's order) it tries
     server_addr: tuple | None = None
@@ -100,19 +91,15 @@ class _ServerSide(asyncio.DatagramProtocol):
             self.relay._server_refused(self.group)
 
 
-class Relay(asyncio.DatagramProtocol):
+class Relay(asyncio.DatagramProtocol, RelayGate):
     def __init__(self, listen: tuple[str, int], server: tuple[str, int], secret: bytes | None = None,
                  max_groups: int = 200, max_links: int = 8):
         self.listen, self.server = listen, server
         self.secret = secret or None
+        self._init_gate()
         self.max_groups, self.max_links = max_groups, max_links
         self.groups: dict[bytes, Group] = {}  # by _key(gid)
-        self._key_secret = os.urandom(32)  # the challenges' own key: never leaves the process
-        # (REG1 or REG2, challenge) answered -> (until when it would be stale anyway, by whom)
-        self._used: dict[tuple[int, bytes], tuple[float, tuple]] = {}
-        self._buckets: dict[str, tuple[float, float]] = {}  # source -> (tokens, when)
         self._groups_of: Counter[str] = Counter()
-        self._buckets_pruned = 0.0
         self.by_addr: dict[tuple, Group] = {}
         self.dropped: Counter[str] = Counter()
         self.forwarded = 0
@@ -150,6 +137,9 @@ class Relay(asyncio.DatagramProtocol):
     async def stop(self) -> None:
         if self._cleanup:
             self._cleanup.cancel()
+        for task in list(self._pending):  # server sides being made (a lookup in the executor)
+            task.cancel()
+        await asyncio.gather(*self._pending, return_exceptions=True)
         for g in list(self.groups.values()):
             self._drop_group(g)
         if self.transport:
@@ -164,45 +154,6 @@ class Relay(asyncio.DatagramProtocol):
     def _key(self, gid: bytes) -> bytes:
         """A group by its id; with a secret, less the sender's proof (fresh in every REG2)."""
         return gid[:srtla.PROOF_AT] + gid[128:] if self.secret else gid
-
-    def _challenge(self, addr, at: int, nonce: bytes | None = None) -> bytes:
-        """[when (s) | nonce | MAC of both and the address]: the relay keeps no state
-        for a challenge it hands out, only for the ones answered."""
-        head = struct.pack(">I", at & 0xFFFFFFFF) + (nonce or os.urandom(4))
-        return head + hmac.new(self._key_secret, head + f"{addr[0]}|{addr[1]}".encode(), hashlib.sha256).digest()[:8]
-
-    def _refused(self, code: int, ident: bytes, addr, now: float, member: bool = False) -> str | None:
-        """Why the proof in this REG1/REG2 is refused, or None (and the challenge is spent).
-        member: the address is in the group already; its own REG2 sent again (its REG3 was
-        lost) is no replay."""
-        challenge = srtla.proof_challenge(code, ident, self.secret)
-        if challenge is None:
-            return "without a valid proof"
-        at = struct.unpack(">I", challenge[:4])[0]
-        if not hmac.compare_digest(challenge, self._challenge(addr, at, challenge[4:8])):
-            return "with a proof for another address"
-        if (int(now) - at) & 0xFFFFFFFF > CHALLENGE_TTL:
-            return "with a stale proof"
-        used = self._used.get((code, challenge))
-        if used is not None:
-            return None if member and used[1] == addr else "with a replayed proof"
-        if len(self._used) >= USED_MAX:
-            return "while too many proofs are remembered"
-        self._used[(code, challenge)] = (now + CHALLENGE_TTL + 1, addr)
-        return None
-
-    def _allowed(self, addr, now: float) -> bool:
-        """A token bucket per source: registrations a second."""
-        src = source_of(addr)
-        tokens, then = self._buckets.get(src, (REG_BURST, now))
-        tokens = min(REG_BURST, tokens + (now - then) * REG_RATE)
-        if tokens < 1:
-            self._buckets[src] = (tokens, now)
-            return False
-        if src not in self._buckets and len(self._buckets) >= SOURCES_MAX:
-            return False
-        self._buckets[src] = (tokens - 1, now)
-        return True
 
     # --- from the senders ----------------------------------------------------------------------
 
@@ -327,12 +278,17 @@ class Relay(asyncio.DatagramProtocol):
         link.last = time.monotonic()
         if t == srtla.KEEPALIVE:
             group.last_keepalive = link.last
+            link.rtt_ms = srtla.keepalive_rtt_ms(d)
             return self._send(d, addr)  # echoed whole: the sender's timestamp comes back
         if len(d) < srtla.MIN_SRT:
             self.dropped["shorter than an SRT header"] += 1
             return
         group.last_link = addr
         group.bytes_in += len(d)
+        link.packets += 1
+        link.bytes += len(d)
+        if t == srtla.HANDSHAKE and group.stream_id is None:
+            group.stream_id = srtla.srt_stream_id(d)  # (the caller's conclusion: what the producer calls it)
         if group.transport is not None:
             group.transport.sendto(d)
             self.forwarded += 1
@@ -340,6 +296,7 @@ class Relay(asyncio.DatagramProtocol):
             group.waiting.append(d)  # the first packets (SRT's handshake) while the socket is made
         else:
             self.dropped["server side not ready"] += 1
+            group.dropped += 1
             if not group.opening and time.monotonic() - group.opened_at >= SERVER_RETRY:
                 self._open_server_side(group)  # the last try failed (name, route): again
         seq = srtla.srt_seq(d)
@@ -387,16 +344,8 @@ class Relay(asyncio.DatagramProtocol):
             self.cleanup(time.monotonic())
 
     def cleanup(self, now: float) -> None:
-        while self._used:  # in the order they were answered, so in the order they expire
-            first = next(iter(self._used))
-            if self._used[first][0] >= now:
-                break
-            del self._used[first]
-        if now - self._buckets_pruned >= 10.0:
-            self._buckets_pruned = now
-            for src, (tokens, then) in list(self._buckets.items()):
-                if tokens + (now - then) * REG_RATE >= REG_BURST:
-                    del self._buckets[src]  # full again: as if never seen
+        self._prune_gate(now)
+        relay_stats.sample(self, now)
         for group in list(self.groups.values()):
             for addr, link in list(group.links.items()):
                 if now - link.last > LINK_TIMEOUT:
@@ -425,13 +374,8 @@ class Relay(asyncio.DatagramProtocol):
             group.transport = None
 
 
-def _show(addr) -> str:
-    host = addr[0].removeprefix("::ffff:")
-    return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
-
-
 async def serve(listen_port: int, to: str, secret: bytes | None, bind: str = "",
-                max_groups: int = 200, max_links: int = 8) -> None:
+                max_groups: int = 200, max_links: int = 8, stats: tuple[str, int] | None = None) -> None:
     """`appliance relay`: run until SIGTERM/SIGINT."""
     import signal
 
@@ -440,6 +384,9 @@ async def serve(listen_port: int, to: str, secret: bytes | None, bind: str = "",
     host, port, _ = parse_srt_url(to, "--to")
     relay = Relay((bind, listen_port), (host, port), secret, max_groups, max_links)
     await relay.start()
+    runner = await relay_stats.serve(relay, *stats) if stats else None
+    if stats:
+        log.info("relay: stats on http://%s/stats (and /metrics, /noalbs/...)", _show(stats))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -447,4 +394,6 @@ async def serve(listen_port: int, to: str, secret: bytes | None, bind: str = "",
     try:
         await stop.wait()
     finally:
+        if runner is not None:
+            await runner.cleanup()
         await relay.stop()

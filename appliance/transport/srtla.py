@@ -64,17 +64,54 @@ def short(code: int) -> bytes:
     return struct.pack(">H", code)
 
 
-def keepalive(timestamp_ms: int | None = None) -> bytes:
-    """Keepalive; with our timestamp appended the receiver's echo gives the link RTT."""
+def keepalive(timestamp_ms: int | None = None, rtt_s: float | None = None) -> bytes:
+    """Keepalive; with our timestamp appended the receiver's echo gives the link RTT.
+    With the RTT the sender last measured (4 more bytes, microseconds: our extension,
+    which a receiver that does not know it echoes whole and ignores), the relay can
+    show each link's RTT."""
     if timestamp_ms is None:
         return short(KEEPALIVE)
-    return short(KEEPALIVE) + struct.pack(">Q", timestamp_ms & 0xFFFFFFFFFFFFFFFF)
+    d = short(KEEPALIVE) + struct.pack(">Q", timestamp_ms & 0xFFFFFFFFFFFFFFFF)
+    return d if rtt_s is None else d + struct.pack(">I", min(0xFFFFFFFF, max(0, int(rtt_s * 1e6))))
 
 
 def keepalive_timestamp(d: bytes) -> int | None:
-    if kind(d) != KEEPALIVE or len(d) != 10:
+    if kind(d) != KEEPALIVE or len(d) not in (10, 14):
         return None
     return struct.unpack_from(">Q", d, 2)[0]
+
+
+def keepalive_rtt_ms(d: bytes) -> float | None:
+    """The sender's RTT of this link, from a keepalive that carries it."""
+    if kind(d) != KEEPALIVE or len(d) != 14:
+        return None
+    return struct.unpack_from(">I", d, 10)[0] / 1000
+
+
+HANDSHAKE, SID_EXT, CONCLUSION = 0x8000, 5, 0xFFFFFFFF
+
+
+def srt_stream_id(d: bytes) -> str | None:
+    """The stream id in an SRT caller's conclusion handshake (HSv5, extension SID),
+    as the ingest will read it; None for any other datagram. libsrt writes the
+    string in 32-bit words, each byte-swapped: swapped back here."""
+    if len(d) < 64 + 4 or kind(d) != HANDSHAKE:
+        return None
+    version, = struct.unpack_from(">I", d, 16)
+    hs_type, = struct.unpack_from(">I", d, 16 + 20)
+    if version != 5 or hs_type != CONCLUSION:
+        return None
+    at = 64
+    while at + 4 <= len(d):
+        ext, words = struct.unpack_from(">HH", d, at)
+        body = d[at + 4:at + 4 + 4 * words]
+        if len(body) < 4 * words:
+            return None
+        if ext == SID_EXT:
+            raw = b"".join(body[i:i + 4][::-1] for i in range(0, len(body), 4))
+            return raw.rstrip(b"\0").decode("utf-8", "replace")
+        at += 4 + 4 * words
+    return None
 
 
 def srtla_ack(seqs: list[int]) -> bytes:
