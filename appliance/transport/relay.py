@@ -25,6 +25,7 @@ import asyncio
 import logging
 import os
 import socket
+import struct
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ GROUP_TIMEOUT = 10.0
 CLEANUP_EVERY = 1.0
 SERVER_RETRY = 1.0  # s between attempts to open a group's socket towards the ingest
 WAITING_MAX = 64  # packets kept for the ingest while its socket is being made
+BATCH = 64  # datagrams read for one wake-up of the loop
+_SEQ = struct.Struct(">I")
+RECV_SIZE = 2048
+RCVBUF = 4 << 20  # a burst from many senders while the loop is busy (the kernel caps it at rmem_max)
 IDLE_GROUP = 5.0  # s: registered, no data ever, no keepalive since (irlserver/srtla reaps any without data)
 PER_SOURCE_GROUPS = 16  # a carrier NAT puts many boxes behind one address: not 1
 
@@ -64,7 +69,7 @@ class Group:
     source: str = ""  # who made it (source_of), for the per-source limit
     links: dict[tuple, Link] = field(default_factory=dict)
     last_link: tuple | None = None
-    transport: asyncio.DatagramTransport | None = None
+    sock: socket.socket | None = None  # its one UDP socket towards the SRT server (connected)
     opening: bool = False  # the server-side socket is being made: a second REG2 must not make another
     opened_at: float = 0.0  # when it was last tried (the ingest's name may not resolve yet)
     waiting: list[bytes] = field(default_factory=list)  # what came while it was being made
@@ -76,22 +81,7 @@ class Group:
     server_addr: tuple | None = None
 
 
-class _ServerSide(asyncio.DatagramProtocol):
-    """The group's one UDP socket towards the SRT server."""
-
-    def __init__(self, relay: "Relay", group: Group):
-        self.relay, self.group = relay, group
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        self.relay._from_server(self.group, data)
-
-    def error_received(self, exc) -> None:
-        self.relay.dropped["server unreachable"] += 1
-        if isinstance(exc, ConnectionRefusedError):
-            self.relay._server_refused(self.group)
-
-
-class Relay(asyncio.DatagramProtocol, RelayGate):
+class Relay(RelayGate):
     def __init__(self, listen: tuple[str, int], server: tuple[str, int], secret: bytes | None = None,
                  max_groups: int = 200, max_links: int = 8):
         self.listen, self.server = listen, server
@@ -103,7 +93,7 @@ class Relay(asyncio.DatagramProtocol, RelayGate):
         self.by_addr: dict[tuple, Group] = {}
         self.dropped: Counter[str] = Counter()
         self.forwarded = 0
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock: socket.socket | None = None  # the one the senders register and send on
         self._cleanup: asyncio.Task | None = None
         self._pending: set[asyncio.Task] = set()
         self._server_error = ""  # logged once while it lasts
@@ -119,7 +109,10 @@ class Relay(asyncio.DatagramProtocol, RelayGate):
         loop = asyncio.get_running_loop()
         host, port = self.listen
         if host:
-            self.transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=self.listen)
+            family, _, _, _, where = (await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM,
+                                                             flags=socket.AI_PASSIVE))[0]
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.bind(where)
         else:
             try:
                 sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
@@ -128,8 +121,11 @@ class Relay(asyncio.DatagramProtocol, RelayGate):
             except OSError:  # a kernel booted with ipv6.disable=1
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 sock.bind(("0.0.0.0", port))
-            self.transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
-        self.listen = self.transport.get_extra_info("sockname")[:2]
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        self.sock = sock
+        loop.add_reader(sock.fileno(), self._readable)
+        self.listen = sock.getsockname()[:2]
         self._cleanup = loop.create_task(self._cleanup_loop(), name="relay-cleanup")
         log.info("relay: listening on %s, forwarding to %s%s", _show(self.listen), _show(self.server),
                  " (shared secret required)" if self.secret else "")
@@ -142,8 +138,10 @@ class Relay(asyncio.DatagramProtocol, RelayGate):
         await asyncio.gather(*self._pending, return_exceptions=True)
         for g in list(self.groups.values()):
             self._drop_group(g)
-        if self.transport:
-            self.transport.close()
+        if self.sock is not None:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
 
     def status(self) -> dict:
         return {"groups": len(self.groups), "links": sum(len(g.links) for g in self.groups.values()),
@@ -157,8 +155,24 @@ class Relay(asyncio.DatagramProtocol, RelayGate):
 
     # --- from the senders ----------------------------------------------------------------------
 
-    def datagram_received(self, d: bytes, addr) -> None:
-        addr = addr[:2]
+    def _readable(self) -> None:
+        """What is waiting, up to BATCH datagrams for one wake-up of the loop (asyncio's
+        datagram transport reads one per wake-up: most of the relay's CPU went there)."""
+        recv = self.sock.recvfrom
+        for _ in range(BATCH):
+            try:
+                d, addr = recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # (an ICMP error for something we sent: nothing to read)
+                continue
+            self._from_sender(d, addr)
+
+    def _from_sender(self, d: bytes, addr) -> None:
+        if len(addr) > 2:
+            addr = addr[:2]  # (IPv6's flow and scope)
+        if len(d) >= srtla.MIN_SRT and not d[0] & 0x80:  # SRT data: the hot path, straight on
+            return self._data(d, addr, 0)
         t = srtla.kind(d)
         if t is None:
             self.dropped["short"] += 1
@@ -172,8 +186,12 @@ class Relay(asyncio.DatagramProtocol, RelayGate):
             self._data(d, addr, t)
 
     def _send(self, data: bytes, addr) -> None:
-        if self.transport is not None:
-            self.transport.sendto(data, addr)
+        try:
+            self.sock.sendto(data, addr)
+        except BlockingIOError:
+            self.dropped["the send buffer full"] += 1
+        except (OSError, AttributeError):  # (a link's address gone; or stopped)
+            self.dropped["undeliverable to a sender"] += 1
 
     def _reg1(self, d: bytes, addr) -> None:
         ident = srtla.reg_id(d, srtla.REG1)
@@ -231,7 +249,7 @@ class Relay(asyncio.DatagramProtocol, RelayGate):
             group.links[addr] = Link(addr, time.monotonic())
             self.by_addr[addr] = group
             log.info("relay: link %s joined a group (%d links)", _show(addr), len(group.links))
-            if group.transport is None and not group.opening:
+            if group.sock is None and not group.opening:
                 self._open_server_side(group)
         group.links[addr].last = time.monotonic()
         self._send(srtla.short(srtla.REG3), addr)
@@ -244,15 +262,15 @@ class Relay(asyncio.DatagramProtocol, RelayGate):
                 infos = await loop.getaddrinfo(*self.server, type=socket.SOCK_DGRAM)
                 self._server_addrs = addrs = list(dict.fromkeys(i[4][:2] for i in infos))
                 addr = addrs[(self._server_first + group.server_try) % len(addrs)]
-                transport, _ = await loop.create_datagram_endpoint(lambda: _ServerSide(self, group), remote_addr=addr)
-                if self.groups.get(self._key(group.gid)) is group:
-                    group.transport, group.server_addr = transport, addr
+                if self.groups.get(self._key(group.gid)) is group:  # (not expired while it was looked up)
+                    sock = socket.socket(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET, socket.SOCK_DGRAM)
+                    sock.setblocking(False)
+                    sock.connect(addr)  # (UDP: at once; only what the server sends comes in)
+                    loop.add_reader(sock.fileno(), self._from_server_side, group, sock)
+                    group.sock, group.server_addr = sock, addr
                     for d in group.waiting:
-                        transport.sendto(d)
-                        self.forwarded += 1
+                        self._forward(group, d)
                     group.waiting.clear()
-                else:
-                    transport.close()  # the group expired while its socket was being made
                 if self._server_error:
                     log.info("relay: the SRT server %s is reachable again", _show(self.server))
                     self._server_error = ""
@@ -275,7 +293,7 @@ class Relay(asyncio.DatagramProtocol, RelayGate):
             self.dropped["unregistered"] += 1
             return
         link = group.links[addr]
-        link.last = time.monotonic()
+        link.last = now = time.monotonic()
         if t == srtla.KEEPALIVE:
             group.last_keepalive = link.last
             link.rtt_ms = srtla.keepalive_rtt_ms(d)
@@ -289,35 +307,67 @@ class Relay(asyncio.DatagramProtocol, RelayGate):
         link.bytes += len(d)
         if t == srtla.HANDSHAKE and group.stream_id is None:
             group.stream_id = srtla.srt_stream_id(d)  # (the caller's conclusion: what the producer calls it)
-        if group.transport is not None:
-            group.transport.sendto(d)
-            self.forwarded += 1
+        if group.sock is not None:
+            self._forward(group, d)
         elif group.opening and len(group.waiting) < WAITING_MAX:
             group.waiting.append(d)  # the first packets (SRT's handshake) while the socket is made
         else:
             self.dropped["server side not ready"] += 1
             group.dropped += 1
-            if not group.opening and time.monotonic() - group.opened_at >= SERVER_RETRY:
+            if not group.opening and now - group.opened_at >= SERVER_RETRY:
                 self._open_server_side(group)  # the last try failed (name, route): again
-        seq = srtla.srt_seq(d)
-        if seq is not None:
+        if not t:  # SRT data: its sequence number goes into the link's next SRTLA ACK
             link.received += 1
-            link.pending_acks.append(seq)
+            link.pending_acks.append(_SEQ.unpack_from(d)[0] & 0x7FFFFFFF)
             if len(link.pending_acks) == srtla.ACK_SEQS:
                 self._send(srtla.srtla_ack(link.pending_acks), addr)
                 link.pending_acks = []
 
+    def _forward(self, group: Group, d: bytes) -> None:
+        try:
+            group.sock.send(d)
+            self.forwarded += 1
+        except BlockingIOError:
+            self.dropped["the server's send buffer full"] += 1
+            group.dropped += 1
+        except ConnectionRefusedError:  # (the ICMP error of an earlier one: this one did not go)
+            self.dropped["server unreachable"] += 1
+            group.dropped += 1
+            self._server_refused(group)
+        except OSError:
+            self.dropped["server unreachable"] += 1
+            group.dropped += 1
+
     # --- from the server ------------------------------------------------------------------------
+
+    def _from_server_side(self, group: Group, sock: socket.socket) -> None:
+        for _ in range(BATCH):
+            try:
+                d = sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionRefusedError:
+                self.dropped["server unreachable"] += 1
+                return self._server_refused(group)
+            except OSError:
+                self.dropped["server unreachable"] += 1
+                return
+            self._from_server(group, d)
+
+    def _close_server_side(self, group: Group) -> None:
+        if group.sock is not None:
+            asyncio.get_running_loop().remove_reader(group.sock.fileno())
+            group.sock.close()
+            group.sock = None
 
     def _server_refused(self, group: Group) -> None:
         """The server's port refuses at this address (an ICMP port unreachable): a name with
         more than one (localhost: ::1 first, 127.0.0.1) and a server on one family only.
         The group tries the next; the caller repeats its handshake meanwhile."""
-        if group.transport is None or group.opening:
+        if group.sock is None or group.opening:
             return
         refused = group.server_addr
-        group.transport.close()
-        group.transport = None
+        self._close_server_side(group)
         group.server_try += 1
         self._open_server_side(group)
         addrs = self._server_addrs
@@ -369,9 +419,7 @@ class Relay(asyncio.DatagramProtocol, RelayGate):
                 del self._groups_of[group.source]
         for addr in group.links:
             self.by_addr.pop(addr, None)
-        if group.transport is not None:
-            group.transport.close()
-            group.transport = None
+        self._close_server_side(group)
 
 
 async def serve(listen_port: int, to: str, secret: bytes | None, bind: str = "",
