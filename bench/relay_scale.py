@@ -242,20 +242,20 @@ def run_one(kind: str, n: int, mbps: float, seconds: float, exe: Path | None, fl
 
 
 def bonding_sender(mbps: float, seconds: float) -> float:
-    """Our bonding sender's thread, libsrt's caller -> Bonder (two links) -> the relay (in a
-    thread) -> srt-live-transmit: CPU ms per Mb."""
-    from netsim import RelayThread
-
+    """Our bonding sender's thread, libsrt's caller -> Bonder (two links) -> `appliance relay`
+    (its own process: a relay thread beside it would charge the GIL's hand-overs to the
+    bond) -> srt-live-transmit: CPU ms per Mb."""
     from appliance.transport.bond import Bonder
     from appliance.transport.libsrt import SrtCaller
 
-    port = free_port()
+    port, relay_port = free_port(), free_port()
     ingest = subprocess.Popen([shutil.which("srt-live-transmit"), f"srt://:{port}?mode=listener", "file://con"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.3)
-    relay = RelayThread()
-    relay.relay.server = ("127.0.0.1", port)
-    bond = Bonder(relay.addr, {"a": "127.0.0.2", "b": "127.0.0.3"})
+    relay = subprocess.Popen([sys.executable, "-m", "appliance", "relay", "--listen", str(relay_port), "--bind",
+                              "127.0.0.1", "--to", f"srt://127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, cwd=ROOT)
+    time.sleep(1.0)  # (both listening)
+    bond = Bonder(("127.0.0.1", relay_port), {"a": "127.0.0.2", "b": "127.0.0.3"})
     bond.start()
     try:
         while not all(link.state == "up" for link in bond.links.values()):
@@ -279,9 +279,9 @@ def bonding_sender(mbps: float, seconds: float) -> float:
         return cpu * 1000 / ((i - i0) * (PAYLOAD + 16) * 8 / 1e6)
     finally:
         bond.stop()
-        relay.close()
-        ingest.terminate()
-        ingest.wait(5)
+        for p in (relay, ingest):
+            p.terminate()
+            p.wait(5)
 
 
 def _thread_cpu(tid: int) -> float:
