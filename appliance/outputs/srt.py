@@ -47,6 +47,7 @@ ABR_EVERY = 0.1
 STUCK_SECONDS = 8.0
 CONNECT_SECONDS = 30.0
 NOT_CONNECTED = conditions.SRT_NOT_CONNECTED
+FIRST_FRAMES_WITHIN = 0.5  # s from GO to dialling: the frames queued meanwhile go, the first one too
 _END = object()
 
 
@@ -105,8 +106,9 @@ class SrtOutput(SrtRoute):
         self._mux = TsMuxer(self._bytes, session.video, session.audio_extradata, session.track_names,
                             service_name=session.name)
         self._stop.clear()
-        # The session's first connection sends from its first frame (the recording's), when
-        # that is still fresh: with the bond kept warm, the handshake is a few round trips.
+        # The session's first connection sends from its first frame (the recording's) when it
+        # dials at once (the bond kept warm: a few round trips); later, that second of frames
+        # would go in one burst, which the links queue and the ABR takes for congestion.
         self._began, self._first_connect = time.monotonic(), True
         plan = self.plan()
         with self._route_lock:
@@ -225,7 +227,9 @@ class SrtOutput(SrtRoute):
                 continue
             if not self.connected:
                 try:
-                    began = self._began if self._first_connect else time.monotonic()
+                    began = time.monotonic()
+                    if self._first_connect and began - self._began <= FIRST_FRAMES_WITHIN:
+                        began = self._began  # (through the warm bond: the recording's first frame on)
                     self.caller = self.caller or self._caller()
                     with hb.allow(CONNECT_SECONDS):
                         self.caller.connect()

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from dataclasses import replace
+from typing import Callable
 
 from appliance import hostnames
 from appliance.hostnames import parse_srt_url
@@ -32,6 +33,9 @@ class SrtRoute:
         self._last_uplinks: dict[str, str] = {}
         self._warm = False  # the bond is wanted while not live
         self._route_lock = threading.Lock()  # keep_warm (the uplinks' thread) against start and stop (the media's)
+        # The link policy's last (weights, standby), from the uplinks component: a new bond
+        # obeys it from its first packet, not from the policy's next tick (a backup on standby).
+        self.link_policy: Callable[[], tuple[dict, set] | None] = lambda: None
         self._aim(0)
 
     def where(self) -> str:
@@ -84,6 +88,8 @@ class SrtRoute:
     def _bond(self) -> None:
         secret = self.stream.relay_secret.get_secret_value().encode() or None
         self.bonder = Bonder((self.host, self.port), self._last_uplinks, secret)
+        if (policy := self.link_policy()) is not None:
+            self.bonder.set_policy(*policy)
         self.bonder.start()
         self.watch.aimed(self.pop_index, time.monotonic())
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TICK = 0.5
+RADIO_FRESH = 15.0
 SAVE_EVERY = 10.0
 SHARE_WINDOW = 3.0  # s of traffic a link's share is taken over
 CARRIES_FROM = 0.01  # a link with at least this share of the traffic carries the show
@@ -45,6 +46,8 @@ class UplinkMonitor:
         self.config = config
         self.report = report
         self.srt = srt_output
+        if srt_output is not None:
+            srt_output.link_policy = lambda: (self.decision.weights, self.decision.standby) if self.decision else None
         self.usage_path = state_dir / "usage.json" if state_dir else None
         self.preflight_path = state_dir / "preflight.json" if state_dir else None
         self.last_preflight: dict | None = None
@@ -154,9 +157,12 @@ class UplinkMonitor:
         bond = self.srt.live_bond() if self.srt is not None else None  # while streaming over a bond
         if self.srt is not None:
             self.srt.set_uplinks(present)  # the one place the interfaces are watched (the warm bond follows too)
-        links = bond.link_stats() if bond is not None else {}
-        if bond is not self._bonder_id:
-            self._bonder_id, self._last_bytes, self._loss = bond, {}, LossMeter()
+        # The links as the bond sees them, warm (READY) or live: the policy decides on them
+        # before GO, so that GO's first packets already obey it (a backup on standby).
+        seen = self.srt.bonder if self.srt is not None else None
+        links = seen.link_stats() if seen is not None else {}
+        if seen is not self._bonder_id:
+            self._bonder_id, self._last_bytes, self._loss = seen, {}, LossMeter()
         views, delta = {}, {}
         # A named uplink that is missing altogether (the modem re-enumerating) is down, not absent from view.
         configured = {e.partition("@")[0] for e in self.config.stream.uplinks if e != "auto"}
@@ -195,8 +201,8 @@ class UplinkMonitor:
                 self._active_conditions.add(f"cap:{name}")
                 log.warning("uplinks: %s reached its data cap (%d MB): on standby", name, self.caps[name] // 1_000_000,
                             extra={"EVENT": "data_cap", "LINK": name})
-        if self.srt is not None and self.srt.bonder is not None:  # the warm bond too: GO's first packets obey it
-            self.srt.bonder.set_policy(d.weights, d.standby)
+        if seen is not None:
+            seen.set_policy(d.weights, d.standby)
         if bond is None:
             self._streaming_since = None
         elif self._streaming_since is None:
@@ -355,8 +361,12 @@ class UplinkMonitor:
         return {"ok": True, "preflight": report}
 
     def _radio_of(self, name: str) -> dict:
-        if self.modem is not None and name == self.config.modem.interface and self.modem.answering:
-            return self.modem.radio.as_dict()
+        """The modem's figures for pre-flight: its last answer, if it came in the last
+        RADIO_FRESH seconds (a poll or two lost while the dry streams load the box)."""
+        m = self.modem
+        if m is not None and name == self.config.modem.interface and m.updated \
+                and (m.answering or time.monotonic() - m.updated < RADIO_FRESH):
+            return m.radio.as_dict()
         return {}
 
     def _saved_preflight(self) -> dict | None:
