@@ -470,46 +470,63 @@ def test_appliance_relay_refuses_a_weak_secret(tmp_path):
     assert r.returncode == 78 and "at least 16 bytes" in r.stderr
 
 
-def test_an_ingest_name_that_resolves_late_is_retried_and_said_once(private_hosts):
-    """`--to srt://ingest.bench.test:PORT` while that name does not resolve yet: the group's
-    packets reach the ingest once it does, with no new registration."""
-    import subprocess
+class RelayToName:
+    """`appliance relay --to srt://HOST:PORT` in its own /etc/hosts (private_hosts), one
+    registered link, and an IPv4 ingest socket: .arrives(seq) sends a data packet and
+    says whether it reached the ingest; .close() -> the relay's output."""
 
-    from conftest import APPLIANCE, free_port
+    def __init__(self, private_hosts, host: str):
+        import subprocess
 
-    ingest = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    ingest.bind(("127.0.0.1", 0))
-    ingest.settimeout(0.2)
-    port = free_port()
-    proc = subprocess.Popen([*private_hosts.prefix, *APPLIANCE, "relay", "--listen", str(port), "--bind", "127.0.0.1",
-                             "--to", f"srt://ingest.bench.test:{ingest.getsockname()[1]}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    link = client()
-    target = type("R", (), {"addr": ("127.0.0.1", port)})()
-    try:
+        from conftest import APPLIANCE, free_port
+
+        self.ingest = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.ingest.bind(("127.0.0.1", 0))
+        self.ingest.settimeout(0.2)
+        port = free_port()
+        self.proc = subprocess.Popen([*private_hosts.prefix, *APPLIANCE, "relay", "--listen", str(port), "--bind",
+                                      "127.0.0.1", "--to", f"srt://{host}:{self.ingest.getsockname()[1]}"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        self.link = client()
+        self.target = type("R", (), {"addr": ("127.0.0.1", port)})()
+
         def registers():
             try:
-                register(target, [link])
+                register(self.target, [self.link])
                 return True
             except (socket.timeout, ConnectionRefusedError):
                 return False
-        wait_until(registers, 10, what="the relay answering")
+        try:
+            wait_until(registers, 10, what="the relay answering")
+        except BaseException:
+            self.close()
+            raise
 
-        def arrives(seq: int) -> bool:
-            link.sendto(srt_data(seq), target.addr)
-            try:
-                return srtla.srt_seq(ingest.recv(2000)) is not None
-            except socket.timeout:
-                return False
+    def arrives(self, seq: int) -> bool:
+        self.link.sendto(srt_data(seq), self.target.addr)  # (SRT's caller repeats its handshake likewise)
+        try:
+            return srtla.srt_seq(self.ingest.recv(2000)) is not None
+        except socket.timeout:
+            return False
+
+    def close(self) -> str:
+        self.link.close()
+        self.ingest.close()
+        self.proc.terminate()
+        return self.proc.communicate(timeout=10)[0]
+
+
+def test_an_ingest_name_that_resolves_late_is_retried_and_said_once(private_hosts):
+    """`--to srt://ingest.bench.test:PORT` while that name does not resolve yet: the group's
+    packets reach the ingest once it does, with no new registration."""
+    r = RelayToName(private_hosts, "ingest.bench.test")
+    try:
         for seq in range(10):
-            assert not arrives(seq), "nowhere to go yet"
+            assert not r.arrives(seq), "nowhere to go yet"
         private_hosts.set({"ingest.bench.test": "127.0.0.1"})
-        wait_until(lambda: arrives(100), 10, interval=0.05, what="the packets reaching the ingest once it resolves")
+        wait_until(lambda: r.arrives(100), 10, interval=0.05, what="the packets reaching the ingest once it resolves")
     finally:
-        link.close()
-        ingest.close()
-        proc.terminate()
-        out = proc.communicate(timeout=10)[0]
+        out = r.close()
     assert out.count("cannot reach the SRT server") == 1, out
     assert "is reachable again" in out, out
 
@@ -518,38 +535,9 @@ def test_an_ingest_name_whose_first_address_refuses_is_reached_at_the_next(priva
     """`--to srt://localhost:PORT` where localhost is ::1 first (glibc's order, with
     both in /etc/hosts) and the ingest listens on IPv4 only, as srt-live-transmit's
     `srt://:PORT` does: the port refuses at ::1, and the relay goes on to 127.0.0.1."""
-    import subprocess
-
-    from conftest import APPLIANCE, free_port
-
-    ingest = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    ingest.bind(("127.0.0.1", 0))
-    ingest.settimeout(0.2)
-    port = free_port()
-    proc = subprocess.Popen([*private_hosts.prefix, *APPLIANCE, "relay", "--listen", str(port), "--bind", "127.0.0.1",
-                             "--to", f"srt://localhost:{ingest.getsockname()[1]}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    link = client()
-    target = type("R", (), {"addr": ("127.0.0.1", port)})()
+    r = RelayToName(private_hosts, "localhost")
     try:
-        def registers():
-            try:
-                register(target, [link])
-                return True
-            except (socket.timeout, ConnectionRefusedError):
-                return False
-        wait_until(registers, 10, what="the relay answering")
-
-        def arrives(seq: int) -> bool:
-            link.sendto(srt_data(seq), target.addr)  # (SRT's caller repeats its handshake likewise)
-            try:
-                return srtla.srt_seq(ingest.recv(2000)) is not None
-            except socket.timeout:
-                return False
-        wait_until(lambda: arrives(7), 10, interval=0.05, what="the packets reaching the ingest at 127.0.0.1")
+        wait_until(lambda: r.arrives(7), 10, interval=0.05, what="the packets reaching the ingest at 127.0.0.1")
     finally:
-        link.close()
-        ingest.close()
-        proc.terminate()
-        out = proc.communicate(timeout=10)[0]
+        out = r.close()
     assert "refuses at [::1]:" in out and ": trying 127.0.0.1:" in out, out
