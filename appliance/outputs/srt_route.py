@@ -53,23 +53,30 @@ class SrtRoute:
             return
         with self._route_lock:
             self._warm = wanted
-            if self._accepting:
-                return  # live: the show's bond is the show's
-            plan = self.plan()
-            index = plan["pop"] if 0 <= plan["pop"] < len(self.pops) else 0
-            if self.bonder is not None and (not wanted or index != self.pop_index):
-                self.bonder.stop()
-                self.bonder = None
-            if wanted and self.bonder is None:
-                self._aim(index, plan.get("latency_ms"))
-                self._last_uplinks = resolve_uplinks(self.cfg.uplinks)
-                self._bond()
-                log.info("stream: the bond to %s registers while READY: GO goes live at once", self.where(),
-                         extra={"OUTPUT": self.name, "POP": self.pop.label})
+            self._rewarm()
+
+    def _rewarm(self) -> None:
+        """(Under the route lock.) Not live: the bond to the planned PoP, or none."""
+        if self._accepting:
+            return  # live: the show's bond is the show's
+        plan = self.plan()
+        index = self._planned(plan)
+        if self.bonder is not None and (not self._warm or index != self.pop_index):
+            self.bonder.stop()
+            self.bonder = None
+        if self._warm and self.bonder is None:
+            self._aim(index, plan.get("latency_ms"))
+            self._last_uplinks = resolve_uplinks(self.cfg.uplinks)
+            self._bond()
+            log.info("stream: the bond to %s registers while READY: GO goes live at once", self.where(),
+                     extra={"OUTPUT": self.name, "POP": self.pop.label})
+
+    def _planned(self, plan: dict) -> int:
+        return plan["pop"] if 0 <= plan["pop"] < len(self.pops) else 0
 
     def _take_route(self, plan: dict) -> None:
         """At GO (under the route lock): the planned PoP, through the warm bond if it is aimed there."""
-        index = plan["pop"] if 0 <= plan["pop"] < len(self.pops) else 0
+        index = self._planned(plan)
         if self.bonder is not None and index != self.pop_index:
             self.bonder.stop()
             self.bonder = None
@@ -79,11 +86,14 @@ class SrtRoute:
             self._bond()
 
     def _leave_route(self) -> None:
-        """At STOP (under the route lock): the bond goes back to warm, or stops."""
-        if self.bonder is not None and not self._warm:
+        """At STOP (under the route lock): the bond goes back to warm (to the planned PoP,
+        should the show have moved to another), or stops."""
+        self.caller = None  # it pointed at the bond's port
+        if self.cfg.bond:
+            self._rewarm()
+        elif self.bonder is not None:
             self.bonder.stop()
             self.bonder = None
-        self.caller = None  # it pointed at the bond's port
 
     def _bond(self) -> None:
         secret = self.stream.relay_secret.get_secret_value().encode() or None
