@@ -264,8 +264,12 @@ class Relay(RelayGate):
                 addr = addrs[(self._server_first + group.server_try) % len(addrs)]
                 if self.groups.get(self._key(group.gid)) is group:  # (not expired while it was looked up)
                     sock = socket.socket(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET, socket.SOCK_DGRAM)
-                    sock.setblocking(False)
-                    sock.connect(addr)  # (UDP: at once; only what the server sends comes in)
+                    try:
+                        sock.setblocking(False)
+                        sock.connect(addr)  # (UDP: at once; only what the server sends comes in)
+                    except OSError:
+                        sock.close()  # (no route to it now: tried again with the group's next packets)
+                        raise
                     loop.add_reader(sock.fileno(), self._from_server_side, group, sock)
                     group.sock, group.server_addr = sock, addr
                     for d in group.waiting:
@@ -361,9 +365,8 @@ class Relay(RelayGate):
             group.sock = None
 
     def _server_refused(self, group: Group) -> None:
-        """The server's port refuses at this address (an ICMP port unreachable): a name with
-        more than one (localhost: ::1 first, 127.0.0.1) and a server on one family only.
-        The group tries the next; the caller repeats its handshake meanwhile."""
+        """The server's port refuses at this address (ICMP port unreachable: localhost is ::1 first,
+        the server on IPv4 only): the group tries the next; the caller repeats its handshake."""
         if group.sock is None or group.opening:
             return
         refused = group.server_addr
