@@ -65,10 +65,22 @@ def test_parsers_never_raise_on_foreign_bytes(d):
     srtla.srt_seq(d)
     srtla.reg_id(d, srtla.REG1)
     srtla.keepalive_timestamp(d)
+    srtla.keepalive_rtt_ms(d)
     srtla.parse_srtla_ack(d)
     srtla.srt_ack_number(d)
     for a, b in srtla.srt_nak_ranges(d):
         assert 0 <= a and 0 <= b
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=120), st.integers(0, 40))
+def test_the_stream_id_parser_never_raises_even_on_a_handshake_shaped_datagram(tail, words):
+    """A conclusion handshake's header, then anything: extensions claiming any length."""
+    head = struct.pack(">HHIII", 0x8000, 0, 0, 0, 0) + struct.pack(">IHHIIIII", 5, 0, 0, 0, 1500, 8192, 0xFFFFFFFF, 0)
+    d = head + bytes(20) + struct.pack(">HH", 5, words) + tail
+    sid = srtla.srt_stream_id(d)
+    assert sid is None or isinstance(sid, str)
+    assert srtla.srt_stream_id(head + bytes(20) + struct.pack(">HH", 5, 1) + b"1dit") == "tid1", "word by word, swapped"
 
 
 # --- the relay ----------------------------------------------------------------------------------------
