@@ -66,8 +66,7 @@ class SrtRoute:
             self.bonder = None
         if self._warm and self.bonder is None:
             self._aim(index, plan.get("latency_ms"))
-            self._last_uplinks = resolve_uplinks(self.cfg.uplinks)
-            self._bond()
+            self._bond(resolve_uplinks(self.cfg.uplinks))
             log.info("stream: the bond to %s registers while READY: GO goes live at once", self.where(),
                      extra={"OUTPUT": self.name, "POP": self.pop.label})
 
@@ -82,8 +81,7 @@ class SrtRoute:
             self.bonder = None
         self._aim(index, plan.get("latency_ms"))
         if self.cfg.bond and self.bonder is None:
-            self._last_uplinks = resolve_uplinks(self.cfg.uplinks)
-            self._bond()
+            self._bond(resolve_uplinks(self.cfg.uplinks))
 
     def _leave_route(self) -> None:
         """At STOP (under the route lock): the bond goes back to warm (to the planned PoP,
@@ -95,7 +93,10 @@ class SrtRoute:
             self.bonder.stop()
             self.bonder = None
 
-    def _bond(self) -> None:
+    def _bond(self, uplinks: dict[str, str] | None = None) -> None:
+        """A bond to the PoP aimed at, over these uplinks (None: those it follows now)."""
+        if uplinks is not None:
+            self._last_uplinks = uplinks
         secret = self.stream.relay_secret.get_secret_value().encode() or None
         self.bonder = Bonder((self.host, self.port), self._last_uplinks, secret)
         if (policy := self.link_policy()) is not None:
