@@ -31,8 +31,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from appliance.transport import relay_stats, srtla
-from appliance.transport.relay_stats import show_addr as _show
 from appliance.transport.relay_gate import RelayGate, source_of
+from appliance.transport.relay_server_side import BATCH, RECV_SIZE, RelayServerSide
+from appliance.transport.relay_stats import show_addr as _show
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,7 @@ GROUP_TIMEOUT = 10.0
 CLEANUP_EVERY = 1.0
 SERVER_RETRY = 1.0  # s between attempts to open a group's socket towards the ingest
 WAITING_MAX = 64  # packets kept for the ingest while its socket is being made
-BATCH = 64  # datagrams read for one wake-up of the loop
 _SEQ = struct.Struct(">I")
-RECV_SIZE = 2048
 RCVBUF = 4 << 20  # a burst from many senders while the loop is busy (the kernel caps it at rmem_max)
 IDLE_GROUP = 5.0  # s: registered, no data ever, no keepalive since (irlserver/srtla reaps any without data)
 PER_SOURCE_GROUPS = 16  # a carrier NAT puts many boxes behind one address: not 1
@@ -81,7 +80,7 @@ class Group:
     server_addr: tuple | None = None
 
 
-class Relay(RelayGate):
+class Relay(RelayGate, RelayServerSide):
     def __init__(self, listen: tuple[str, int], server: tuple[str, int], secret: bytes | None = None,
                  max_groups: int = 200, max_links: int = 8):
         self.listen, self.server = listen, server
@@ -254,43 +253,6 @@ class Relay(RelayGate):
         group.links[addr].last = time.monotonic()
         self._send(srtla.short(srtla.REG3), addr)
 
-    def _open_server_side(self, group: Group) -> None:
-        loop = asyncio.get_running_loop()
-
-        async def connect():
-            try:
-                infos = await loop.getaddrinfo(*self.server, type=socket.SOCK_DGRAM)
-                self._server_addrs = addrs = list(dict.fromkeys(i[4][:2] for i in infos))
-                addr = addrs[(self._server_first + group.server_try) % len(addrs)]
-                if self.groups.get(self._key(group.gid)) is group:  # (not expired while it was looked up)
-                    sock = socket.socket(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET, socket.SOCK_DGRAM)
-                    try:
-                        sock.setblocking(False)
-                        sock.connect(addr)  # (UDP: at once; only what the server sends comes in)
-                    except OSError:
-                        sock.close()  # (no route to it now: tried again with the group's next packets)
-                        raise
-                    loop.add_reader(sock.fileno(), self._from_server_side, group, sock)
-                    group.sock, group.server_addr = sock, addr
-                    for d in group.waiting:
-                        self._forward(group, d)
-                    group.waiting.clear()
-                if self._server_error:
-                    log.info("relay: the SRT server %s is reachable again", _show(self.server))
-                    self._server_error = ""
-            except OSError as e:  # (socket.gaierror among them: a name that does not resolve)
-                self.dropped["server side not ready"] += len(group.waiting)
-                group.waiting.clear()
-                if str(e) != self._server_error:
-                    log.error("relay: cannot reach the SRT server %s: %s: retrying", _show(self.server), e)
-                self._server_error = str(e)
-            finally:
-                group.opening = False
-        group.opening, group.opened_at = True, time.monotonic()
-        task = loop.create_task(connect())
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
     def _data(self, d: bytes, addr, t: int) -> None:
         group = self.by_addr.get(addr)
         if group is None:
@@ -326,68 +288,6 @@ class Relay(RelayGate):
             if len(link.pending_acks) == srtla.ACK_SEQS:
                 self._send(srtla.srtla_ack(link.pending_acks), addr)
                 link.pending_acks = []
-
-    def _forward(self, group: Group, d: bytes) -> None:
-        try:
-            group.sock.send(d)
-            self.forwarded += 1
-        except BlockingIOError:
-            self.dropped["the server's send buffer full"] += 1
-            group.dropped += 1
-        except ConnectionRefusedError:  # (the ICMP error of an earlier one: this one did not go)
-            self.dropped["server unreachable"] += 1
-            group.dropped += 1
-            self._server_refused(group)
-        except OSError:
-            self.dropped["server unreachable"] += 1
-            group.dropped += 1
-
-    # --- from the server ------------------------------------------------------------------------
-
-    def _from_server_side(self, group: Group, sock: socket.socket) -> None:
-        for _ in range(BATCH):
-            try:
-                d = sock.recv(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionRefusedError:
-                self.dropped["server unreachable"] += 1
-                return self._server_refused(group)
-            except OSError:
-                self.dropped["server unreachable"] += 1
-                return
-            self._from_server(group, d)
-
-    def _close_server_side(self, group: Group) -> None:
-        if group.sock is not None:
-            asyncio.get_running_loop().remove_reader(group.sock.fileno())
-            group.sock.close()
-            group.sock = None
-
-    def _server_refused(self, group: Group) -> None:
-        """The server's port refuses at this address (ICMP port unreachable: localhost is ::1 first,
-        the server on IPv4 only): the group tries the next; the caller repeats its handshake."""
-        if group.sock is None or group.opening:
-            return
-        refused = group.server_addr
-        self._close_server_side(group)
-        group.server_try += 1
-        self._open_server_side(group)
-        addrs = self._server_addrs
-        after = addrs[(self._server_first + group.server_try) % len(addrs)] if addrs else None
-        if (refused, after) != self._refusal and after != refused:  # said once, not per group
-            self._refusal = (refused, after)
-            log.warning("relay: the SRT server %s refuses at %s: trying %s", _show(self.server), _show(refused),
-                        _show(after))
-
-    def _from_server(self, group: Group, d: bytes) -> None:
-        if group.server_addr is not None and group.server_try:  # this one answers: the next groups start here
-            self._server_first, group.server_try = self._server_first + group.server_try, 0
-        if srtla.kind(d) == srtla.SRT_ACK:
-            for addr in group.links:
-                self._send(d, addr)
-        elif group.last_link is not None:
-            self._send(d, group.last_link)
 
     # --- housekeeping -----------------------------------------------------------------------------
 
