@@ -235,7 +235,7 @@ def cmd_relay(args) -> int:
 
     from appliance.supervisor.systemd import setup_logging
     from appliance.hostnames import parse_srt_url
-    from appliance.transport.relay import serve
+    from appliance.transport.relay_workers import run, workers_for
 
     setup_logging("info")
     secret = None
@@ -255,9 +255,13 @@ def cmd_relay(args) -> int:
         print("error: the relay secret must be at least 16 bytes", file=sys.stderr)
         return 78
     try:
-        parse_srt_url(args.to, "--to")
+        ingest = parse_srt_url(args.to, "--to")[:2]
+        workers = workers_for(args.workers)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 78
+    except ValueError:
+        print(f"error: --workers {args.workers}: not a number from 1 to 64, nor auto", file=sys.stderr)
         return 78
     stats = None
     if args.stats:
@@ -267,12 +271,11 @@ def cmd_relay(args) -> int:
             return 78
         stats = (host.strip("[]") or "0.0.0.0", int(port))
     try:
-        asyncio.run(serve(args.listen, args.to, secret, args.bind, args.max_groups, args.max_links, stats))
+        return run(args.listen, ingest, secret, args.bind, args.max_groups, args.max_links, stats, workers)
     except OSError as e:
         print(f"error: relay: cannot listen on {args.bind or 'every address'} port {args.listen}: {e.strerror or e}",
               file=sys.stderr)
         return 1
-    return 0
 
 
 def cmd_panel_card(args) -> int:
@@ -348,7 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="listen on this address only (default: every IPv4 and IPv6 address)")
     sp.add_argument("--secret-file", help="only senders holding this shared secret may register "
                     "(default: the systemd credential relay.secret, if the unit loads one)")
-    sp.add_argument("--max-groups", type=int, default=200)
+    sp.add_argument("--max-groups", type=int, default=200, help="at most this many groups (senders), "
+                    "shared among the workers")
+    sp.add_argument("--workers", default="auto", metavar="N", help="processes sharing the port, a group's "
+                    "links all on one (default auto: one for each core, at most 8)")
     sp.add_argument("--max-links", type=int, default=8)
     sp.add_argument("--stats", metavar="ADDRESS:PORT", help="serve per-link stats here: /stats (JSON), /metrics "
                     "(Prometheus), /noalbs/openirl/STREAMID and /noalbs/belabox (NOALBS); e.g. 127.0.0.1:8181")

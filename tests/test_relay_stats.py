@@ -79,7 +79,9 @@ def read_belabox(body: bytes, publisher: str) -> dict | None:
 def test_per_link_stats_json_and_metrics_are_within_10_percent_of_what_each_link_sent():
     r = RelayThread()
     port = free_port()
-    runner = asyncio.run_coroutine_threadsafe(relay_stats.serve(r.relay, "127.0.0.1", port), r.loop).result(5)
+    async def view():
+        return relay_stats.view(r.relay)
+    runner = asyncio.run_coroutine_threadsafe(relay_stats.serve(view, "127.0.0.1", port), r.loop).result(5)
     a, b = client("127.0.0.2"), client("127.0.0.3")
     stop = threading.Event()
     sent = {a: [0, 0], b: [0, 0]}

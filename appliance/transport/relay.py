@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import struct
 import time
@@ -31,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from appliance.transport import relay_stats, srtla
+from appliance.transport.relay_affinity import RelayAffinity
 from appliance.transport.relay_gate import RelayGate, source_of
 from appliance.transport.relay_server_side import BATCH, RECV_SIZE, RelayServerSide
 from appliance.transport.relay_stats import show_addr as _show
@@ -48,6 +48,31 @@ IDLE_GROUP = 5.0  # s: registered, no data ever, no keepalive since (irlserver/s
 PER_SOURCE_GROUPS = 16  # a carrier NAT puts many boxes behind one address: not 1
 
 
+def listening_socket(host: str, port: int, reuseport: bool = False) -> socket.socket:
+    """Where the senders register: ADDRESS "" is every IPv4 and IPv6 address (one dual-stack
+    socket, IPv4 senders seen as ::ffff:a.b.c.d), or every IPv4 one where IPv6 is off.
+    reuseport: one of several workers' (relay_workers)."""
+    if host:
+        family, _, _, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    else:
+        where = ("::", port)
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        except OSError:  # a kernel booted with ipv6.disable=1
+            sock, where = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), ("0.0.0.0", port)
+    try:
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        sock.bind(where)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 @dataclass
 class Link:
     addr: tuple
@@ -57,6 +82,7 @@ class Link:
     packets: int = 0  # what came in on it (data and control, keepalives aside)
     bytes: int = 0
     rtt_ms: float | None = None  # the sender's, where its keepalives carry it (srtla.keepalive_rtt_ms)
+    sock: socket.socket | None = None  # its own, with several workers (relay_affinity)
     rate: tuple = (0.0, 0.0)  # (packets/s, bytes/s) over the last sample (relay_stats.sample)
     sampled: tuple = (0.0, 0, 0)  # (when, packets, bytes) at the last sample
 
@@ -80,19 +106,24 @@ class Group:
     server_addr: tuple | None = None
 
 
-class Relay(RelayGate, RelayServerSide):
+class Relay(RelayGate, RelayServerSide, RelayAffinity):
     def __init__(self, listen: tuple[str, int], server: tuple[str, int], secret: bytes | None = None,
-                 max_groups: int = 200, max_links: int = 8):
+                 max_groups: int = 200, max_links: int = 8, *, sock: socket.socket | None = None,
+                 worker: tuple[int, int] = (0, 1), gate_key: bytes | None = None,
+                 hand_over: list[socket.socket] | None = None, inbox: socket.socket | None = None):
+        """sock: bound already (by relay_workers, one per worker); worker, gate_key, hand_over,
+        inbox: one of several (relay_affinity)."""
         self.listen, self.server = listen, server
         self.secret = secret or None
-        self._init_gate()
+        self._init_gate(gate_key)
+        self.worker, self.hand_over, self.inbox = worker, hand_over, inbox
         self.max_groups, self.max_links = max_groups, max_links
         self.groups: dict[bytes, Group] = {}  # by _key(gid)
         self._groups_of: Counter[str] = Counter()
         self.by_addr: dict[tuple, Group] = {}
         self.dropped: Counter[str] = Counter()
         self.forwarded = 0
-        self.sock: socket.socket | None = None  # the one the senders register and send on
+        self.sock = sock  # the one the senders register and send on
         self._cleanup: asyncio.Task | None = None
         self._pending: set[asyncio.Task] = set()
         self._server_error = ""  # logged once while it lasts
@@ -103,28 +134,13 @@ class Relay(RelayGate, RelayServerSide):
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """listen: (ADDRESS, port); ADDRESS "" is every IPv4 and IPv6 address (one dual-stack
-        socket, IPv4 senders seen as ::ffff:a.b.c.d), or every IPv4 one where IPv6 is off."""
         loop = asyncio.get_running_loop()
-        host, port = self.listen
-        if host:
-            family, _, _, _, where = (await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM,
-                                                             flags=socket.AI_PASSIVE))[0]
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            sock.bind(where)
-        else:
-            try:
-                sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                sock.bind(("::", port))
-            except OSError:  # a kernel booted with ipv6.disable=1
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                sock.bind(("0.0.0.0", port))
-        sock.setblocking(False)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        self.sock = sock
-        loop.add_reader(sock.fileno(), self._readable)
-        self.listen = sock.getsockname()[:2]
+        if self.sock is None:  # (the name --bind gives is looked up off the loop)
+            self.sock = await loop.run_in_executor(None, listening_socket, *self.listen)
+        self.sock.setblocking(False)
+        loop.add_reader(self.sock.fileno(), self._readable)
+        self._start_inbox(loop)
+        self.listen = self.sock.getsockname()[:2]
         self._cleanup = loop.create_task(self._cleanup_loop(), name="relay-cleanup")
         log.info("relay: listening on %s, forwarding to %s%s", _show(self.listen), _show(self.server),
                  " (shared secret required)" if self.secret else "")
@@ -137,6 +153,7 @@ class Relay(RelayGate, RelayServerSide):
         await asyncio.gather(*self._pending, return_exceptions=True)
         for g in list(self.groups.values()):
             self._drop_group(g)
+        self._stop_inbox(asyncio.get_running_loop())
         if self.sock is not None:
             asyncio.get_running_loop().remove_reader(self.sock.fileno())
             self.sock.close()
@@ -154,10 +171,11 @@ class Relay(RelayGate, RelayServerSide):
 
     # --- from the senders ----------------------------------------------------------------------
 
-    def _readable(self) -> None:
+    def _readable(self, sock: socket.socket | None = None) -> None:
         """What is waiting, up to BATCH datagrams for one wake-up of the loop (asyncio's
-        datagram transport reads one per wake-up: most of the relay's CPU went there)."""
-        recv = self.sock.recvfrom
+        datagram transport reads one per wake-up: most of the relay's CPU went there).
+        sock: a link's own (relay_affinity), else the listening one."""
+        recv = (sock or self.sock).recvfrom
         for _ in range(BATCH):
             try:
                 d, addr = recv(RECV_SIZE)
@@ -214,21 +232,24 @@ class Relay(RelayGate, RelayServerSide):
         if len(self.groups) >= self.max_groups:
             self.dropped["REG1 over the group limit"] += 1
             return self._send(srtla.short(srtla.REG_ERR), addr)
-        gid = ident[:128] + os.urandom(128)
+        gid = ident[:128] + self._relay_half()
         self.groups[self._key(gid)] = Group(gid, now, src)
         self._groups_of[src] += 1
         log.info("relay: new group from %s", _show(addr))
         self._send(srtla.reg(srtla.REG2, gid), addr)
 
-    def _reg2(self, d: bytes, addr) -> None:
+    def _reg2(self, d: bytes, addr, counted: bool = False) -> None:
+        """counted: against its source's rate already, by the worker that handed it over."""
         gid = srtla.reg_id(d, srtla.REG2)
         if gid is None:
             self.dropped["bad REG2 length"] += 1
             return
         now = time.monotonic()
-        if not self._allowed(addr, now):
+        if not counted and not self._allowed(addr, now):
             self.dropped["registrations over the per-source rate"] += 1
             return
+        if (owner := self._owner(gid)) is not None:
+            return self._hand_over(owner, d, addr)  # its group is that worker's, and so must its links be
         group = self.groups.get(self._key(gid))
         if group is None:
             if self.secret:  # the challenge its REG1 must answer
@@ -245,8 +266,9 @@ class Relay(RelayGate, RelayServerSide):
             if len(group.links) >= self.max_links:
                 self.dropped["REG2 over the link limit"] += 1
                 return self._send(srtla.short(srtla.REG_ERR), addr)
-            group.links[addr] = Link(addr, time.monotonic())
+            group.links[addr] = link = Link(addr, time.monotonic())
             self.by_addr[addr] = group
+            self._pin(link)
             log.info("relay: link %s joined a group (%d links)", _show(addr), len(group.links))
             if group.sock is None and not group.opening:
                 self._open_server_side(group)
@@ -304,6 +326,7 @@ class Relay(RelayGate, RelayServerSide):
                 if now - link.last > LINK_TIMEOUT:
                     del group.links[addr]
                     self.by_addr.pop(addr, None)
+                    self._unpin(link)
                     log.info("relay: link %s silent for %.0f s: removed", _show(addr), LINK_TIMEOUT)
                     if group.last_link == addr:
                         group.last_link = None
@@ -320,31 +343,8 @@ class Relay(RelayGate, RelayServerSide):
             self._groups_of[group.source] -= 1
             if self._groups_of[group.source] <= 0:
                 del self._groups_of[group.source]
-        for addr in group.links:
+        for addr, link in group.links.items():
             self.by_addr.pop(addr, None)
+            self._unpin(link)
         self._close_server_side(group)
 
-
-async def serve(listen_port: int, to: str, secret: bytes | None, bind: str = "",
-                max_groups: int = 200, max_links: int = 8, stats: tuple[str, int] | None = None) -> None:
-    """`appliance relay`: run until SIGTERM/SIGINT."""
-    import signal
-
-    from appliance.hostnames import parse_srt_url
-
-    host, port, _ = parse_srt_url(to, "--to")
-    relay = Relay((bind, listen_port), (host, port), secret, max_groups, max_links)
-    await relay.start()
-    runner = await relay_stats.serve(relay, *stats) if stats else None
-    if stats:
-        log.info("relay: stats on http://%s/stats (and /metrics, /noalbs/...)", _show(stats))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        if runner is not None:
-            await runner.cleanup()
-        await relay.stop()

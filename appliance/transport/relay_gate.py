@@ -30,8 +30,10 @@ def source_of(addr) -> str:
 class RelayGate:
     secret: bytes | None
 
-    def _init_gate(self) -> None:
-        self._key_secret = os.urandom(32)  # the challenges' own key: never leaves the process
+    def _init_gate(self, key: bytes | None = None) -> None:
+        """key: the challenges' own, never sent: drawn here, or shared by the relay's workers
+        (a challenge one gave, another may check)."""
+        self._key_secret = key or os.urandom(32)
         # (REG1 or REG2, challenge) answered -> (until when it would be stale anyway, by whom)
         self._used: dict[tuple[int, bytes], tuple[float, tuple]] = {}
         self._buckets: dict[str, tuple[float, float]] = {}  # source -> (tokens, when)

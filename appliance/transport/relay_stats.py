@@ -49,11 +49,13 @@ def view(relay, now: float | None = None) -> dict:
                   "packets": link.packets, "bytes": link.bytes, "last_seen_s": round(max(0.0, now - link.last), 2),
                   "rtt_ms": link.rtt_ms} for link in list(group.links.values())]
         groups.append({"id": group.gid[128:136].hex(), "stream_id": group.stream_id, "source": group.source,
+                       "worker": relay.worker[0],
                        "uptime_s": round(now - group.created, 1),
                        "bitrate_kbps": sum(x["bitrate_kbps"] for x in links),
                        "packets_per_s": round(sum(x["packets_per_s"] for x in links), 1),
                        "bytes": group.bytes_in, "dropped": group.dropped, "links": links})
-    return {"relay": {"listen": show_addr(relay.listen), "server": show_addr(relay.server), **relay.status()}, "groups": groups}
+    return {"relay": {"listen": show_addr(relay.listen), "server": show_addr(relay.server),
+                      "workers": relay.worker[1], "workers_answering": 1, **relay.status()}, "groups": groups}
 
 
 def publishers(v: dict) -> dict[str, dict]:
@@ -127,8 +129,9 @@ def metrics(v: dict) -> bytes:
     return generate_latest(registry)
 
 
-async def serve(relay, host: str, port: int):
-    """The stats' HTTP server on the relay's loop; -> the runner (cleanup() stops it)."""
+async def serve(source, host: str, port: int):
+    """The stats' HTTP server on the relay's loop; -> the runner (cleanup() stops it).
+    source: async () -> the view (one relay's, or its workers' merged: relay_workers)."""
     import json
 
     from aiohttp import web
@@ -138,16 +141,16 @@ async def serve(relay, host: str, port: int):
         return web.Response(text=json.dumps(body), content_type="application/json")
 
     async def stats(request):
-        return as_json(view(relay))
+        return as_json(await source())
 
     async def prometheus(request):
-        return web.Response(body=metrics(view(relay)), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=metrics(await source()), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def openirl(request):
-        return as_json(noalbs_openirl(view(relay), request.match_info["publisher"]))
+        return as_json(noalbs_openirl(await source(), request.match_info["publisher"]))
 
     async def belabox(request):
-        return as_json(noalbs_belabox(view(relay)))
+        return as_json(noalbs_belabox(await source()))
 
     app = web.Application()
     app.router.add_get("/stats", stats)
