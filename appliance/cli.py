@@ -353,8 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: the systemd credential relay.secret, if the unit loads one)")
     sp.add_argument("--max-groups", type=int, default=200, help="at most this many groups (senders), "
                     "shared among the workers")
-    sp.add_argument("--workers", default="auto", metavar="N", help="processes sharing the port, a group's "
-                    "links all on one (default auto: one for each core, at most 8)")
+    sp.add_argument("--workers", default="1", metavar="N", help="processes sharing the port, a group's "
+                    "links all on one; auto: one for each core, at most 4 (default 1; the journal says when one "
+                    "core is not enough)")
     sp.add_argument("--max-links", type=int, default=8)
     sp.add_argument("--stats", metavar="ADDRESS:PORT", help="serve per-link stats here: /stats (JSON), /metrics "
                     "(Prometheus), /noalbs/openirl/STREAMID and /noalbs/belabox (NOALBS); e.g. 127.0.0.1:8181")

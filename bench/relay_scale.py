@@ -4,15 +4,17 @@ here with the system's gcc: batched reads, one send per datagram, no protocol)
 moving the same datagrams in the same run; then our bonding sender's CPU per
 Mb/s against the same forwarder carrying one such stream.
 
-    .venv/bin/python bench/relay_scale.py [--seconds 15] [--senders 10] [--mbps 4]
+    .venv/bin/python bench/relay_scale.py [--seconds 15] [--senders 10] [--mbps 4] [--workers 2]
 
 Each sender has two links (sockets on 127.0.X.1 and 127.0.X.2), registers with
 the relay as SRTLA senders do (the forwarder needs no registration), alternates
 its numbered 1332-byte SRT data packets between them and sends a keepalive on
 each every 100 ms; the relay's SRTLA ACKs and echoes are read and dropped. A sink
 stands for the ingest and checks that every sender's every packet arrived
-("whole"). CPU is the relay's (or the forwarder's) process CPU time over the
-measured seconds, per megabit that reached the sink. The last line is JSON.
+("whole"). The relay runs twice: one process, then --workers of them sharing its
+port. CPU is the relay's (or the forwarder's) CPU time over the measured seconds,
+its workers' included, per megabit that reached the sink; memory is their PSS
+summed. The last line is JSON.
 """
 
 from __future__ import annotations
@@ -174,14 +176,29 @@ class Flood:
             s.close()
 
 
+def _tree(proc: psutil.Process) -> list[psutil.Process]:
+    return [proc, *proc.children(recursive=True)]  # (the relay's workers)
+
+
+def _cpu(procs: list[psutil.Process]) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+
+def _memory_mib(procs: list[psutil.Process]) -> float:
+    """PSS summed: the pages the workers share since the fork counted once, as the cgroup's
+    MemoryMax counts them (RSS would count them in every worker)."""
+    return sum(p.memory_full_info().pss for p in procs) / 2**20
+
+
 def drive(senders: list[Sender], mbps: float, seconds: float, proc: psutil.Process, sink: Sink) -> dict:
     rate = mbps * 1e6 / 8 / PAYLOAD
     t0 = time.monotonic()
     measuring = cpu0 = bytes0 = None
+    procs = _tree(proc)
     last_ka = 0.0
     while (elapsed := time.monotonic() - t0) < WARMUP + seconds:
         if measuring is None and elapsed >= WARMUP:
-            measuring, cpu0, bytes0 = time.monotonic(), sum(proc.cpu_times()[:2]), sink.bytes
+            measuring, cpu0, bytes0 = time.monotonic(), _cpu(procs), sink.bytes
         for s in senders:
             s.send_due(int(elapsed * rate))
         if elapsed - last_ka >= 0.1:
@@ -189,7 +206,7 @@ def drive(senders: list[Sender], mbps: float, seconds: float, proc: psutil.Proce
             for s in senders:
                 s.keepalive_and_drain()
         time.sleep(0.002)
-    cpu = sum(proc.cpu_times()[:2]) - cpu0
+    cpu = _cpu(procs) - cpu0
     span = time.monotonic() - measuring
     moved_mb = (sink.bytes - bytes0) * 8 / 1e6
     time.sleep(0.5)  # the last packets
@@ -197,10 +214,12 @@ def drive(senders: list[Sender], mbps: float, seconds: float, proc: psutil.Proce
     missing = sum(s.sent - len(sink.got.get(s.index, ())) for s in senders)
     return {"cpu_ms_per_mb": round(cpu * 1000 / moved_mb, 3) if moved_mb else None,
             "mbps": round(moved_mb / span, 1), "cpu_percent": round(100 * cpu / span, 1),
-            "rss_mib": round(proc.memory_info().rss / 2**20, 1), "whole": whole, "missing": missing}
+            "memory_mib": round(_memory_mib(procs), 1), "processes": len(procs), "whole": whole,
+            "missing": missing}
 
 
-def run_one(kind: str, n: int, mbps: float, seconds: float, exe: Path | None, flood_pps: float = 0) -> dict:
+def run_one(kind: str, n: int, mbps: float, seconds: float, exe: Path | None, flood_pps: float = 0,
+            workers: int = 1) -> dict:
     sink = Sink()
     port = free_port()
     if kind == "c":
@@ -208,7 +227,8 @@ def run_one(kind: str, n: int, mbps: float, seconds: float, exe: Path | None, fl
         assert proc.stdout.readline().strip() == b"ready"
     else:
         proc = subprocess.Popen([sys.executable, "-m", "appliance", "relay", "--listen", str(port), "--bind",
-                                 "127.0.0.1", "--to", f"srt://127.0.0.1:{sink.port}", "--max-groups", str(max(200, n))],
+                                 "127.0.0.1", "--to", f"srt://127.0.0.1:{sink.port}", "--max-groups", str(max(200, n)),
+                                 "--workers", str(workers)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     senders = [Sender(i, ("127.0.0.1", port)) for i in range(n)]
     try:
@@ -294,20 +314,24 @@ def main() -> None:
     ap.add_argument("--senders", type=int, default=10)
     ap.add_argument("--mbps", type=float, default=4)
     ap.add_argument("--no-bond", action="store_true", help="skip the bonding sender's part")
+    ap.add_argument("--workers", type=int, default=2, help="the relay's second run: this many workers")
     ap.add_argument("--flood", type=float, default=0, metavar="PPS",
                     help="also a flood of strangers at this many datagrams a second, through the relay only")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as work:
         exe = build_forwarder(Path(work))
         out = {"senders": args.senders, "mbps_each": args.mbps}
-        for kind in ("c", "relay"):
-            r = run_one(kind, args.senders, args.mbps, args.seconds, exe, args.flood if kind == "relay" else 0)
-            out[kind] = r
-            print(f"{kind:6} {r['mbps']} Mb/s through it: {r['cpu_ms_per_mb']} ms CPU per Mb "
-                  f"({r['cpu_percent']} % of a core), RSS {r['rss_mib']} MiB, "
+        runs = (("c", "c", 1), ("relay", "relay", 1), ("relay_workers", "relay", args.workers))
+        for key, kind, workers in runs:
+            r = run_one(kind, args.senders, args.mbps, args.seconds, exe, args.flood if kind == "relay" else 0, workers)
+            out[key] = r
+            print(f"{key:13} {r['mbps']} Mb/s through it: {r['cpu_ms_per_mb']} ms CPU per Mb "
+                  f"({r['cpu_percent']} % of a core, {r['processes']} processes), memory {r['memory_mib']} MiB, "
                   f"{'whole' if r['whole'] else str(r['missing']) + ' packets missing'}", flush=True)
-        out["relay_vs_c"] = round(out["relay"]["cpu_ms_per_mb"] / out["c"]["cpu_ms_per_mb"], 2)
-        print(f"relay / C forwarder: {out['relay_vs_c']} (goal 1.5)")
+        for key in ("relay", "relay_workers"):
+            out[f"{key}_vs_c"] = round(out[key]["cpu_ms_per_mb"] / out["c"]["cpu_ms_per_mb"], 2)
+        print(f"relay / C forwarder: {out['relay_vs_c']}, with {args.workers} workers {out['relay_workers_vs_c']} "
+              "(goal 1.5)")
         if not args.no_bond:
             one = run_one("c", 1, args.mbps, args.seconds, exe)
             bond = bonding_sender(args.mbps, args.seconds)

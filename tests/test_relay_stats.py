@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import threading
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.transport import relay_stats, srtla
+from appliance.transport.relay import Relay
 from conftest import APPLIANCE, ROOT, free_port, wait_until
 from netsim import Ingest, RelayThread, stop_gracefully
 from test_relay import client, register, srt_data
@@ -221,3 +223,25 @@ def test_the_docs_examples_parse_and_have_the_shape_the_relay_serves():
     assert example["groups"][0]["links"][0].keys() == real["groups"][0]["links"][0].keys()
     assert noalbs["streamServer"]["type"] == "OpenIRL"
     assert re.fullmatch(r"http://[^/]+:\d+/noalbs/openirl/.+", noalbs["streamServer"]["statsUrl"])
+
+
+def test_a_relay_busy_for_5_s_says_one_core_is_not_enough_once_and_when_it_is_again(caplog):
+    """Its process's CPU time against the clock the samples are given: a second of the
+    relay's work burnt for each sampled second, whatever else the machine runs."""
+    relay = Relay(("127.0.0.1", 0), ("127.0.0.1", 9))
+    now = 100.0
+    relay_stats.sample(relay, now)
+    with caplog.at_level(logging.INFO, logger="appliance.transport.relay"):
+        for _ in range(8):
+            spent = time.process_time() + 0.1
+            while time.process_time() < spent:
+                pass
+            now += 0.1
+            relay_stats.sample(relay, now)
+        assert relay.status()["busy"] >= 0.85
+        said = [r.getMessage() for r in caplog.records]
+        assert sum("one core is not enough for these senders" in m for m in said) == 1, said
+        now += 10.0
+        relay_stats.sample(relay, now)
+    assert relay.status()["busy"] < 0.5
+    assert "busy" in caplog.records[-1].getMessage() and "again" in caplog.records[-1].getMessage()

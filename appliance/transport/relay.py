@@ -115,7 +115,7 @@ class Relay(RelayGate, RelayServerSide, RelayAffinity):
         inbox: one of several (relay_affinity)."""
         self.listen, self.server = listen, server
         self.secret = secret or None
-        self._init_gate(gate_key)
+        self._init_gate(gate_key, worker[1])
         self.worker, self.hand_over, self.inbox = worker, hand_over, inbox
         self.max_groups, self.max_links = max_groups, max_links
         self.groups: dict[bytes, Group] = {}  # by _key(gid)
@@ -123,6 +123,8 @@ class Relay(RelayGate, RelayServerSide, RelayAffinity):
         self.by_addr: dict[tuple, Group] = {}
         self.dropped: Counter[str] = Counter()
         self.forwarded = 0
+        self.handed = 0  # REG2s for another worker's group, handed to it (relay_affinity)
+        self.busy, self.busy_sampled = 0.0, (0.0, 0.0, 0)  # of a core (relay_stats.sample)
         self.sock = sock  # the one the senders register and send on
         self._cleanup: asyncio.Task | None = None
         self._pending: set[asyncio.Task] = set()
@@ -161,7 +163,8 @@ class Relay(RelayGate, RelayServerSide, RelayAffinity):
 
     def status(self) -> dict:
         return {"groups": len(self.groups), "links": sum(len(g.links) for g in self.groups.values()),
-                "forwarded": self.forwarded, "dropped": dict(self.dropped)}
+                "forwarded": self.forwarded, "handed_over": self.handed, "busy": round(self.busy, 3),
+                "dropped": dict(self.dropped)}
 
     # --- who may register -------------------------------------------------------------------
 

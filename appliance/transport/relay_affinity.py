@@ -65,6 +65,7 @@ class RelayAffinity:
     def _hand_over(self, owner: int, d: bytes, addr) -> None:
         try:
             self.hand_over[owner].send(handed(d, addr))
+            self.handed += 1
         except BlockingIOError:
             self.dropped["REG2 for another worker, its inbox full"] += 1
         except OSError:

@@ -30,10 +30,11 @@ def source_of(addr) -> str:
 class RelayGate:
     secret: bytes | None
 
-    def _init_gate(self, key: bytes | None = None) -> None:
+    def _init_gate(self, key: bytes | None = None, workers: int = 1) -> None:
         """key: the challenges' own, never sent: drawn here, or shared by the relay's workers
-        (a challenge one gave, another may check)."""
+        (a challenge one gave, another may check); each worker keeps its share of the tables."""
         self._key_secret = key or os.urandom(32)
+        self._used_max, self._sources_max = USED_MAX // workers, SOURCES_MAX // workers
         # (REG1 or REG2, challenge) answered -> (until when it would be stale anyway, by whom)
         self._used: dict[tuple[int, bytes], tuple[float, tuple]] = {}
         self._buckets: dict[str, tuple[float, float]] = {}  # source -> (tokens, when)
@@ -60,7 +61,7 @@ class RelayGate:
         used = self._used.get((code, challenge))
         if used is not None:
             return None if member and used[1] == addr else "with a replayed proof"
-        if len(self._used) >= USED_MAX:
+        if len(self._used) >= self._used_max:
             return "while too many proofs are remembered"
         self._used[(code, challenge)] = (now + CHALLENGE_TTL + 1, addr)
         return None
@@ -73,7 +74,7 @@ class RelayGate:
         if tokens < 1:
             self._buckets[src] = (tokens, now)
             return False
-        if src not in self._buckets and len(self._buckets) >= SOURCES_MAX:
+        if src not in self._buckets and len(self._buckets) >= self._sources_max:
             return False
         self._buckets[src] = (tokens - 1, now)
         return True

@@ -19,13 +19,29 @@ as the relay is (groups and links capped).
 
 from __future__ import annotations
 
+import logging
 import time
 
 DEFAULT_PUBLISHER = "default"
+BUSY_WARN, BUSY_CLEAR, BUSY_FOR = 0.85, 0.5, 5  # of a core; for that many samples (s) in a row
+
+log = logging.getLogger("appliance.transport.relay")
 
 
 def sample(relay, now: float) -> None:
-    """Each link's packets and bytes a second since the last sample."""
+    """Each link's packets and bytes a second since the last sample; how busy the relay's
+    process (one worker) was, said in the journal when one core stops being enough."""
+    cpu = time.process_time()
+    then, cpu_then, busy_for = relay.busy_sampled
+    if then and now > then:
+        relay.busy = (cpu - cpu_then) / (now - then)
+        busy_for = busy_for + 1 if relay.busy >= BUSY_WARN else 0 if relay.busy < BUSY_CLEAR else busy_for
+        if busy_for == BUSY_FOR:
+            log.warning("relay: busy %.0f %% of a core for %d s: one core is not enough for these senders; "
+                        "run it with --workers N (one for each core)", 100 * relay.busy, BUSY_FOR)
+        elif not busy_for and relay.busy_sampled[2] >= BUSY_FOR:
+            log.info("relay: busy %.0f %% of a core again", 100 * relay.busy)
+    relay.busy_sampled = (now, cpu, busy_for)
     for group in list(relay.groups.values()):
         for link in list(group.links.values()):
             then, packets, nbytes = link.sampled
@@ -99,6 +115,10 @@ def metrics(v: dict) -> bytes:
 
     groups = gauge("groups", "groups registered")
     groups.add_metric([], len(v["groups"]))
+    busy = gauge("busy_ratio", "the share of a core the busiest worker used over the last second")
+    busy.add_metric([], v["relay"]["busy"])
+    workers = gauge("workers_answering", "the workers whose figures these are")
+    workers.add_metric([], v["relay"]["workers_answering"])
     forwarded = CounterMetricFamily("appliance_relay_forwarded_packets", "packets forwarded to the SRT server")
     forwarded.add_metric([], v["relay"]["forwarded"])
     dropped = CounterMetricFamily("appliance_relay_dropped_packets", "datagrams dropped, by why", labels=["reason"])
@@ -122,7 +142,7 @@ def metrics(v: dict) -> bytes:
 
     class _Collector:
         def collect(self):
-            yield from (groups, forwarded, dropped, g_bitrate, l_bitrate, l_pps, l_seen, l_rtt)
+            yield from (groups, busy, workers, forwarded, dropped, g_bitrate, l_bitrate, l_pps, l_seen, l_rtt)
 
     registry = CollectorRegistry()
     registry.register(_Collector())

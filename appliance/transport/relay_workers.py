@@ -5,7 +5,7 @@ one for each core it may run on, at most MAX_AUTO) the relay binds N sockets to 
 port with SO_REUSEPORT, before anything else, so a port in use fails at once, and
 forks one worker for each. The kernel spreads the senders over them by address; a
 group's links stay on the worker that made the group (relay_affinity.py says how).
-Every worker holds its share of --max-groups.
+Every worker holds its share of --max-groups and of the gate's tables.
 
 The first process stays as the supervisor: it serves --stats, asking each worker
 for its view over a Unix socket and merging them (each group says which worker holds
@@ -32,7 +32,7 @@ from appliance.transport.relay_stats import show_addr as _show
 
 log = logging.getLogger("appliance.transport.relay")
 
-MAX_AUTO = 8
+MAX_AUTO = 4  # (each worker costs some 15 MiB besides its share of the tables: MemoryMax=256M)
 ANSWER_WITHIN = 2.0  # s a worker has to give its view
 STOP_WITHIN = 5.0  # s a worker has to stop before it is killed
 VIEW_LIMIT = 1 << 24  # bytes of one worker's view (200 groups of 8 links are some 400 kB)
@@ -156,8 +156,8 @@ def merged(parts: list[dict | None]) -> dict:
     first = got[0]["relay"] if got else {"listen": "", "server": ""}
     relay = {"listen": first["listen"], "server": first["server"], "workers": len(parts),
              "workers_answering": len(got), **{k: sum(p["relay"][k] for p in got) for k in ("groups", "links",
-                                                                                             "forwarded")},
-             "dropped": dict(dropped)}
+                                                                                             "forwarded", "handed_over")},
+             "busy": max((p["relay"]["busy"] for p in got), default=0.0), "dropped": dict(dropped)}
     return {"relay": relay, "groups": [g for p in got for g in p["groups"]]}
 
 
