@@ -32,7 +32,7 @@ from appliance.transport.relay_stats import show_addr as _show
 
 log = logging.getLogger("appliance.transport.relay")
 
-MAX_AUTO = 4  # (each worker costs some 15 MiB besides its share of the tables: MemoryMax=256M)
+MAX_AUTO = 4  # (each further process costs some 6 MiB of PSS: MemoryMax=256M)
 ANSWER_WITHIN = 2.0  # s a worker has to give its view
 STOP_WITHIN = 5.0  # s a worker has to stop before it is killed
 VIEW_LIMIT = 1 << 24  # bytes of one worker's view (200 groups of 8 links are some 400 kB)
