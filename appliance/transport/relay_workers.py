@@ -1,6 +1,6 @@
 """`appliance relay`'s processes: one, or several workers sharing its port.
 
-One relay process is one Python thread on one core. With `--workers N` (by default
+One relay process is one Python thread on one core. With `--workers N` (or auto:
 one for each core it may run on, at most MAX_AUTO) the relay binds N sockets to its
 port with SO_REUSEPORT, before anything else, so a port in use fails at once, and
 forks one worker for each. The kernel spreads the senders over them by address; a
