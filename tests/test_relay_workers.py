@@ -120,3 +120,17 @@ def test_a_worker_that_dies_ends_the_relay_with_exit_1_for_systemd_to_start_it_a
     assert relay.proc.returncode == 1, out
     assert "worker" in out and "ended (exit -9): the relay stops with it" in out, out
     assert not workers[0].is_running() or workers[0].status() == psutil.STATUS_ZOMBIE, "the other one stopped too"
+
+
+def test_a_second_relay_on_the_port_of_one_with_workers_exits_1_rather_than_share_its_senders(tmp_path):
+    """Both would bind with SO_REUSEPORT as the same user: the kernel would let the second
+    join the first's sockets and hand it part of the first one's senders."""
+    from conftest import run_cli
+
+    first = Relay(tmp_path, 9, "2")
+    try:
+        r = run_cli("relay", "--listen", str(first.port), "--to", "srt://127.0.0.1:9", "--workers", "2")
+    finally:
+        out = first.stop()
+    assert r.returncode == 1 and "cannot listen" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert first.proc.returncode == 0, out

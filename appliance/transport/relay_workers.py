@@ -55,9 +55,11 @@ def run(listen_port: int, server: tuple[str, int], secret: bytes | None, bind: s
         relay = Relay((bind, listen_port), server, secret, max_groups, max_links,
                       sock=listening_socket(bind, listen_port))
         return asyncio.run(_serve(relay, stats))
-    first = listening_socket(bind, listen_port, reuseport=True)
-    where = first.getsockname()[:2]
-    socks = [first] + [listening_socket(bind, where[1], reuseport=True) for _ in range(workers - 1)]
+    # First without SO_REUSEPORT: a port held by anything, another relay's workers among
+    # them (which ours would silently join, sharing its senders), fails here as it would with one.
+    with listening_socket(bind, listen_port) as probe:
+        where = probe.getsockname()[:2]
+    socks = [listening_socket(bind, where[1], reuseport=True) for _ in range(workers)]
     key = os.urandom(32)  # the challenges', shared: a REG1 may reach another worker than the REG2 before it
     inboxes = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(workers)]
     controls = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(workers)]
