@@ -11,7 +11,8 @@ the relay as SRTLA senders do (the forwarder needs no registration), alternates
 its numbered 1332-byte SRT data packets between them and sends a keepalive on
 each every 100 ms; the relay's SRTLA ACKs and echoes are read and dropped. A sink
 stands for the ingest and checks that every sender's every packet arrived
-("whole"). The relay runs twice: one process, then --workers of them sharing its
+("whole"). bench/py_forwarder.py, the C forwarder's job in plain Python over
+epoll, shows what CPython's calls alone cost per datagram. The relay runs twice: one process, then --workers of them sharing its
 port. CPU is the relay's (or the forwarder's) CPU time over the measured seconds,
 its workers' included, per megabit that reached the sink; memory is their PSS
 summed. The last line is JSON.
@@ -222,8 +223,9 @@ def run_one(kind: str, n: int, mbps: float, seconds: float, exe: Path | None, fl
             workers: int = 1) -> dict:
     sink = Sink()
     port = free_port()
-    if kind == "c":
-        proc = subprocess.Popen([str(exe), str(port), str(sink.port)], stdout=subprocess.PIPE)
+    if kind in ("c", "py"):
+        cmd = [str(exe)] if kind == "c" else [sys.executable, str(ROOT / "bench" / "py_forwarder.py")]
+        proc = subprocess.Popen([*cmd, str(port), str(sink.port)], stdout=subprocess.PIPE)
         assert proc.stdout.readline().strip() == b"ready"
     else:
         proc = subprocess.Popen([sys.executable, "-m", "appliance", "relay", "--listen", str(port), "--bind",
@@ -236,7 +238,7 @@ def run_one(kind: str, n: int, mbps: float, seconds: float, exe: Path | None, fl
         for s in senders:
             while True:
                 try:
-                    if kind != "c":
+                    if kind == "relay":
                         s.register()
                     else:
                         for link in s.links:
@@ -321,17 +323,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         exe = build_forwarder(Path(work))
         out = {"senders": args.senders, "mbps_each": args.mbps}
-        runs = (("c", "c", 1), ("relay", "relay", 1), ("relay_workers", "relay", args.workers))
+        runs = (("c", "c", 1), ("python_floor", "py", 1), ("relay", "relay", 1),
+                ("relay_workers", "relay", args.workers))
         for key, kind, workers in runs:
             r = run_one(kind, args.senders, args.mbps, args.seconds, exe, args.flood if kind == "relay" else 0, workers)
             out[key] = r
             print(f"{key:13} {r['mbps']} Mb/s through it: {r['cpu_ms_per_mb']} ms CPU per Mb "
                   f"({r['cpu_percent']} % of a core, {r['processes']} processes), memory {r['memory_mib']} MiB, "
                   f"{'whole' if r['whole'] else str(r['missing']) + ' packets missing'}", flush=True)
-        for key in ("relay", "relay_workers"):
+        for key in ("python_floor", "relay", "relay_workers"):
             out[f"{key}_vs_c"] = round(out[key]["cpu_ms_per_mb"] / out["c"]["cpu_ms_per_mb"], 2)
         print(f"relay / C forwarder: {out['relay_vs_c']}, with {args.workers} workers {out['relay_workers_vs_c']} "
-              "(goal 1.5)")
+              f"(goal 1.5); the same forwarding in plain Python, no protocol: {out['python_floor_vs_c']}")
         if not args.no_bond:
             one = run_one("c", 1, args.mbps, args.seconds, exe)
             bond = bonding_sender(args.mbps, args.seconds)
