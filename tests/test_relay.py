@@ -453,6 +453,8 @@ def test_appliance_relay_serves_ipv4_and_ipv6_with_its_systemd_credential_and_st
 @pytest.mark.parametrize("args, code, says", [
     (["--to", "srt://ingest.example.net"], 78, "--to: 'srt://ingest.example.net' is not srt://HOST:PORT"),
     (["--to", "srt://127.0.0.1:9", "--secret-file", "/nonexistent/relay.secret"], 78, "No such file"),
+    (["--to", "srt://127.0.0.1:9", "--workers", "0"], 78, "--workers 0: not a number from 1 to 64, nor auto"),
+    (["--to", "srt://127.0.0.1:9", "--workers", "many"], 78, "--workers many: not a number from 1 to 64, nor auto"),
 ])
 def test_appliance_relay_exits_78_only_for_configuration_errors(args, code, says):
     from conftest import run_cli

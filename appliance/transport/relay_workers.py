@@ -41,7 +41,11 @@ VIEW_LIMIT = 1 << 24  # bytes of one worker's view (200 groups of 8 links are so
 def workers_for(value: str) -> int:
     """--workers: a number, or "auto" (the cores this process may run on)."""
     if value == "auto":
-        return max(1, min(MAX_AUTO, len(os.sched_getaffinity(0))))
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except OSError:  # (a seccomp filter that refuses it)
+            cores = os.cpu_count() or 1
+        return max(1, min(MAX_AUTO, cores))
     n = int(value)
     if not 1 <= n <= 64:
         raise ValueError(f"--workers {value}: not between 1 and 64")
