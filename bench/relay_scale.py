@@ -223,9 +223,10 @@ def run_one(kind: str, n: int, mbps: float, seconds: float, exe: Path | None, fl
             workers: int = 1) -> dict:
     sink = Sink()
     port = free_port()
-    if kind in ("c", "py"):
+    if kind in ("c", "py", "py-recvmmsg"):
         cmd = [str(exe)] if kind == "c" else [sys.executable, str(ROOT / "bench" / "py_forwarder.py")]
-        proc = subprocess.Popen([*cmd, str(port), str(sink.port)], stdout=subprocess.PIPE)
+        extra = ["--recvmmsg"] if kind == "py-recvmmsg" else []
+        proc = subprocess.Popen([*cmd, str(port), str(sink.port), *extra], stdout=subprocess.PIPE)
         assert proc.stdout.readline().strip() == b"ready"
     else:
         proc = subprocess.Popen([sys.executable, "-m", "appliance", "relay", "--listen", str(port), "--bind",
@@ -317,21 +318,26 @@ def main() -> None:
     ap.add_argument("--mbps", type=float, default=4)
     ap.add_argument("--no-bond", action="store_true", help="skip the bonding sender's part")
     ap.add_argument("--workers", type=int, default=2, help="the relay's second run: this many workers")
+    ap.add_argument("--recvmmsg", action="store_true", help="also the plain Python forwarder reading with "
+                    "recvmmsg through ctypes")
     ap.add_argument("--flood", type=float, default=0, metavar="PPS",
                     help="also a flood of strangers at this many datagrams a second, through the relay only")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as work:
         exe = build_forwarder(Path(work))
         out = {"senders": args.senders, "mbps_each": args.mbps}
-        runs = (("c", "c", 1), ("python_floor", "py", 1), ("relay", "relay", 1),
-                ("relay_workers", "relay", args.workers))
+        runs = (("c", "c", 1), ("python_floor", "py", 1),
+                *((("python_recvmmsg", "py-recvmmsg", 1),) if args.recvmmsg else ()),
+                ("relay", "relay", 1), ("relay_workers", "relay", args.workers))
         for key, kind, workers in runs:
             r = run_one(kind, args.senders, args.mbps, args.seconds, exe, args.flood if kind == "relay" else 0, workers)
             out[key] = r
             print(f"{key:13} {r['mbps']} Mb/s through it: {r['cpu_ms_per_mb']} ms CPU per Mb "
                   f"({r['cpu_percent']} % of a core, {r['processes']} processes), memory {r['memory_mib']} MiB, "
                   f"{'whole' if r['whole'] else str(r['missing']) + ' packets missing'}", flush=True)
-        for key in ("python_floor", "relay", "relay_workers"):
+        for key in ("python_floor", "python_recvmmsg", "relay", "relay_workers"):
+            if key not in out:
+                continue
             out[f"{key}_vs_c"] = round(out[key]["cpu_ms_per_mb"] / out["c"]["cpu_ms_per_mb"], 2)
         print(f"relay / C forwarder: {out['relay_vs_c']}, with {args.workers} workers {out['relay_workers_vs_c']} "
               f"(goal 1.5); the same forwarding in plain Python, no protocol: {out['python_floor_vs_c']}")
