@@ -241,14 +241,15 @@ class Relay(RelayGate, RelayServerSide, RelayAffinity):
         log.info("relay: new group from %s", _show(addr))
         self._send(srtla.reg(srtla.REG2, gid), addr)
 
-    def _reg2(self, d: bytes, addr, counted: bool = False) -> None:
-        """counted: against its source's rate already, by the worker that handed it over."""
+    def _reg2(self, d: bytes, addr, handed: bool = False) -> None:
+        """handed: by another worker, which the kernel gives this address's datagrams (and which
+        counted it against its source's rate)."""
         gid = srtla.reg_id(d, srtla.REG2)
         if gid is None:
             self.dropped["bad REG2 length"] += 1
             return
         now = time.monotonic()
-        if not counted and not self._allowed(addr, now):
+        if not handed and not self._allowed(addr, now):
             self.dropped["registrations over the per-source rate"] += 1
             return
         if (owner := self._owner(gid)) is not None:
@@ -269,12 +270,13 @@ class Relay(RelayGate, RelayServerSide, RelayAffinity):
             if len(group.links) >= self.max_links:
                 self.dropped["REG2 over the link limit"] += 1
                 return self._send(srtla.short(srtla.REG_ERR), addr)
-            group.links[addr] = link = Link(addr, time.monotonic())
+            group.links[addr] = Link(addr, time.monotonic())
             self.by_addr[addr] = group
-            self._pin(link)
             log.info("relay: link %s joined a group (%d links)", _show(addr), len(group.links))
             if group.sock is None and not group.opening:
                 self._open_server_side(group)
+        if handed and group.links[addr].sock is None:
+            self._pin(group.links[addr])
         group.links[addr].last = time.monotonic()
         self._send(srtla.short(srtla.REG3), addr)
 

@@ -8,10 +8,16 @@ its own address, would land on different workers. So:
   half, byte 128), and every REG2 names its group by that id: a worker that gets a
   REG2 for another's group hands it to that one (a datagram over a Unix socket), so
   the owner alone registers, challenges and answers the group's links;
-- the owner then gives each link a socket of its own, bound to the same port and
+- a REG2 handed over says that the kernel gives that address's datagrams to another
+  worker: the owner gives such a link a socket of its own, bound to the same port and
   connected to the link's address. The kernel prefers a connected socket whose peer
-  matches over the hash of the reuseport group (and leaves connected ones out of the
-  hash), so from then on everything that link sends reaches the owner.
+  matches to the hash of the reuseport group, so from then on everything that link
+  sends reaches the owner. A link whose REG2 reached the owner directly is hashed to
+  it already and needs none (each pinned link costs a wake-up of its own). The
+  kernel leaves connected sockets out of the hash, so pinning one moves no other
+  (tests/test_relay_workers.py would see it: links whose data went astray); were a
+  link's datagrams ever to go astray, its sender hears nothing back on it and
+  registers it again, and that REG2, handed over, pins it.
 
 A mixin of Relay's: what it sends and the links it pins are the relay's.
 """
@@ -86,14 +92,14 @@ class RelayAffinity:
             if got is None:
                 self.dropped["bad hand-over"] += 1
                 continue
-            self._reg2(*got, counted=True)  # (the worker it reached counted it against its source's rate)
+            self._reg2(*got, handed=True)
 
     def _stop_inbox(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.inbox is not None:
             loop.remove_reader(self.inbox.fileno())
 
     def _pin(self, link) -> None:
-        """The link's own socket, connected to it (see above); only with several workers."""
+        """The link's own socket, connected to it (see above)."""
         if self.worker[1] < 2:
             return
         listening = self.sock
