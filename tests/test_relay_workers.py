@@ -134,3 +134,37 @@ def test_a_second_relay_on_the_port_of_one_with_workers_exits_1_rather_than_shar
         out = first.stop()
     assert r.returncode == 1 and "cannot listen" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert first.proc.returncode == 0, out
+
+
+def test_a_worker_stopped_for_a_while_is_left_out_of_the_stats_then_counted_again_with_fresh_figures(tmp_path):
+    """SIGSTOP (a VM's vCPU stolen, a debugger): /stats answers without it within its
+    deadline; once it runs again its figures are today's, not its answer to the question
+    that timed out."""
+    relay = Relay(tmp_path, 9, "2")
+    boxes, registered = [], {}
+    try:
+        while len({g["worker"] for g in relay.view()["groups"]}) < 2:
+            assert len(boxes) < 24, "the kernel put every group on one worker"
+            links = [client(f"127.0.{90 + len(boxes)}.1")]
+            gid = register(relay, links, secret=SECRET)
+            registered[gid[128:136].hex()] = time.monotonic()
+            boxes.append(links)
+        workers = sorted(psutil.Process(relay.proc.pid).children(), key=lambda p: p.pid)  # (forked in order)
+        workers[1].send_signal(signal.SIGSTOP)
+        try:
+            view = relay.view()
+            assert view["relay"]["workers_answering"] == 1 and {g["worker"] for g in view["groups"]} == {0}, view
+        finally:
+            workers[1].send_signal(signal.SIGCONT)
+        time.sleep(4)
+        view = relay.view()
+    finally:
+        out = relay.stop()
+        for links in boxes:
+            for s in links:
+                s.close()
+    assert view["relay"]["workers_answering"] == 2, view
+    now = time.monotonic()
+    for g in view["groups"]:
+        assert abs(g["uptime_s"] - (now - registered[g["id"]])) < 1.5, (g, "a stale answer")
+    assert relay.proc.returncode == 0, out

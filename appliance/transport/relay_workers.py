@@ -139,8 +139,9 @@ async def _work(relay: Relay, control: socket.socket) -> int:
     reader, writer = await asyncio.open_connection(sock=control)
 
     async def answer():
-        while await reader.readline():
-            writer.write(json.dumps(relay_stats.view(relay)).encode() + b"\n")
+        while question := await reader.readline():  # b"view SEQ"
+            writer.write(json.dumps({"seq": question.split()[-1].decode(), "view": relay_stats.view(relay)}).encode()
+                         + b"\n")
             await writer.drain()
         stop.set()
     task = asyncio.get_running_loop().create_task(answer(), name="relay-control")
@@ -172,17 +173,25 @@ async def _supervise(pids: list[int], controls: list[socket.socket], stats: tupl
     loop = asyncio.get_running_loop()
     streams = [await asyncio.open_connection(sock=c, limit=VIEW_LIMIT) for c in controls]
     asking = asyncio.Lock()  # (one question at a time on each control)
+    seq = 0
 
     async def ask(reader, writer) -> dict | None:
+        """The worker's view, or None; an answer that came too late to an earlier question is
+        skipped by its number."""
         try:
-            writer.write(b"view\n")
+            writer.write(f"view {seq}\n".encode())
             await writer.drain()
-            return json.loads(await asyncio.wait_for(reader.readline(), ANSWER_WITHIN))
-        except (asyncio.TimeoutError, OSError, ValueError):
+            async with asyncio.timeout(ANSWER_WITHIN):
+                while (answer := json.loads(await reader.readline()))["seq"] != str(seq):
+                    pass
+            return answer["view"]
+        except (asyncio.TimeoutError, OSError, ValueError, KeyError):
             return None
 
     async def view() -> dict:
+        nonlocal seq
         async with asking:
+            seq += 1
             v = merged(await asyncio.gather(*(ask(r, w) for r, w in streams)))
         v["relay"]["listen"], v["relay"]["server"] = shown
         return v
