@@ -27,7 +27,7 @@ PACKETS = 90  # a sender's, over its links in turn
 class Relay:
     """`appliance relay` as a producer runs it: the ingest by name, the secret from systemd."""
 
-    def __init__(self, tmp_path: Path, ingest_port: int, workers: str):
+    def __init__(self, tmp_path: Path, ingest_port: int, workers: str, new_session: bool = False):
         self.port, self.stats = free_port(), free_port()
         creds = tmp_path / "credentials"
         creds.mkdir()
@@ -36,7 +36,7 @@ class Relay:
             [*APPLIANCE, "relay", "--listen", str(self.port), "--to", f"srt://localhost:{ingest_port}",
              "--workers", workers, "--stats", f"127.0.0.1:{self.stats}"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-            env={**os.environ, "CREDENTIALS_DIRECTORY": str(creds)})
+            env={**os.environ, "CREDENTIALS_DIRECTORY": str(creds)}, start_new_session=new_session)
         self.addr = ("127.0.0.1", self.port)
         wait_until(self._answers, 20, what="the relay's stats")
 
@@ -168,3 +168,13 @@ def test_a_worker_stopped_for_a_while_is_left_out_of_the_stats_then_counted_agai
     for g in view["groups"]:
         assert abs(g["uptime_s"] - (now - registered[g["id"]])) < 1.5, (g, "a stale answer")
     assert relay.proc.returncode == 0, out
+
+
+def test_a_stop_for_the_whole_unit_ends_the_relay_with_exit_0(tmp_path):
+    """systemd's stop sends SIGTERM to every process of the unit at once, the workers
+    among them: a stop, not a worker's failure (which would mark the unit failed)."""
+    relay = Relay(tmp_path, 9, "2", new_session=True)
+    os.killpg(relay.proc.pid, signal.SIGTERM)
+    out = relay.stop()
+    assert relay.proc.returncode == 0, out
+    assert "ended (exit" not in out, out

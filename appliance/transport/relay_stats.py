@@ -40,7 +40,7 @@ def sample(relay, now: float) -> None:
             log.warning("relay: busy %.0f %% of a core for %d s: one core is not enough for these senders; "
                         "run it with --workers N (one for each core)", 100 * relay.busy, BUSY_FOR)
         elif not busy_for and relay.busy_sampled[2] >= BUSY_FOR:
-            log.info("relay: busy %.0f %% of a core again", 100 * relay.busy)
+            log.info("relay: busy %.0f %% of a core: one is enough again", 100 * relay.busy)
     relay.busy_sampled = (now, cpu, busy_for)
     for group in list(relay.groups.values()):
         for link in list(group.links.values()):

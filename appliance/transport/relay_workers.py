@@ -139,11 +139,15 @@ async def _work(relay: Relay, control: socket.socket) -> int:
     reader, writer = await asyncio.open_connection(sock=control)
 
     async def answer():
-        while question := await reader.readline():  # b"view SEQ"
-            writer.write(json.dumps({"seq": question.split()[-1].decode(), "view": relay_stats.view(relay)}).encode()
-                         + b"\n")
-            await writer.drain()
-        stop.set()
+        try:
+            while question := await reader.readline():  # b"view SEQ"
+                writer.write(json.dumps({"seq": question.split()[-1].decode(),
+                                         "view": relay_stats.view(relay)}).encode() + b"\n")
+                await writer.drain()
+        except OSError:
+            pass
+        finally:  # (the supervisor is gone: no worker is left behind without one)
+            stop.set()
     task = asyncio.get_running_loop().create_task(answer(), name="relay-control")
     try:
         await stop.wait()
@@ -198,7 +202,9 @@ async def _supervise(pids: list[int], controls: list[socket.socket], stats: tupl
 
     stop, ended, fds = _until_signalled(), {}, []
 
-    def on_end(index: int, fd: int) -> None:  # (a worker that ends by itself)
+    def on_end(index: int, fd: int) -> None:
+        """A worker that ends: killed or failed (exit 1) ends the relay with exit 1; stopped (exit
+        0: a SIGTERM for it, as systemd sends one to every process of the unit at once) with 0."""
         loop.remove_reader(fd)
         _, status = os.waitpid(pids[index], 0)
         ended[index] = os.waitstatus_to_exitcode(status)
@@ -222,8 +228,11 @@ async def _supervise(pids: list[int], controls: list[socket.socket], stats: tupl
             writer.close()
         await loop.run_in_executor(None, _end_all, [p for i, p in enumerate(pids) if i not in ended])
     for index, code in failed.items():
-        log.error("relay: worker %d ended (exit %s): the relay stops with it", index, code)
-    return 1 if failed else 0
+        if code:
+            log.error("relay: worker %d ended (exit %s): the relay stops with it", index, code)
+        else:
+            log.info("relay: worker %d was stopped: the relay stops with it", index)
+    return 1 if any(failed.values()) else 0
 
 
 def _end_all(pids: list[int]) -> None:
