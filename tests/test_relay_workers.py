@@ -38,7 +38,14 @@ class Relay:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
             env={**os.environ, "CREDENTIALS_DIRECTORY": str(creds)}, start_new_session=new_session)
         self.addr = ("127.0.0.1", self.port)
+        self.boxes: list[list[socket.socket]] = []  # closed by stop()
         wait_until(self._answers, 20, what="the relay's stats")
+
+    def box(self, hosts: list[str]) -> bytes:
+        """A box whose links are on these addresses registers, with the proof: -> its group id."""
+        links = [client(host) for host in hosts]
+        self.boxes.append(links)
+        return register(self, links, secret=SECRET)
 
     def _answers(self):
         try:
@@ -51,6 +58,9 @@ class Relay:
             return json.load(r)
 
     def stop(self) -> str:
+        for links in self.boxes:
+            for s in links:
+                s.close()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.communicate(timeout=20)[0]
@@ -65,15 +75,12 @@ def test_with_several_workers_every_groups_links_stay_on_the_worker_that_holds_i
     ingest.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     ingest.settimeout(0.5)
     relay = Relay(tmp_path, ingest.getsockname()[1], "3")
-    boxes: list[list[socket.socket]] = []
+    boxes = relay.boxes
     try:
         # Boxes until the groups are on two workers at least (the kernel's choice, by address).
         while len(boxes) < 6 or len({g["worker"] for g in relay.view()["groups"]}) < 2:
             assert len(boxes) < 24, "the kernel put every group on one worker: the test proves nothing"
-            n = len(boxes)
-            links = [client(f"127.0.{40 + n}.{k + 1}") for k in range(LINKS)]
-            register(relay, links, secret=SECRET)
-            boxes.append(links)
+            relay.box([f"127.0.{40 + len(boxes)}.{k + 1}" for k in range(LINKS)])
         for n in range(PACKETS):
             for i, links in enumerate(boxes):
                 d = struct.pack(">IIII", n, 0xC0000000, 0, 1) + bytes([i]) + b"\x47" * 1315
@@ -91,9 +98,6 @@ def test_with_several_workers_every_groups_links_stay_on_the_worker_that_holds_i
         view = relay.view()
     finally:
         out = relay.stop()
-        for links in boxes:
-            for s in links:
-                s.close()
         ingest.close()
     assert relay.proc.returncode == 0, out
     assert all(got.get(i) == set(range(PACKETS)) for i in range(len(boxes))), (
@@ -141,14 +145,12 @@ def test_a_worker_stopped_for_a_while_is_left_out_of_the_stats_then_counted_agai
     deadline; once it runs again its figures are today's, not its answer to the question
     that timed out."""
     relay = Relay(tmp_path, 9, "2")
-    boxes, registered = [], {}
+    registered = {}
     try:
         while len({g["worker"] for g in relay.view()["groups"]}) < 2:
-            assert len(boxes) < 24, "the kernel put every group on one worker"
-            links = [client(f"127.0.{90 + len(boxes)}.1")]
-            gid = register(relay, links, secret=SECRET)
+            assert len(relay.boxes) < 24, "the kernel put every group on one worker"
+            gid = relay.box([f"127.0.{90 + len(relay.boxes)}.1"])
             registered[gid[128:136].hex()] = time.monotonic()
-            boxes.append(links)
         workers = sorted(psutil.Process(relay.proc.pid).children(), key=lambda p: p.pid)  # (forked in order)
         workers[1].send_signal(signal.SIGSTOP)
         try:
@@ -160,9 +162,6 @@ def test_a_worker_stopped_for_a_while_is_left_out_of_the_stats_then_counted_agai
         view = relay.view()
     finally:
         out = relay.stop()
-        for links in boxes:
-            for s in links:
-                s.close()
     assert view["relay"]["workers_answering"] == 2, view
     now = time.monotonic()
     for g in view["groups"]:
