@@ -99,9 +99,7 @@ class RelayAffinity:
             loop.remove_reader(self.inbox.fileno())
 
     def _pin(self, link) -> None:
-        """The link's own socket, connected to it (see above)."""
-        if self.worker[1] < 2:
-            return
+        """The link's own socket, connected to it (see above): for a handed-over REG2's."""
         listening = self.sock
         s = socket.socket(listening.family, socket.SOCK_DGRAM)
         try:

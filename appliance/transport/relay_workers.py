@@ -165,9 +165,9 @@ def merged(parts: list[dict | None]) -> dict:
     for p in got:
         dropped.update(p["relay"]["dropped"])
     first = got[0]["relay"] if got else {"listen": "", "server": ""}
+    summed = {k: sum(p["relay"][k] for p in got) for k in ("groups", "links", "forwarded", "handed_over")}
     relay = {"listen": first["listen"], "server": first["server"], "workers": len(parts),
-             "workers_answering": len(got), **{k: sum(p["relay"][k] for p in got) for k in ("groups", "links",
-                                                                                             "forwarded", "handed_over")},
+             "workers_answering": len(got), **summed,
              "busy": max((p["relay"]["busy"] for p in got), default=0.0), "dropped": dict(dropped)}
     return {"relay": relay, "groups": [g for p in got for g in p["groups"]]}
 
