@@ -271,7 +271,8 @@ def cmd_relay(args) -> int:
             return 78
         stats = (host.strip("[]") or "0.0.0.0", int(port))
     try:
-        return run(args.listen, ingest, secret, args.bind, args.max_groups, args.max_links, stats, workers)
+        return run(args.listen, ingest, secret, args.bind, args.max_groups, args.max_links, stats, workers,
+                   fast=not args.no_fast_path)
     except OSError as e:
         print(f"error: relay: cannot listen on {args.bind or 'every address'} port {args.listen}: {e.strerror or e}",
               file=sys.stderr)
@@ -357,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "links all on one; auto: one for each core, at most 4 (default 1; the journal says when one "
                     "core is not enough)")
     sp.add_argument("--max-links", type=int, default=8)
+    sp.add_argument("--no-fast-path", action="store_true", help="forward in Python even where the C hot path "
+                    "is built (to compare; about twice the CPU)")
     sp.add_argument("--stats", metavar="ADDRESS:PORT", help="serve per-link stats here: /stats (JSON), /metrics "
                     "(Prometheus), /noalbs/openirl/STREAMID and /noalbs/belabox (NOALBS); e.g. 127.0.0.1:8181")
     sp.set_defaults(func=cmd_relay)

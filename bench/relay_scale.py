@@ -12,8 +12,10 @@ its numbered 1332-byte SRT data packets between them and sends a keepalive on
 each every 100 ms; the relay's SRTLA ACKs and echoes are read and dropped. A sink
 stands for the ingest and checks that every sender's every packet arrived
 ("whole"). bench/py_forwarder.py, the C forwarder's job in plain Python over
-epoll, shows what CPython's calls alone cost per datagram. The relay runs twice: one process, then --workers of them sharing its
-port. CPU is the relay's (or the forwarder's) CPU time over the measured seconds,
+epoll, shows what CPython's calls alone cost per datagram. The relay runs three
+times: one process, then --workers of them sharing its port (both with the C hot
+path, appliance/transport/relay_fastpath.py), then one forwarding in Python
+(--no-fast-path). CPU is the relay's (or the forwarder's) CPU time over the measured seconds,
 its workers' included, per megabit that reached the sink; memory is their PSS
 summed. The last line is JSON.
 """
@@ -231,7 +233,7 @@ def run_one(kind: str, n: int, mbps: float, seconds: float, exe: Path | None, fl
     else:
         proc = subprocess.Popen([sys.executable, "-m", "appliance", "relay", "--listen", str(port), "--bind",
                                  "127.0.0.1", "--to", f"srt://127.0.0.1:{sink.port}", "--max-groups", str(max(200, n)),
-                                 "--workers", str(workers)],
+                                 "--workers", str(workers), *(["--no-fast-path"] if kind == "relay-py" else [])],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     senders = [Sender(i, ("127.0.0.1", port)) for i in range(n)]
     try:
@@ -239,7 +241,7 @@ def run_one(kind: str, n: int, mbps: float, seconds: float, exe: Path | None, fl
         for s in senders:
             while True:
                 try:
-                    if kind == "relay":
+                    if kind.startswith("relay"):
                         s.register()
                     else:
                         for link in s.links:
@@ -328,19 +330,21 @@ def main() -> None:
         out = {"senders": args.senders, "mbps_each": args.mbps}
         runs = (("c", "c", 1), ("python_floor", "py", 1),
                 *((("python_recvmmsg", "py-recvmmsg", 1),) if args.recvmmsg else ()),
-                ("relay", "relay", 1), ("relay_workers", "relay", args.workers))
+                ("relay", "relay", 1), ("relay_workers", "relay", args.workers), ("relay_python", "relay-py", 1))
         for key, kind, workers in runs:
-            r = run_one(kind, args.senders, args.mbps, args.seconds, exe, args.flood if kind == "relay" else 0, workers)
+            r = run_one(kind, args.senders, args.mbps, args.seconds, exe, args.flood if kind.startswith("relay") else 0,
+                        workers)
             out[key] = r
             print(f"{key:13} {r['mbps']} Mb/s through it: {r['cpu_ms_per_mb']} ms CPU per Mb "
                   f"({r['cpu_percent']} % of a core, {r['processes']} processes), memory {r['memory_mib']} MiB, "
                   f"{'whole' if r['whole'] else str(r['missing']) + ' packets missing'}", flush=True)
-        for key in ("python_floor", "python_recvmmsg", "relay", "relay_workers"):
+        for key in ("python_floor", "python_recvmmsg", "relay", "relay_workers", "relay_python"):
             if key not in out:
                 continue
             out[f"{key}_vs_c"] = round(out[key]["cpu_ms_per_mb"] / out["c"]["cpu_ms_per_mb"], 2)
         print(f"relay / C forwarder: {out['relay_vs_c']}, with {args.workers} workers {out['relay_workers_vs_c']} "
-              f"(goal 1.5); the same forwarding in plain Python, no protocol: {out['python_floor_vs_c']}")
+              f"(goal 1.5); forwarding in Python (--no-fast-path) {out['relay_python_vs_c']}; the same forwarding "
+              f"in plain Python, no protocol: {out['python_floor_vs_c']}")
         if not args.no_bond:
             one = run_one("c", 1, args.mbps, args.seconds, exe)
             bond = bonding_sender(args.mbps, args.seconds)

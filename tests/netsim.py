@@ -56,11 +56,11 @@ class Ingest:
 class RelayThread:
     """The relay on its own asyncio loop in a thread; clients are plain UDP sockets."""
 
-    def __init__(self, secret=None, max_groups=200, max_links=8):
+    def __init__(self, secret=None, max_groups=200, max_links=8, fast=True):
         self.server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # stands in for the SRT server
         self.server.bind(("127.0.0.1", 0))
         self.server.settimeout(2)
-        self.relay = Relay(("127.0.0.1", 0), self.server.getsockname(), secret, max_groups, max_links)
+        self.relay = Relay(("127.0.0.1", 0), self.server.getsockname(), secret, max_groups, max_links, fast=fast)
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name="test-relay")

@@ -85,9 +85,11 @@ def test_the_stream_id_parser_never_raises_even_on_a_handshake_shaped_datagram(t
 
 # --- the relay ----------------------------------------------------------------------------------------
 
-@pytest.fixture
-def relay():
-    r = RelayThread()
+@pytest.fixture(params=["c", "python"])
+def relay(request):
+    """Both ways of forwarding: the C hot path (relay_fastpath) and Python's (--no-fast-path)."""
+    r = RelayThread(fast=request.param == "c")
+    assert (r.relay.pump is not None) == (request.param == "c"), "the C hot path is built (scripts/test builds it)"
     yield r
     r.close()
 

@@ -27,7 +27,7 @@ def test_ten_senders_arrive_whole_through_the_relay_under_a_flood_of_strangers()
     assert run.returncode == 0, run.stdout + run.stderr
     out = json.loads(run.stdout.splitlines()[-1])
     assert out["c"]["whole"] and out["python_floor"]["whole"], out
-    for key in ("relay", "relay_workers"):
+    for key in ("relay", "relay_workers", "relay_python"):
         relay = out[key]
         assert relay["whole"] and relay["missing"] == 0, f"every sender's every packet reached the ingest: {relay}"
         assert relay["mbps"] >= 0.9 * 40 and relay["flood_sent"] > 5000, relay

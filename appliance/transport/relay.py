@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from appliance.transport import relay_stats, srtla
 from appliance.transport.relay_affinity import RelayAffinity
+from appliance.transport.relay_fastpath import RelayFastPath
 from appliance.transport.relay_gate import RelayGate, source_of
 from appliance.transport.relay_server_side import BATCH, RECV_SIZE, RelayServerSide
 from appliance.transport.relay_stats import show_addr as _show
@@ -85,6 +86,7 @@ class Link:
     sock: socket.socket | None = None  # its own, with several workers (relay_affinity)
     rate: tuple = (0.0, 0.0)  # (packets/s, bytes/s) over the last sample (relay_stats.sample)
     sampled: tuple = (0.0, 0, 0)  # (when, packets, bytes) at the last sample
+    slot: int = -1  # in the C side's table, while it forwards this link's data (relay_fastpath)
 
 
 @dataclass
@@ -104,20 +106,23 @@ class Group:
     last_keepalive: float = 0.0  # a box kept READY keeps its group registered with keepalives alone
     server_try: int = 0  # which of the server name's addresses (in getaddrinfo's order) it tries
     server_addr: tuple | None = None
+    slot: int = -1  # in the C side's table (relay_fastpath)
 
 
-class Relay(RelayGate, RelayServerSide, RelayAffinity):
+class Relay(RelayGate, RelayServerSide, RelayAffinity, RelayFastPath):
     def __init__(self, listen: tuple[str, int], server: tuple[str, int], secret: bytes | None = None,
                  max_groups: int = 200, max_links: int = 8, *, sock: socket.socket | None = None,
                  worker: tuple[int, int] = (0, 1), gate_key: bytes | None = None,
-                 hand_over: list[socket.socket] | None = None, inbox: socket.socket | None = None):
+                 hand_over: list[socket.socket] | None = None, inbox: socket.socket | None = None,
+                 fast: bool = True):
         """sock: bound already (by relay_workers, one per worker); worker, gate_key, hand_over,
-        inbox: one of several (relay_affinity)."""
+        inbox: one of several (relay_affinity); fast: the C hot path where it is built (relay_fastpath)."""
         self.listen, self.server = listen, server
         self.secret = secret or None
         self._init_gate(gate_key, worker[1])
         self.worker, self.hand_over, self.inbox = worker, hand_over, inbox
         self.max_groups, self.max_links = max_groups, max_links
+        self.fast = fast
         self.groups: dict[bytes, Group] = {}  # by _key(gid)
         self._groups_of: Counter[str] = Counter()
         self.by_addr: dict[tuple, Group] = {}
@@ -140,6 +145,7 @@ class Relay(RelayGate, RelayServerSide, RelayAffinity):
         if self.sock is None:  # (the name --bind gives is looked up off the loop)
             self.sock = await loop.run_in_executor(None, listening_socket, *self.listen)
         self.sock.setblocking(False)
+        self._fast_start(self.fast)
         loop.add_reader(self.sock.fileno(), self._readable)
         self._start_inbox(loop)
         self.listen = self.sock.getsockname()[:2]
@@ -160,6 +166,7 @@ class Relay(RelayGate, RelayServerSide, RelayAffinity):
             asyncio.get_running_loop().remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
+        self._fast_stop()
 
     def status(self) -> dict:
         return {"groups": len(self.groups), "links": sum(len(g.links) for g in self.groups.values()),
@@ -178,6 +185,10 @@ class Relay(RelayGate, RelayServerSide, RelayAffinity):
         """What is waiting, up to BATCH datagrams for one wake-up of the loop (asyncio's
         datagram transport reads one per wake-up: most of the relay's CPU went there).
         sock: a link's own (relay_affinity), else the listening one."""
+        if self.pump is not None:  # one recvmmsg; the links' SRT data forwarded in there
+            for d, addr in self.pump.read((sock or self.sock).fileno()):
+                self._from_sender(d, addr)
+            return
         recv = (sock or self.sock).recvfrom
         for _ in range(BATCH):
             try:
@@ -272,6 +283,7 @@ class Relay(RelayGate, RelayServerSide, RelayAffinity):
                 return self._send(srtla.short(srtla.REG_ERR), addr)
             group.links[addr] = Link(addr, time.monotonic())
             self.by_addr[addr] = group
+            self._fast_link(group, group.links[addr])
             log.info("relay: link %s joined a group (%d links)", _show(addr), len(group.links))
             if group.sock is None and not group.opening:
                 self._open_server_side(group)
@@ -295,6 +307,8 @@ class Relay(RelayGate, RelayServerSide, RelayAffinity):
             self.dropped["shorter than an SRT header"] += 1
             return
         group.last_link = addr
+        if link.slot >= 0:  # (SRT control from a link whose data the C side forwards)
+            self.pump.delivered(link.slot)
         group.bytes_in += len(d)
         link.packets += 1
         link.bytes += len(d)
@@ -325,10 +339,12 @@ class Relay(RelayGate, RelayServerSide, RelayAffinity):
 
     def cleanup(self, now: float) -> None:
         self._prune_gate(now)
+        self.sync_counters()
         relay_stats.sample(self, now)
         for group in list(self.groups.values()):
             for addr, link in list(group.links.items()):
                 if now - link.last > LINK_TIMEOUT:
+                    self._fast_unlink(group, link)
                     del group.links[addr]
                     self.by_addr.pop(addr, None)
                     self._unpin(link)

@@ -37,8 +37,9 @@ class RelayServerSide:
                     except OSError:
                         sock.close()  # (no route to it now: tried again with the group's next packets)
                         raise
-                    loop.add_reader(sock.fileno(), self._from_server_side, group, sock)
                     group.sock, group.server_addr = sock, addr
+                    if not self._fast_group(group, loop):
+                        loop.add_reader(sock.fileno(), self._from_server_side, group, sock)
                     for d in group.waiting:
                         self._forward(group, d)
                     group.waiting.clear()
@@ -91,6 +92,7 @@ class RelayServerSide:
 
     def _close_server_side(self, group) -> None:
         if group.sock is not None:
+            self._fast_ungroup(group)
             asyncio.get_running_loop().remove_reader(group.sock.fileno())
             group.sock.close()
             group.sock = None
@@ -111,9 +113,12 @@ class RelayServerSide:
             log.warning("relay: the SRT server %s refuses at %s: trying %s", _show(self.server), _show(refused),
                         _show(after))
 
-    def _from_server(self, group, d: bytes) -> None:
+    def _answered(self, group) -> None:
         if group.server_addr is not None and group.server_try:  # this one answers: the next groups start here
             self._server_first, group.server_try = self._server_first + group.server_try, 0
+
+    def _from_server(self, group, d: bytes) -> None:
+        self._answered(group)
         if srtla.kind(d) == srtla.SRT_ACK:
             for addr in group.links:
                 self._send(d, addr)

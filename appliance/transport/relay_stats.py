@@ -58,6 +58,7 @@ def show_addr(addr) -> str:
 
 def view(relay, now: float | None = None) -> dict:
     now = time.monotonic() if now is None else now
+    relay.sync_counters()  # (what the C side counted since the last sample)
     groups = []
     for group in list(relay.groups.values()):
         links = [{"address": show_addr(link.addr), "packets_per_s": round(link.rate[0], 1),

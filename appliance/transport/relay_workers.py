@@ -53,11 +53,11 @@ def workers_for(value: str) -> int:
 
 
 def run(listen_port: int, server: tuple[str, int], secret: bytes | None, bind: str = "", max_groups: int = 200,
-        max_links: int = 8, stats: tuple[str, int] | None = None, workers: int = 1) -> int:
-    """-> the exit status. A port that cannot be bound raises OSError before anything runs."""
+        max_links: int = 8, stats: tuple[str, int] | None = None, workers: int = 1, fast: bool = True) -> int:
+    """-> the exit status. fast: the C hot path, where it is built (relay_fastpath). A port that cannot be bound raises OSError before anything runs."""
     if workers == 1:
         relay = Relay((bind, listen_port), server, secret, max_groups, max_links,
-                      sock=listening_socket(bind, listen_port))
+                      sock=listening_socket(bind, listen_port), fast=fast)
         return asyncio.run(_serve(relay, stats))
     # First without SO_REUSEPORT: a port held by anything, another relay's workers among
     # them (which ours would silently join, sharing its senders), fails here as it would with one.
@@ -80,7 +80,7 @@ def run(listen_port: int, server: tuple[str, int], secret: bytes | None, bind: s
                         s.close()
                 relay = Relay((bind, listen_port), server, secret, share, max_links, sock=socks[i],
                               worker=(i, workers), gate_key=key, hand_over=[pair[1] for pair in inboxes],
-                              inbox=inboxes[i][0])
+                              inbox=inboxes[i][0], fast=fast)
                 logging.getLogger("appliance.transport.relay").addFilter(_Prefix(i))
                 code = asyncio.run(_work(relay, controls[i][1]))
             except BaseException:

@@ -53,7 +53,8 @@ ensure_venv() {
         "$py" -m venv "$VENV"
     fi
     local stamp="$VENV/.appliance-installed" want
-    want="$(cat "$ROOT/pyproject.toml" "$ROOT/requirements-test.lock" | sha256sum | cut -d' ' -f1)"
+    # (the C source too: the relay's hot path is built into the checkout at install)
+    want="$(cat "$ROOT/pyproject.toml" "$ROOT/requirements-test.lock" "$ROOT/appliance/transport/_relayfast.c" | sha256sum | cut -d' ' -f1)"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         log "installing the project and its dependencies into $VENV (exact versions: requirements-test.lock)"
         local piplog="$VENV/pip-install.log"
