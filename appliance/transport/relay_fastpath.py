@@ -29,10 +29,6 @@ except ImportError:  # (not built: installed without a C compiler)
 log = logging.getLogger("appliance.transport.relay")
 
 
-def built() -> bool:
-    return _relayfast is not None
-
-
 class RelayFastPath:
     pump = None  # the C side, while the relay runs with it
 
