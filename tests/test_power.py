@@ -320,9 +320,17 @@ def test_nut_source_against_upsd_with_dummy_ups(nut):
         wait_until(lambda: src.state.on_mains is True, 15, what="OL from upsd")
         assert src.state.charge_percent == 100 and src.state.runtime_seconds == 3600
         assert src.state.detail.startswith("Dummy") and src.state.runtime_from == "device"
-        dev.write_text(dev.read_text().replace("OL", "OB").replace("battery.charge: 100", "battery.charge: 42"))
-        wait_until(lambda: src.state.on_mains is False, 15, what="OB after the .dev file changed")
-        assert src.state.charge_percent == 42
+        # Swapped in whole: dummy-ups notices a change by the file's mtime, and one that caught it
+        # truncated would not read it again within the same second.
+        changed = dev.with_suffix(".new")
+        changed.write_text(dev.read_text().replace("OL", "OB").replace("battery.charge: 100", "battery.charge: 42"))
+        os.replace(changed, dev)
+        # The driver hands upsd one variable at a time (ups.status before battery.charge here, and
+        # dummy-ups says WAIT while it re-reads), so a poll can see the change half-made; what a
+        # user sees is where it settles.
+        wait_until(lambda: src.state.on_mains is False and src.state.charge_percent == 42, 15,
+                   what="OB and 42 % after the .dev file changed")
+        assert src.state.runtime_from == "device" and not src.state.stale
     finally:
         src.stop()
 
