@@ -164,6 +164,14 @@ def test_registration_forwarding_acks_and_the_return_path(relay):
     # keepalives are echoed whole (our timestamp comes back)
     a.sendto(srtla.keepalive(987654321), relay.addr)
     assert srtla.keepalive_timestamp(a.recv(100)) == 987654321
+    # the caller's SRT control (an ACKACK for the ACK) reaches the server whole, and what the
+    # server says next goes back on the link that carried it
+    ackack = struct.pack(">HHIII", 0x8006, 0, 1, 2, 3)
+    b.sendto(ackack, relay.addr)
+    assert relay.server.recvfrom(2000) == (ackack, server_peer)
+    relay.server.sendto(nak, server_peer)
+    b.settimeout(2)
+    assert b.recv(100) == nak
     a.close()
     b.close()
 

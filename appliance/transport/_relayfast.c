@@ -2,9 +2,12 @@
  * it does): the SRT data a registered link sends, forwarded to its group's socket
  * towards the ingest, with the SRTLA ACK every 10 of them; and what the ingest
  * sends back, SRT ACKs to every link of the group, the rest to the link that
- * delivered last. Everything else (registrations, keepalives, SRT control, an
- * address it does not know) goes back to Python whole, as (datagram, address)
- * with the address as the socket module writes it.
+ * delivered last. A registered link's SRT control (the caller's ACKACKs, NAKs:
+ * about a hundred a second a stream) is forwarded too, and its SRTLA keepalives
+ * echoed, their time and the RTT they carry kept for Python's stats. Everything
+ * else (registrations, SRT handshakes, whose stream id Python reads, an address it
+ * does not know) goes back to Python whole, as (datagram, address) with the
+ * address as the socket module writes it.
  *
  * Why C: in CPython the interpreter's work per datagram (a lookup, some counters,
  * a send) costs more than the kernel's; a plain Python forwarder already spends 1.4
@@ -31,6 +34,9 @@
 #define SIZE 2048
 #define ACK_SEQS 10
 #define SRTLA_ACK 0x9100u
+#define SRTLA_KEEPALIVE 0x9000u
+#define SRT_HANDSHAKE 0x8000u
+#define MIN_SRT 16
 #define BUCKETS 4096 /* a power of two */
 
 typedef struct {
@@ -40,7 +46,7 @@ typedef struct {
     struct sockaddr_storage sa;
     socklen_t salen;
     unsigned long long packets, bytes;
-    double last;
+    double last, keepalive_at, rtt_ms; /* rtt_ms: -1 where its last keepalive did not carry it */
     uint32_t acks[ACK_SEQS];
     int nacks;
 } Link;
@@ -179,7 +185,7 @@ static PyObject *Pump_group(Pump *p, PyObject *arg) {
 }
 
 static PyObject *taken(Link *l) {
-    PyObject *r = Py_BuildValue("(KKd)", l->packets, l->bytes, l->last);
+    PyObject *r = Py_BuildValue("(KKddd)", l->packets, l->bytes, l->last, l->keepalive_at, l->rtt_ms);
     l->packets = l->bytes = 0;
     return r;
 }
@@ -227,7 +233,8 @@ static PyObject *Pump_link(Pump *p, PyObject *args) {
         return NULL;
     }
     Link *l = &p->links[i];
-    *l = (Link){.used = 1, .group = g, .gprev = -1, .gnext = p->groups[g].first, .salen = found->ai_addrlen};
+    *l = (Link){.used = 1, .group = g, .gprev = -1, .gnext = p->groups[g].first, .salen = found->ai_addrlen,
+                .rtt_ms = -1};
     memcpy(&l->sa, found->ai_addr, found->ai_addrlen);
     freeaddrinfo(found);
     memcpy(l->key, key, 18);
@@ -267,7 +274,8 @@ static PyObject *Pump_ungroup(Pump *p, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* take(slot) -> (packets, bytes, last heard) since the last take */
+/* take(slot) -> (packets, bytes, last heard, last keepalive or 0, its RTT in ms or -1):
+ * the packets and bytes since the last take */
 static PyObject *Pump_take(Pump *p, PyObject *arg) {
     int i = link_slot(p, arg);
     return i < 0 ? NULL : taken(&p->links[i]);
@@ -309,7 +317,8 @@ static int receive(Pump *p, int fd) {
     return recvmmsg(fd, p->msgs, BATCH, MSG_DONTWAIT, NULL);
 }
 
-static void forward(Pump *p, int i, const uint8_t *d, size_t n, double now) {
+/* data: SRT data, whose sequence number goes into the link's next SRTLA ACK (else SRT control) */
+static void forward(Pump *p, int i, const uint8_t *d, size_t n, double now, int data) {
     Link *l = &p->links[i];
     Group *g = &p->groups[l->group];
     l->last = now;
@@ -329,6 +338,7 @@ static void forward(Pump *p, int i, const uint8_t *d, size_t n, double now) {
     } else {
         g->unreachable++;
     }
+    if (!data) return;
     l->acks[l->nacks++] = ((uint32_t)d[0] << 24 | d[1] << 16 | d[2] << 8 | d[3]) & 0x7FFFFFFF;
     if (l->nacks == ACK_SEQS) {
         uint32_t ack[1 + ACK_SEQS] = {htonl(SRTLA_ACK << 16)};
@@ -354,9 +364,21 @@ static PyObject *Pump_read(Pump *p, PyObject *arg) {
         size_t n = p->msgs[m].msg_len;
         uint8_t key[18];
         int i = -1;
-        if (n >= 16 && !(d[0] & 0x80) && key_of((struct sockaddr *)&p->names[m], key) == 0) i = find(p, key);
+        unsigned t = n >= 2 ? (unsigned)d[0] << 8 | d[1] : 0;
+        int data = n >= MIN_SRT && !(t & 0x8000);
+        int control = n >= MIN_SRT && (t & 0xFF00) == SRT_HANDSHAKE && t != SRT_HANDSHAKE;
+        int keepalive = t == SRTLA_KEEPALIVE;
+        if ((data || control || keepalive) && key_of((struct sockaddr *)&p->names[m], key) == 0) i = find(p, key);
+        if (i >= 0 && keepalive) {
+            Link *l = &p->links[i];
+            l->last = l->keepalive_at = now;
+            /* (srtla.keepalive_rtt_ms: the 14-byte form carries it, in microseconds at byte 10) */
+            l->rtt_ms = n == 14 ? (double)((uint32_t)d[10] << 24 | d[11] << 16 | d[12] << 8 | d[13]) / 1000 : -1;
+            send_to_link(p, l, d, n); /* echoed whole: the sender's timestamp comes back */
+            continue;
+        }
         if (i >= 0) {
-            forward(p, i, d, n, now);
+            forward(p, i, d, n, now, data);
             continue;
         }
         PyObject *addr = address((struct sockaddr *)&p->names[m], p->msgs[m].msg_hdr.msg_namelen);

@@ -78,7 +78,6 @@ def listening_socket(host: str, port: int, reuseport: bool = False) -> socket.so
 class Link:
     addr: tuple
     last: float
-    received: int = 0
     pending_acks: list[int] = field(default_factory=list)
     packets: int = 0  # what came in on it (data and control, keepalives aside)
     bytes: int = 0
@@ -324,7 +323,6 @@ class Relay(RelayGate, RelayServerSide, RelayAffinity, RelayFastPath):
             if not group.opening and now - group.opened_at >= SERVER_RETRY:
                 self._open_server_side(group)  # the last try failed (name, route): again
         if not t:  # SRT data: its sequence number goes into the link's next SRTLA ACK
-            link.received += 1
             link.pending_acks.append(_SEQ.unpack_from(d)[0] & 0x7FFFFFFF)
             if len(link.pending_acks) == srtla.ACK_SEQS:
                 self._send(srtla.srtla_ack(link.pending_acks), addr)

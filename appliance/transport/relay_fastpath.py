@@ -1,8 +1,9 @@
-"""The relay's hot path in C (_relayfast.c), where it is built: the SRT data of a
-registered link, forwarded to its group's socket towards the ingest with the SRTLA
-ACKs, and what the ingest sends back, fanned out to the links, never become Python
-objects. Python keeps every decision: who registers, the gate, keepalives, SRT
-control, the ingest's name and its retries, the limits, the stats.
+"""The relay's hot path in C (_relayfast.c), where it is built: the SRT data and
+control of a registered link, forwarded to its group's socket towards the ingest
+with the SRTLA ACKs, its keepalives, echoed, and what the ingest sends back, fanned
+out to the links, never become Python objects. Python keeps every decision: who
+registers, the gate, SRT handshakes (the stream id), the ingest's name and its
+retries, the limits, the stats.
 
 The C side holds a table of the links whose group has its socket open (address →
 the group's socket) and counts for each; the relay moves a link in when it joins
@@ -109,13 +110,15 @@ class RelayFastPath:
 
     @staticmethod
     def _absorb(group, link, counts: tuple) -> None:
-        packets, nbytes, last = counts
+        packets, nbytes, last, keepalive_at, rtt_ms = counts
         link.packets += packets
         link.bytes += nbytes
-        link.received += packets
         group.bytes_in += nbytes
-        if packets and last > link.last:
-            link.last = last
+        link.last = max(link.last, last)
+        if keepalive_at > group.last_keepalive:  # (the C side echoed it; Python never saw it)
+            group.last_keepalive = keepalive_at
+        if keepalive_at:
+            link.rtt_ms = rtt_ms if rtt_ms >= 0 else None
 
     def _fast_refused(self, slot: int) -> None:
         """From the C side: a send to the group's ingest address met the ICMP error of an earlier one."""
