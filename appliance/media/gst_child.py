@@ -104,7 +104,7 @@ def main(argv):
     done = threading.Event()
     # Some encoders shift their timestamps (x264enc adds 1000 hours, room for B-frames'
     # DTS): the first access unit answers the first frame, and the rest keep that offset.
-    first_in, offset = [], []
+    first_in, offset, last_out = [], [], []
 
     def pull():
         while not done.is_set():
@@ -122,7 +122,14 @@ def main(argv):
                 key = not buf.has_flags(Gst.BufferFlags.DELTA_UNIT)
                 if not offset:
                     offset.append(buf.pts - first_in[0] if buf.pts != Gst.CLOCK_TIME_NONE and first_in else 0)
-                pts = round((buf.pts - offset[0]) * 9 / 100_000) if buf.pts != Gst.CLOCK_TIME_NONE else 0
+                if buf.pts != Gst.CLOCK_TIME_NONE:
+                    pts = round((buf.pts - offset[0]) * 9 / 100_000)
+                else:
+                    # An access unit without a timestamp (x265enc, which restarts its encoder for
+                    # a new bitrate, once gave one pts 0): with no B-frames it comes after the
+                    # last; 0 would take the stream back to its start.
+                    pts = last_out[0] + frame_ns * 9 // 100_000 if last_out else 0
+                last_out[:] = [pts]
                 send(b"P", pts, (b"\x01" if key else b"\x00") + bytes(info.data))
             finally:
                 buf.unmap(info)
